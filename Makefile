@@ -1,0 +1,53 @@
+# optbench: `make help` lists the targets. Every target creates what it needs first, so
+# `make sweep` and `make test` each work as the first command on a fresh clone.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_STAMP := data/MNIST/raw/train-images-idx3-ubyte
+SEEDS ?= 5
+EXPERIMENT ?= wizard_ffnn
+
+.DEFAULT_GOAL := help
+.PHONY: help install data sweep test lint format bench constraints clean
+
+help: ## list the targets
+	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv in the checkout and install optbench (editable) with its test tools
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+data: $(DATA_STAMP) ## prepare MNIST under data/ (torchvision download, else the offline source)
+
+$(DATA_STAMP): | $(STAMP)
+	$(BIN)/optbench data prepare mnist
+
+sweep: install data ## every optimizer of EXPERIMENT (default wizard_ffnn), SEEDS seeds (default 5) -> results/EXPERIMENT/
+	$(BIN)/optbench sweep experiment=$(EXPERIMENT) seeds=$(SEEDS) hydra.run.dir=results/$(EXPERIMENT)
+
+test: install data ## lint, then every test (the command CI runs)
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/pytest
+
+lint: install ## ruff lint and format check
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: install ## format the code with ruff
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
+
+bench: install data ## time the tutorial loop against optbench run (scripts/bench_loop.py)
+	$(BIN)/python scripts/bench_loop.py
+
+constraints: install ## pin the installed versions into constraints.txt
+	$(BIN)/pip freeze --exclude-editable | grep -v '^optbench' > constraints.txt
+
+clean: ## remove outputs/ and multirun/ (keeps .venv, data/ and results/)
+	rm -rf outputs multirun

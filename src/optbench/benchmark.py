@@ -1,0 +1,43 @@
+"""The pure core: a composed config in, results on disk and a DataFrame out.
+
+`benchmark` never reads sys.argv or changes directory; the CLI (cli.py) only composes the
+config with Hydra and calls it, and the tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from optbench import data, engine, plots, results
+from optbench.config import check_config
+
+log = logging.getLogger("optbench")
+
+
+def prepare_data(cfg: DictConfig) -> None:
+    """Check the config, then make sure its dataset is on disk: all before any training."""
+    data.prepare(cfg.dataset.name, data.resolve_data_dir(cfg.data_dir), log=log.info)
+
+
+def benchmark(
+    cfg: DictConfig,
+    optimizer_cfgs: list[DictConfig],
+    out_dir: Path,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train every (optimizer, seed) run of cfg's protocol and write into out_dir:
+    runs.csv, summary.csv, config.yaml and the comparison plots. Returns the runs."""
+    check_config(cfg, optimizer_cfgs)
+    prepare_data(cfg)
+    runs = engine.train(cfg, optimizer_cfgs, progress=progress)
+    out_dir = Path(out_dir)
+    results.write_results(out_dir, runs)
+    results.write_config(out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [])
+    plots.plot_all(out_dir)
+    log.info("Results in %s", out_dir.resolve())
+    return runs

@@ -1,0 +1,285 @@
+"""The `optbench` command: a thin shell around optbench.benchmark.
+
+    optbench run [OVERRIDES]      one optimizer over seeds (a Hydra app: -m, --cfg job, --help)
+    optbench sweep [OVERRIDES]    every optimizer of the experiment in one job
+    optbench plot RESULTS_DIR     redraw every plot from the files on disk
+    optbench data prepare NAME    put a dataset on disk in torchvision's layout
+
+Before Hydra starts a job (and creates its output folder), every job the command line asks
+for is composed and checked, so bad input fails in seconds with one paragraph and nothing
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from optbench import config as optbench_config
+from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError
+
+log = logging.getLogger("optbench")
+
+USAGE = """\
+usage: optbench COMMAND [ARGS]
+
+Benchmark PyTorch optimizers over many seeds.
+
+commands:
+  run [OVERRIDES]          train one optimizer over several seeds
+                           e.g. optbench run optimizer=adam seeds=5
+                                optbench run -m optimizer=sgd,adam   (Hydra multirun)
+                                optbench run --help                  (config groups, options)
+  sweep [OVERRIDES]        train every optimizer of the experiment in one job
+                           e.g. optbench sweep seeds=5
+                                optbench sweep experiment=examples_cnn optimizers=[sgd,adam]
+  plot RESULTS_DIR         redraw every plot from RESULTS_DIR/runs.csv
+  data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
+                           in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
+
+Results go to outputs/<experiment>/<date_time>/ unless hydra.run.dir=DIR is given.
+"""
+
+EXIT_BAD_INPUT = 2
+
+
+# ---------------------------------------------------------------------------------------
+# Composing the optimizers of a sweep
+
+
+def sweep_optimizer_configs(cfg: DictConfig, overrides: list[str]) -> list[DictConfig]:
+    """Compose the config once per optimizer in cfg.optimizers, so each gets its own file's
+    hyperparameters and its experiment's protocol values (experiment_optimizer/...).
+    Needs an initialised Hydra (inside a Hydra app, or `initialize_config_module`)."""
+    if not cfg.optimizers:
+        raise ConfigError(
+            f"Experiment {cfg.experiment_name!r} lists no optimizers to sweep; give some with "
+            "optimizers=[sgd,adam]."
+        )
+    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == "optimizer"]
+    configs = []
+    for name in cfg.optimizers:
+        try:
+            composed = compose(CONFIG_NAME, overrides=kept + [f"optimizer={name}"])
+        except MissingConfigException as error:
+            raise ConfigError(
+                f"Unknown optimizer {name!r} in optimizers={list(cfg.optimizers)}; valid "
+                f"choices: {', '.join(error.options or [])}."
+            ) from None
+        configs.append(composed.optimizer)
+    return configs
+
+
+# ---------------------------------------------------------------------------------------
+# Checking every job before Hydra runs it
+
+
+def _one_paragraph(error: BaseException) -> str:
+    """Hydra's and OmegaConf's errors, reworded as one paragraph naming the valid choices."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return (
+            f"Unknown {group} {name!r}; valid choices: {', '.join(error.options)}. "
+            f"Choose one with {group}=NAME."
+        )
+    text = str(error)
+    if error.__cause__ is not None and str(error.__cause__) not in text:
+        text += "\n" + str(error.__cause__)
+    lines = [line.strip() for line in text.splitlines()]
+    kept = []
+    for line in lines:
+        if line.startswith(("full_key:", "object_type", "reference_type", "Set the environment")):
+            break
+        if line and not line.startswith("To append to your config"):  # the schema forbids it
+            kept.append(line.rstrip("."))
+    text = ": ".join(kept) + "."
+    if "not in" in text and "Key '" in text:
+        text += " " + _valid_keys_hint(text)
+    return text
+
+
+def _valid_keys_hint(message: str) -> str:
+    """For a misspelt key, list the keys that exist at that level of the config."""
+    import re
+
+    match = re.search(r"Could not override '([^']+)'", message)
+    if not match:
+        return ""
+    parent = match.group(1).rpartition(".")[0]
+    default = compose(CONFIG_NAME)
+    node = OmegaConf.select(default, parent) if parent else default
+    if not isinstance(node, DictConfig):
+        return ""
+    prefix = f"{parent}." if parent else ""
+    return f"Valid keys here: {', '.join(prefix + k for k in node.keys())}."
+
+
+def _jobs_of(args: list[str]) -> tuple[list[list[str]], str | None]:
+    """The override list of every job a command line asks for, or a reason to skip checking."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed, _ = get_args_parser().parse_known_args(args)
+    if (
+        parsed.help
+        or parsed.hydra_help
+        or parsed.cfg
+        or parsed.info
+        or parsed.shell_completion
+        or parsed.config_path
+        or parsed.config_dir
+        or parsed.config_name
+        or parsed.experimental_rerun
+    ):
+        return [], "not a training command, or a custom config location"
+    if not parsed.multirun:
+        return [list(parsed.overrides)], None
+    try:
+        parsed_overrides = OverridesParser.create().parse_overrides(parsed.overrides)
+        return BasicSweeper.split_arguments(parsed_overrides, None)[0], None
+    except HydraException:
+        return [], "a sweep syntax only its sweeper plugin expands"
+
+
+def check_command_line(command: str, args: list[str]) -> None:
+    """Compose and check every job, and prepare its dataset, before any of them runs."""
+    jobs, _skip = _jobs_of(args)
+    if not jobs:
+        return
+    datasets = set()
+    with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
+        for overrides in jobs:
+            try:
+                cfg = compose(CONFIG_NAME, overrides=overrides)
+                optimizer_cfgs = (
+                    [cfg.optimizer] if command == "run" else sweep_optimizer_configs(cfg, overrides)
+                )
+            except (HydraException, OmegaConfBaseException) as error:
+                raise ConfigError(_one_paragraph(error)) from None
+            optbench_config.check_config(cfg, optimizer_cfgs)
+            datasets.add((cfg.dataset.name, cfg.data_dir))
+    from optbench import data
+
+    for name, data_dir in sorted(datasets, key=str):
+        data.prepare(name, data.resolve_data_dir(data_dir))
+
+
+# ---------------------------------------------------------------------------------------
+# The Hydra apps and their multirun callback
+
+
+def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
+    from optbench.benchmark import benchmark
+
+    hydra_cfg = HydraConfig.get()
+    benchmark(
+        cfg,
+        optimizer_cfgs,
+        Path(hydra_cfg.runtime.output_dir),
+        overrides=list(hydra_cfg.overrides.task),
+    )
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
+def run_app(cfg: DictConfig) -> None:
+    _job(cfg, [cfg.optimizer])
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
+def sweep_app(cfg: DictConfig) -> None:
+    _job(cfg, sweep_optimizer_configs(cfg, list(HydraConfig.get().overrides.task)))
+
+
+class CombineMultirun(Callback):
+    """At the end of a multirun: one runs.csv, summary.csv and set of plots for all jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from optbench import plots, results
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        combined = results.combine_jobs(sweep_dir)
+        if combined is None:
+            return
+        results.write_results(sweep_dir, combined)
+        plots.plot_all(sweep_dir)
+        print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+
+
+def _plot(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="optbench plot", description="Redraw every plot.")
+    parser.add_argument("results_dir", type=Path, help="a folder holding runs.csv")
+    options = parser.parse_args(args)
+    from optbench import plots
+
+    try:
+        written = plots.plot_all(options.results_dir)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def _data(args: list[str]) -> int:
+    from optbench import data
+
+    parser = argparse.ArgumentParser(prog="optbench data", description="Manage datasets.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    prepare = sub.add_parser("prepare", help="put datasets on disk in torchvision's layout")
+    prepare.add_argument("names", nargs="+", metavar="NAME", help=", ".join(data.DATASETS))
+    prepare.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="default: $OPTBENCH_DATA_DIR, else data/ of the checkout, else ./data",
+    )
+    options = parser.parse_args(args)
+    data_dir = data.resolve_data_dir(str(options.data_dir) if options.data_dir else None)
+    for name in options.names:
+        data.prepare(name, data_dir)
+        print(f"{name}: ready under {data_dir.resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        if command in ("run", "sweep"):
+            check_command_line(command, rest)
+            sys.argv = [f"optbench {command}", *rest]
+            (run_app if command == "run" else sweep_app)()
+            return 0
+        if command == "plot":
+            return _plot(rest)
+        if command == "data":
+            return _data(rest)
+        raise ConfigError(
+            f"Unknown command {command!r}; valid commands: run, sweep, plot, data. "
+            "See `optbench --help`."
+        )
+    except ConfigError as error:
+        print(f"optbench: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

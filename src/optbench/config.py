@@ -1,0 +1,161 @@
+"""The typed top-level config, and the checks every job passes before any training starts.
+
+Hydra composes `configs/config.yaml` on top of the `Config` schema registered here, so a
+misspelt key (`train.epoch=3`) or a wrong type (`train.epochs=abc`) fails at composition.
+`check_config` then catches the values a schema cannot express (seeds=0, lr<0, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """Bad input: the message names the bad value and the valid choices."""
+
+
+class Device(enum.Enum):
+    auto = "auto"  # CUDA when present, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass
+class TrainConfig:
+    batch_size: Any = 64  # examples per optimizer step; "full" for full-batch gradient descent
+    epochs: int = 1  # passes over the training set (ignored when steps is set)
+    steps: int | None = None  # total optimizer steps; wins over epochs when set
+    eval_every: int | None = None  # steps between evaluations; null: once per epoch
+    test_batch_size: int = 1000  # examples per forward pass at evaluation (memory only)
+
+
+@dataclass
+class Config:
+    dataset: Any = MISSING
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiment_name: str = MISSING
+    optimizers: list[str] = field(default_factory=list)  # what `optbench sweep` trains
+    seeds: Any = 1  # N: seeds 0..N-1; a list: exactly those seeds
+    device: Device = Device.auto
+    data_dir: str | None = None  # null: $OPTBENCH_DATA_DIR, else data/ of the checkout
+    threads: int | None = None  # CPU threads for torch; null: torch's default
+
+
+ConfigStore.instance().store(name="optbench_schema", node=Config)
+
+CONFIG_PACKAGE = "optbench.configs"
+CONFIG_NAME = "config"
+
+
+def seed_list(seeds: Any) -> list[int]:
+    """`seeds=5` means seeds 0..4; `seeds=[3,7,11]` means exactly those."""
+    if isinstance(seeds, bool):
+        raise ConfigError(_seed_message(seeds))
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ConfigError(_seed_message(seeds))
+        return list(range(seeds))
+    if isinstance(seeds, (list, tuple, ListConfig)):
+        values = list(seeds)
+        if (
+            not values
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)
+            or len(set(values)) != len(values)
+        ):
+            raise ConfigError(_seed_message(values))
+        return values
+    raise ConfigError(_seed_message(seeds))
+
+
+def _seed_message(seeds: Any) -> str:
+    return (
+        f"Invalid seeds={seeds!r}: give a positive count (seeds=5 runs seeds 0..4) "
+        "or a non-empty list of distinct non-negative integers (seeds=[3,7,11])."
+    )
+
+
+def _positive_int(name: str, value: Any, extra: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"Invalid {name}={value!r}: it must be a positive integer{extra}.")
+
+
+def check_train(train: DictConfig) -> None:
+    batch = train.batch_size
+    if batch != "full":
+        _positive_int("train.batch_size", batch, ', or "full" for full-batch gradient descent')
+    _positive_int("train.epochs", train.epochs)
+    _positive_int("train.test_batch_size", train.test_batch_size)
+    if train.steps is not None:
+        _positive_int("train.steps", train.steps, " (or null to train for train.epochs)")
+    if train.eval_every is not None:
+        _positive_int("train.eval_every", train.eval_every, " (or null: once per epoch)")
+
+
+def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
+    """Raise ConfigError for any value that would fail later; no data, no training."""
+    seed_list(cfg.seeds)
+    check_train(cfg.train)
+    from optbench import data, models, optimizers  # torch is slow to import: after the cheap checks
+
+    data.check_dataset_config(cfg.dataset)
+    models.check_model_config(cfg.model)
+    if cfg.threads is not None:
+        _positive_int("threads", cfg.threads, " (or null for torch's default)")
+    names = [o.name for o in optimizer_cfgs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Each optimizer may be trained once per job; got {names}.")
+    for optimizer_cfg in optimizer_cfgs:
+        optimizers.check_optimizer_config(optimizer_cfg)
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """Hash of the protocol: the resolved config without seeds, optimizer and paths."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for key in ("seeds", "optimizer", "optimizers", "data_dir", "threads", "device"):
+        container.pop(key, None)
+    text = OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def source_checkout() -> Path | None:
+    """The repository root when optbench runs from its source tree (editable install)."""
+    package_dir = Path(__file__).resolve().parent
+    root = package_dir.parent.parent
+    if package_dir.parent.name == "src" and (root / "pyproject.toml").is_file():
+        return root
+    return None
+
+
+def git_revision() -> str | None:
+    """The checkout's commit (with '-dirty' for uncommitted changes), or None when optbench
+    does not run from a source checkout (a wheel install has no revision to report)."""
+    checkout = source_checkout()
+    if checkout is None:
+        return None
+    here = checkout
+    try:
+        revision = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if revision.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return revision.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,122 @@
+"""Comparison plots, drawn from runs.csv alone so they can be redrawn without retraining."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from optbench.results import atomic_write, read_runs, summarize  # noqa: E402
+
+CURVES = {  # file stem -> (metric, y-axis label)
+    "test_accuracy": ("test_accuracy", "test accuracy (fraction correct)"),
+    "test_loss": ("test_loss", "test loss (mean cross-entropy)"),
+    "train_loss": ("train_loss", "training loss (mean over steps since last evaluation)"),
+}
+
+
+def _colors(optimizers: list[str]) -> dict[str, tuple]:
+    palette = plt.get_cmap("tab10" if len(optimizers) <= 10 else "tab20")
+    return {name: palette(i % palette.N) for i, name in enumerate(optimizers)}
+
+
+def _title(protocol: pd.Series, n_seeds: int, what: str) -> str:
+    return (
+        f"{what}: {protocol.experiment} protocol, {protocol.dataset}, {protocol.model} "
+        f"(mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})"
+    )
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_curve(summary: pd.DataFrame, metric: str, label: str, title: str, path: Path) -> Path:
+    """Mean line with a ±std band per optimizer against optimizer step."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    optimizers = list(summary["optimizer"].unique())
+    colors = _colors(optimizers)
+    for name in optimizers:
+        rows = summary[summary["optimizer"] == name]
+        mean = rows[f"{metric}_mean"].to_numpy()
+        std = np.nan_to_num(rows[f"{metric}_std"].to_numpy())  # one seed: no band
+        ax.plot(rows["step"], mean, marker="o", markersize=3, color=colors[name], label=name)
+        ax.fill_between(rows["step"], mean - std, mean + std, color=colors[name], alpha=0.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(label)
+    if metric.endswith("loss"):
+        ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="optimizer", fontsize=8, ncol=2 if len(optimizers) > 5 else 1)
+    return _save(fig, path)
+
+
+def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
+    """Every seed's final test accuracy as a point, with each optimizer's mean ± std,
+    optimizers sorted from best to worst mean."""
+    final = runs[runs["step"] == runs["step"].max()]
+    order = final.groupby("optimizer")["test_accuracy"].mean().sort_values(ascending=False)
+    colors = _colors(list(runs["optimizer"].unique()))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 5))
+    jitter = np.random.default_rng(0)  # fixed: the same files give the same picture
+    for i, name in enumerate(order.index):
+        values = final.loc[final["optimizer"] == name, "test_accuracy"].to_numpy()
+        x = i + jitter.uniform(-0.15, 0.15, len(values))
+        ax.scatter(x, values, s=18, color=colors[name], alpha=0.8, zorder=3)
+        std = values.std(ddof=1) if len(values) > 1 else 0.0
+        ax.errorbar(
+            i + 0.3,
+            values.mean(),
+            yerr=std,
+            fmt="_",
+            color="black",
+            capsize=4,
+            markersize=14,
+            zorder=4,
+        )
+    ax.set_xticks(range(len(order)), order.index, rotation=30, ha="right")
+    ax.set_xlabel("optimizer (best mean first); dots: seeds, bar: mean ± std")
+    ax.set_ylabel("final test accuracy (fraction correct)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_all(results_dir: Path) -> list[Path]:
+    """Draw every plot of a results folder from its runs.csv; return the files written.
+
+    A folder holding several protocols (e.g. a multirun over datasets) gets one set of
+    plots per protocol, named with a suffix.
+    """
+    results_dir = Path(results_dir)
+    runs = read_runs(results_dir)
+    protocols = runs[["experiment", "dataset", "model"]].drop_duplicates()
+    written = []
+    for _, protocol in protocols.iterrows():
+        mask = (runs[["experiment", "dataset", "model"]] == protocol.to_numpy()).all(axis=1)
+        subset = runs[mask]
+        summary = summarize(subset)
+        n_seeds = int(subset["seed"].nunique())
+        suffix = (
+            ""
+            if len(protocols) == 1
+            else f"_{protocol.experiment}_{protocol.dataset}_{protocol.model}"
+        )
+        for stem, (metric, label) in CURVES.items():
+            title = _title(protocol, n_seeds, label.split(" (")[0])
+            written.append(
+                plot_curve(summary, metric, label, title, results_dir / f"{stem}{suffix}.png")
+            )
+        title = _title(protocol, n_seeds, "final test accuracy").replace("mean ± std over", "over")
+        written.append(
+            plot_final_accuracy(subset, title, results_dir / f"final_test_accuracy{suffix}.png")
+        )
+    return written

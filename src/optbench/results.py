@@ -1,0 +1,170 @@
+"""Results on disk: runs.csv (one row per run and evaluation), summary.csv (mean ± std over
+seeds), config.yaml (resolved config + provenance). Every file is written atomically: to a
+temporary file in the same folder, then renamed, so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+import optbench
+
+RUNS_CSV = "runs.csv"
+SUMMARY_CSV = "summary.csv"
+CONFIG_YAML = "config.yaml"
+
+METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "wall_s"]
+# A summary row is one optimizer at one evaluation step of one protocol.
+GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "step"]
+RUN_COLUMNS = GROUP_KEYS[:4] + ["seed", "step", "epoch"] + METRICS
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (protocol, optimizer, step): <metric>_mean, <metric>_std (sample std,
+    ddof=1; empty for a single seed) and n, the number of seeds."""
+    grouped = runs.groupby(GROUP_KEYS, sort=False)
+    summary = grouped.agg(
+        epoch=("epoch", "first"),
+        n=("seed", "nunique"),
+        **{f"{m}_{stat}": (m, stat) for m in METRICS for stat in ("mean", "std")},
+    ).reset_index()
+    order = {name: i for i, name in enumerate(runs["optimizer"].unique())}
+    return summary.sort_values(
+        ["experiment", "dataset", "model", "optimizer", "step"],
+        key=lambda column: column.map(order) if column.name == "optimizer" else column,
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+def provenance() -> dict:
+    """What produced the results: optbench's version and git revision, library versions."""
+    import torch
+    import torchvision
+
+    from optbench.config import git_revision
+
+    return {
+        "optbench_version": optbench.__version__,
+        "git_revision": git_revision(),
+        "torch_version": str(torch.__version__),
+        "torchvision_version": str(torchvision.__version__),
+        "python_version": platform.python_version(),
+        "machine": platform.machine(),
+        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_config(
+    path: Path,
+    cfg: DictConfig,
+    optimizer_cfgs: list[DictConfig],
+    overrides: list[str],
+) -> None:
+    """config.yaml: the resolved config, every trained optimizer's hyperparameters, the
+    command-line overrides, and provenance."""
+    from optbench.config import fingerprint
+
+    document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    document["optimizer_configs"] = {
+        o.name: OmegaConf.to_container(o, resolve=True) for o in optimizer_cfgs
+    }
+    document["provenance"] = {
+        **provenance(),
+        "overrides": list(overrides),
+        "protocol_fingerprint": fingerprint(cfg),
+    }
+    text = OmegaConf.to_yaml(OmegaConf.create(document))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_results(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Write runs.csv and summary.csv; return the summary."""
+    summary = summarize(runs)
+    write_csv(runs[RUN_COLUMNS], out_dir / RUNS_CSV)
+    write_csv(summary, out_dir / SUMMARY_CSV)
+    return summary
+
+
+def read_runs(results_dir: Path) -> pd.DataFrame:
+    path = Path(results_dir) / RUNS_CSV
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No {RUNS_CSV} in {results_dir}: is it an optbench results folder?"
+        )
+    return pd.read_csv(path)
+
+
+def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
+    """Concatenate the runs.csv of every job folder of a Hydra multirun.
+
+    When two jobs trained the same optimizer on the same protocol and seeds (e.g.
+    `-m optimizer.lr=0.1,0.01`), their rows are told apart by adding the job's own
+    overrides to the optimizer label: "sgd [optimizer.lr=0.1]".
+    """
+    sweep_dir = Path(sweep_dir)
+    job_dirs = sorted(
+        (p.parent for p in sweep_dir.glob(f"*/{RUNS_CSV}")),
+        key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
+    )
+    if not job_dirs:
+        return None
+    jobs = []
+    for job_dir in job_dirs:
+        config_path = job_dir / CONFIG_YAML
+        overrides = []
+        if config_path.is_file():
+            overrides = list(OmegaConf.load(config_path).provenance.overrides)
+        jobs.append((read_runs(job_dir), overrides))
+    identity = ["experiment", "dataset", "model", "optimizer", "seed", "step"]
+    combined = pd.concat([runs for runs, _ in jobs], ignore_index=True)
+    if combined.duplicated(identity).any():
+        shared = set.intersection(*(set(overrides) for _, overrides in jobs))
+        relabelled = []
+        for runs, overrides in jobs:
+            own = [o for o in overrides if o not in shared and not o.startswith("optimizer=")]
+            runs = runs.copy()
+            if own:
+                runs["optimizer"] = runs["optimizer"] + " [" + " ".join(own) + "]"
+            relabelled.append(runs)
+        combined = pd.concat(relabelled, ignore_index=True)
+    return combined

@@ -1,0 +1,240 @@
+"""The `optbench` command end to end, in subprocesses, from outside the checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["dataset.train_size=1000", "train.steps=40", "train.eval_every=20"]
+PLOTS = ["test_accuracy.png", "test_loss.png", "train_loss.png", "final_test_accuracy.png"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plots(folder: Path) -> None:
+    for name in PLOTS:
+        payload = (folder / name).read_bytes()
+        assert payload.startswith(PNG_MAGIC) and len(payload) > 10_000, name
+
+
+def no_temporary_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob(".*") if p.is_file()]
+
+
+def test_run_writes_every_file(tmp_path, data_dir):
+    out = tmp_path / "out"
+    result = run_cli(
+        "run", "optimizer=adam", "seeds=2", *SMALL, f"hydra.run.dir={out}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["runs.csv", "summary.csv", "config.yaml", "optbench.log", *PLOTS]
+    )
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs[["optimizer", "seed", "step"]].values.tolist() == [
+        ["adam", 0, 20],
+        ["adam", 1, 20],
+        ["adam", 0, 40],
+        ["adam", 1, 40],
+    ]
+    assert runs.test_accuracy.between(0.5, 1).all()  # 40 Adam steps learn something real
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary[["optimizer", "step", "n"]].values.tolist() == [["adam", 20, 2], ["adam", 40, 2]]
+    config = OmegaConf.load(out / "config.yaml")
+    assert config.optimizer.name == "adam" and config.seeds == 2
+    assert config.dataset.train_size == 1000
+    assert config.provenance.optbench_version and "git_revision" in config.provenance
+    assert list(config.provenance.overrides)[:2] == ["optimizer=adam", "seeds=2"]
+    check_plots(out)
+    assert no_temporary_files(out)
+    assert not (tmp_path / "outputs").exists()  # everything went to hydra.run.dir
+
+
+def test_sweep_trains_every_optimizer_in_one_job(tmp_path, data_dir):
+    out = tmp_path / "sweep"
+    result = run_cli(
+        "sweep",
+        "optimizers=[sgd,adam]",
+        "seeds=[3,7]",
+        *SMALL,
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(set(zip(runs.optimizer, runs.seed, strict=True))) == [
+        ("adam", 3),
+        ("adam", 7),
+        ("sgd", 3),
+        ("sgd", 7),
+    ]
+    config = OmegaConf.load(out / "config.yaml")
+    assert config.optimizer_configs.sgd.lr == 0.1  # wizard_ffnn's protocol value
+    assert config.optimizer_configs.adam.lr == 0.001
+    check_plots(out)
+
+
+def test_multirun_ends_with_combined_results_and_plots(tmp_path, data_dir):
+    sweep_dir = tmp_path / "multi"
+    result = run_cli(
+        "run",
+        "-m",
+        "optimizer=sgd,adam",
+        "seeds=2",
+        *SMALL,
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    for job in ("0", "1"):
+        assert (sweep_dir / job / "runs.csv").is_file()
+    combined = pd.read_csv(sweep_dir / "runs.csv")
+    assert sorted(combined.optimizer.unique()) == ["adam", "sgd"]
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert len(summary) == 4 and (summary.n == 2).all()
+    check_plots(sweep_dir)
+
+
+def test_plot_redraws_from_the_files_on_disk(tmp_path, data_dir):
+    out = tmp_path / "out"
+    assert run_cli("run", "seeds=1", *SMALL, f"hydra.run.dir={out}", cwd=tmp_path).returncode == 0
+    for name in PLOTS:
+        (out / name).unlink()
+    result = run_cli("plot", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    check_plots(out)
+
+
+def test_hydra_flags_work(tmp_path):
+    job = run_cli("run", "--cfg", "job", "optimizer=adam", cwd=tmp_path)
+    assert job.returncode == 0 and OmegaConf.create(job.stdout).optimizer.name == "adam"
+    assert "optimizer: adadelta, adagrad" in run_cli("run", "--help", cwd=tmp_path).stdout
+    assert "sweep [OVERRIDES]" in run_cli("--help", cwd=tmp_path).stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+BAD_INPUT = [
+    (["run", "optimizer=adamm"], ["'adamm'", "adadelta", "sgd"]),
+    (["run", "model=resnet"], ["'resnet'", "ffnn, lenet"]),
+    (["run", "dataset=imagenet"], ["'imagenet'", "cifar10, fashion_mnist, mnist"]),
+    (["run", "experiment=nope"], ["'nope'", "wizard_ffnn"]),
+    (["run", "seeds=0"], ["seeds=0", "seeds=5"]),
+    (["run", "seeds=-2"], ["seeds=-2"]),
+    (["run", "train.batch_size=0"], ["train.batch_size=0", "positive"]),
+    (["run", "train.batch_size=-8"], ["train.batch_size=-8"]),
+    (["run", "optimizer.lr=-0.1"], ["lr=-0.1", "Invalid learning rate"]),
+    (["sweep", "optimizers=[sgd,nope]"], ["'nope'", "adamax"]),
+    (["run", "-m", "optimizer=sgd,adamm"], ["'adamm'"]),
+    (["run", "train.epoch=3"], ["train.epoch", "train.epochs"]),
+    (["plot", "/nonexistent/results"], ["/nonexistent/results"]),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INPUT, ids=lambda v: " ".join(v)[:40])
+def test_bad_input_fails_fast_with_one_paragraph_and_writes_nothing(tmp_path, args, expected):
+    start = time.perf_counter()
+    if args[0] != "plot":
+        args = [*args, f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'm'}"]
+    result = run_cli(*args, cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("optbench: error: ") and "\n" not in message, message
+    for fragment in expected:
+        assert fragment in message
+    assert elapsed < 10
+    assert list(tmp_path.iterdir()) == []  # no output folder, no multirun folder
+
+
+def test_a_dataset_that_cannot_be_prepared_fails_before_training(tmp_path):
+    from test_data import _network_reachable
+
+    if _network_reachable():
+        pytest.skip("would download CIFAR-10 for real")
+    empty = tmp_path / "no_data"
+    empty.mkdir()
+    start = time.perf_counter()
+    result = run_cli(
+        "run",
+        "dataset=cifar10",
+        f"data_dir={empty}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "cifar-10-python.tar.gz" in result.stderr and str(empty) in result.stderr
+    assert time.perf_counter() - start < 10 + 5  # the failed download attempt may take seconds
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("optbench-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        assert "optbench = optbench.cli:main" in archive.read(entry_points).decode()
+    for config in [
+        "config.yaml",
+        "optimizer/adam.yaml",
+        "experiment/wizard_ffnn.yaml",
+        "experiment_optimizer/wizard_ffnn/sgd.yaml",
+        "model/lenet.yaml",
+    ]:
+        assert f"optbench/configs/{config}" in names
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    probe = (
+        "import optbench, sys; from optbench.cli import main; "
+        "print(optbench.__file__); sys.exit(main(['run', '--cfg', 'job', 'optimizer=adamw']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(str(site))  # the wheel's copy, not the checkout
+    assert "_target_: torch.optim.AdamW" in result.stdout

@@ -1,0 +1,162 @@
+"""Every config group composes, every optimizer builds, and the schema rejects typos."""
+
+from __future__ import annotations
+
+import inspect
+from importlib.resources import files
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from optbench import models
+from optbench.config import ConfigError, check_config, seed_list
+from optbench.optimizers import build_optimizer, optimizer_class, optimizer_kwargs
+
+from conftest import compose_config, compose_sweep
+
+
+def options(group: str) -> list[str]:
+    folder = files("optbench.configs").joinpath(group)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+OPTIMIZERS = options("optimizer")
+EXPERIMENTS = options("experiment")
+
+# The defining hyperparameters of the variants that are not torch.optim's defaults.
+VARIANTS = {
+    "momentum": {"momentum": 0.9},
+    "nesterov": {"momentum": 0.9, "nesterov": True},
+    "amsgrad": {"amsgrad": True},
+}
+
+
+def test_the_contracted_names_exist():
+    assert set(OPTIMIZERS) >= {
+        "sgd",
+        "momentum",
+        "nesterov",
+        "adagrad",
+        "adadelta",
+        "rmsprop",
+        "adam",
+        "amsgrad",
+        "adamw",
+        "adamax",
+    }
+    assert options("dataset") == ["cifar10", "fashion_mnist", "mnist"]
+    assert options("model") == ["ffnn", "lenet"]
+    assert {"wizard_ffnn", "examples_cnn", "simple_nn"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "experiment"])
+def test_every_option_of_every_group_composes_and_passes_the_checks(group):
+    for name in options(group):
+        cfg = compose_config(f"{group}={name}")
+        check_config(cfg, [cfg.optimizer])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizer_defaults_are_torch_optims_defaults(name):
+    # The file itself, before any experiment sets its protocol's values.
+    optimizer = OmegaConf.load(files("optbench.configs").joinpath(f"optimizer/{name}.yaml"))
+    assert optimizer.name == name
+    signature = inspect.signature(optimizer_class(optimizer))
+    expected = {**{k: p.default for k, p in signature.parameters.items()}, **VARIANTS.get(name, {})}
+    for key, value in optimizer_kwargs(optimizer).items():
+        assert value == expected[key], f"{name}.{key}"
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_builds_on_both_models(name):
+    cfg = compose_config(f"optimizer={name}")
+    for model_name in ("ffnn", "lenet"):
+        model_cfg = compose_config(f"model={model_name}").model
+        model = models.build_model(model_cfg, cfg.dataset, seed=0)
+        optimizer = build_optimizer(cfg.optimizer, model.parameters())
+        assert isinstance(optimizer, optimizer_class(cfg.optimizer))
+        assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == sum(
+            p.numel() for p in model.parameters()
+        )
+
+
+def test_experiment_sets_protocol_hyperparameters_and_the_command_line_wins():
+    assert compose_config("optimizer=sgd").optimizer.lr == 0.1  # wizard_ffnn
+    assert compose_config("optimizer=nesterov").optimizer.lr == 0.1
+    assert compose_config("optimizer=adam").optimizer.lr == 0.001
+    assert compose_config("optimizer=sgd", "optimizer.lr=0.05").optimizer.lr == 0.05
+    cnn = compose_config("experiment=examples_cnn", "optimizer=sgd").optimizer
+    assert (cnn.lr, cnn.momentum) == (0.01, 0.5)
+
+
+def test_sweep_composes_each_optimizer_of_the_experiment():
+    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,adam]")
+    assert [o.name for o in optimizer_cfgs] == ["sgd", "adam"]
+    assert [o.lr for o in optimizer_cfgs] == [0.1, 0.001]
+    default_cfg, all_cfgs = compose_sweep()
+    assert (
+        [o.name for o in all_cfgs]
+        == list(default_cfg.optimizers)
+        == [
+            "sgd",
+            "momentum",
+            "nesterov",
+            "adam",
+            "adagrad",
+            "adadelta",
+            "adamax",
+            "rmsprop",
+        ]
+    )
+
+
+def test_the_schema_rejects_misspelt_keys_and_wrong_types():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config("train.epoch=3")
+    assert isinstance(error.value.__cause__, ConfigAttributeError)
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config("train.epochs=abc")
+    assert isinstance(error.value.__cause__, ValidationError)
+    with pytest.raises(ConfigCompositionException):
+        compose_config("device=gpu")
+
+
+@pytest.mark.parametrize(
+    ("seeds", "expected"), [(1, [0]), (5, [0, 1, 2, 3, 4]), ([3, 7, 11], [3, 7, 11])]
+)
+def test_seed_list(seeds, expected):
+    assert seed_list(seeds) == expected
+
+
+@pytest.mark.parametrize("seeds", [0, -1, [], [1, 1], [-2], [1.5], True, "x"])
+def test_bad_seeds_are_rejected(seeds):
+    with pytest.raises(ConfigError, match="seeds"):
+        seed_list(seeds)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=0", "train.batch_size=0"),
+        ("train.batch_size=-5", "train.batch_size=-5"),
+        ("optimizer.lr=-0.1", "Invalid learning rate: -0.1"),
+        ("dataset.train_size=0", "dataset.train_size=0"),
+        ("dataset.train_size=60001", "from 1 to 60000"),
+        ("train.epochs=0", "train.epochs=0"),
+        ("train.eval_every=0", "train.eval_every=0"),
+    ],
+)
+def test_check_config_rejects_bad_values(override, message):
+    cfg = compose_config(override)
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("+", r"\+")):
+        check_config(cfg, [cfg.optimizer])
+
+
+def test_a_custom_optimizer_class_is_accepted_and_a_non_optimizer_is_not():
+    cfg = compose_config("optimizer=adam", "optimizer._target_=torch.optim.AdamW")
+    check_config(cfg, [cfg.optimizer])
+    cfg = compose_config("optimizer._target_=torch.nn.Linear")
+    with pytest.raises(ConfigError, match="not a torch.optim.Optimizer"):
+        check_config(cfg, [cfg.optimizer])

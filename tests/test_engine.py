@@ -1,0 +1,151 @@
+"""The engine: real MNIST training, checked against an independent hand-written loop."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from optbench import engine, models
+from optbench.data import TensorData, load
+
+from conftest import compose_config, compose_sweep
+
+SMALL = ("dataset.train_size=1000", "train.steps=30", "train.eval_every=10")
+RESULT_COLUMNS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
+
+
+def without_time(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.drop(columns="wall_s").reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    ("train", "n_train", "expected"),
+    [
+        (
+            {"batch_size": 100, "epochs": 5, "eval_every": 500},
+            60000,
+            (100, 600, 3000, [500, 1000, 1500, 2000, 2500, 3000]),
+        ),
+        ({"batch_size": 64, "epochs": 2}, 60000, (64, 938, 1876, [938, 1876])),
+        (
+            {"batch_size": 64, "epochs": 9, "steps": 25, "eval_every": 10},
+            1000,
+            (64, 16, 25, [10, 20, 25]),
+        ),
+        ({"batch_size": "full", "epochs": 3}, 1000, (1000, 1, 3, [1, 2, 3])),
+    ],
+)
+def test_schedule_by_hand(train, n_train, expected):
+    defaults = {
+        "batch_size": 64,
+        "epochs": 1,
+        "steps": None,
+        "eval_every": None,
+        "test_batch_size": 1000,
+    }
+    schedule = engine.make_schedule(OmegaConf.create(defaults | train), n_train)
+    assert (
+        schedule.batch_size,
+        schedule.steps_per_epoch,
+        schedule.total_steps,
+        schedule.eval_steps,
+    ) == expected
+
+
+def test_every_optimizer_lowers_the_training_loss(data_dir):
+    cfg, optimizer_cfgs = compose_sweep(
+        "optimizers=[sgd,momentum,nesterov,adagrad,adadelta,rmsprop,adam,amsgrad,adamw,adamax]",
+        "dataset.train_size=2000",
+        "train.batch_size=50",
+        "train.steps=80",
+        "train.eval_every=40",
+        "seeds=2",
+    )
+    runs = engine.train(cfg, optimizer_cfgs, progress=False)
+    assert len(runs) == 10 * 2 * 2
+    assert runs[RESULT_COLUMNS].notna().all().all()
+    for (name, seed), rows in runs.groupby(["optimizer", "seed"]):
+        first, last = rows.sort_values("step")["train_loss"].to_numpy()
+        assert last < first < math.log(10) + 0.5, (name, seed, first, last)
+        assert rows["test_accuracy"].between(0, 1).all()
+
+
+def test_the_same_seed_gives_identical_rows(data_dir):
+    cfg = compose_config("optimizer=adam", "seeds=2", *SMALL)
+    first = engine.train(cfg, [cfg.optimizer], progress=False)
+    second = engine.train(cfg, [cfg.optimizer], progress=False)
+    pd.testing.assert_frame_equal(without_time(first), without_time(second), check_exact=True)
+
+
+def test_a_run_does_not_depend_on_the_runs_beside_it(data_dir):
+    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,adam,rmsprop]", "seeds=3", *SMALL)
+    together = engine.train(cfg, optimizer_cfgs, progress=False)
+    alone_cfg = compose_config("optimizer=adam", "seeds=[1]", *SMALL)
+    alone = engine.train(alone_cfg, [alone_cfg.optimizer], progress=False)
+    picked = together[(together.optimizer == "adam") & (together.seed == 1)]
+    pd.testing.assert_frame_equal(without_time(picked), without_time(alone), check_exact=True)
+
+
+def test_engine_equals_a_hand_written_sgd_loop(data_dir):
+    """Independent reference: plain tensors, F.linear, torch.autograd.grad, p -= lr * g."""
+    cfg = compose_config("optimizer=sgd", "seeds=[7]", "train.batch_size=64", *SMALL)
+    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+
+    tensors: TensorData = load(cfg.dataset, data_dir, torch.device("cpu"))
+    model = models.build_model(cfg.model, cfg.dataset, engine.stream_seed(7, "init"))
+    w1, b1, w2, b2 = (p.detach().clone().requires_grad_() for p in model.parameters())
+    order = torch.Generator().manual_seed(engine.stream_seed(7, "data_order"))
+    lr, n = cfg.optimizer.lr, len(tensors.train_x)
+
+    def logits(x):
+        return F.linear(F.relu(F.linear(x.flatten(1), w1, b1)), w2, b2)
+
+    batches, losses, expected = [], [], []
+    for step in range(1, 31):
+        if not batches:
+            batches = list(torch.randperm(n, generator=order).split(64))
+        index = batches.pop(0)
+        loss = F.cross_entropy(logits(tensors.train_x[index]), tensors.train_y[index])
+        grads = torch.autograd.grad(loss, [w1, b1, w2, b2])
+        with torch.no_grad():
+            for p, g in zip((w1, b1, w2, b2), grads, strict=True):
+                p -= lr * g
+        losses.append(loss.item())
+        if step % 10 == 0:
+            with torch.no_grad():
+                out = logits(tensors.test_x)
+                expected.append(
+                    {
+                        "step": step,
+                        "train_loss": sum(losses) / len(losses),
+                        "last_batch_loss": losses[-1],
+                        "test_loss": F.cross_entropy(out, tensors.test_y).item(),
+                        "test_accuracy": (out.argmax(1) == tensors.test_y).float().mean().item(),
+                    }
+                )
+            losses = []
+    expected = pd.DataFrame(expected)
+    assert runs["step"].tolist() == expected["step"].tolist()
+    for column in RESULT_COLUMNS:
+        torch.testing.assert_close(
+            torch.tensor(runs[column].to_numpy()),
+            torch.tensor(expected[column].to_numpy()),
+            rtol=1e-5,
+            atol=1e-6,
+            msg=column,
+        )
+
+
+def test_full_batch_and_epoch_columns(data_dir):
+    cfg = compose_config(
+        "train.batch_size=full", "dataset.train_size=300", "train.epochs=3", "train.eval_every=1"
+    )
+    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    assert runs["step"].tolist() == [1, 2, 3] and runs["epoch"].tolist() == [1.0, 2.0, 3.0]
+    assert (runs["train_loss"] == runs["last_batch_loss"]).all()  # one step per evaluation
+    assert runs["wall_s"].is_monotonic_increasing

@@ -1,0 +1,100 @@
+"""Result files: summary.csv against NumPy, atomic writes, and combining multirun jobs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from optbench import engine, results
+
+from conftest import compose_sweep
+
+
+@pytest.fixture(scope="module")
+def real_runs(data_dir) -> pd.DataFrame:
+    cfg, optimizer_cfgs = compose_sweep(
+        "optimizers=[sgd,adam]",
+        "seeds=3",
+        "dataset.train_size=600",
+        "train.steps=12",
+        "train.eval_every=4",
+    )
+    return engine.train(cfg, optimizer_cfgs, progress=False)
+
+
+def test_summary_csv_equals_numpy_on_runs_csv(real_runs, tmp_path):
+    results.write_results(tmp_path, real_runs)
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 2 * 3  # optimizers x evaluation steps
+    for row in summary.itertuples():
+        values = runs[(runs.optimizer == row.optimizer) & (runs.step == row.step)]
+        assert row.n == len(values) == 3
+        for metric in results.METRICS:
+            column = values[metric].to_numpy()
+            assert getattr(row, f"{metric}_mean") == pytest.approx(np.mean(column), rel=1e-12)
+            assert getattr(row, f"{metric}_std") == pytest.approx(np.std(column, ddof=1), rel=1e-9)
+    assert summary.optimizer.tolist() == ["sgd"] * 3 + ["adam"] * 3  # the sweep's order
+
+
+def test_runs_csv_has_the_contracted_columns(real_runs, tmp_path):
+    results.write_results(tmp_path, real_runs)
+    columns = pd.read_csv(tmp_path / "runs.csv").columns
+    for name in [
+        "optimizer",
+        "seed",
+        "step",
+        "epoch",
+        "train_loss",
+        "last_batch_loss",
+        "test_loss",
+        "test_accuracy",
+        "wall_s",
+    ]:
+        assert name in columns
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
+    target = tmp_path / "runs.csv"
+    target.write_text("old complete contents\n")
+
+    def write_half_then_fail(tmp):
+        tmp.write_text("half a ro")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        results.atomic_write(target, write_half_then_fail)
+    assert target.read_text() == "old complete contents\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["runs.csv"]
+
+
+def test_combining_jobs_tells_apart_the_same_optimizer_with_other_hyperparameters(
+    real_runs, tmp_path
+):
+    sgd = real_runs[real_runs.optimizer == "sgd"]
+    for job, lr in ((0, 0.1), (1, 0.01)):
+        results.write_results(tmp_path / str(job), sgd)
+        OmegaConf.save(
+            {"provenance": {"overrides": ["seeds=3", f"optimizer.lr={lr}"]}},
+            tmp_path / str(job) / "config.yaml",
+        )
+    combined = results.combine_jobs(tmp_path)
+    assert sorted(combined.optimizer.unique()) == [
+        "sgd [optimizer.lr=0.01]",
+        "sgd [optimizer.lr=0.1]",
+    ]
+    assert len(combined) == 2 * len(sgd)
+
+
+def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp_path):
+    for job, name in enumerate(["sgd", "adam"]):
+        results.write_results(tmp_path / str(job), real_runs[real_runs.optimizer == name])
+        OmegaConf.save(
+            {"provenance": {"overrides": [f"optimizer={name}"]}},
+            tmp_path / str(job) / "config.yaml",
+        )
+    combined = results.combine_jobs(tmp_path)
+    assert combined.optimizer.unique().tolist() == ["sgd", "adam"]
+    assert results.combine_jobs(tmp_path / "empty") is None
