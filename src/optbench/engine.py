@@ -11,6 +11,7 @@ Evaluation points produce one flat row per run (a dict); `train` returns them as
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 
 from optbench import data, models, optimizers
 from optbench.config import ConfigError, seed_list
+
+log = logging.getLogger("optbench")
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -200,6 +203,14 @@ def train(cfg: DictConfig, optimizer_cfgs: list[DictConfig], progress: bool = Tr
             run.loss_count = 0
         mean_accuracy = sum(r["test_accuracy"] for r in rows[-len(runs) :]) / len(runs)
         bar.set_postfix(step=step, test_accuracy=f"{mean_accuracy:.4f}")
+        if bar.disable:  # no progress bar (output is not a terminal): one log line instead
+            log.info(
+                "step %d/%d: mean test accuracy %.4f over %d runs",
+                step,
+                schedule.total_steps,
+                mean_accuracy,
+                len(runs),
+            )
         next_eval = next(evaluations, None)
     bar.close()
     return pd.DataFrame(rows)
