@@ -8,9 +8,11 @@ STAMP := $(VENV)/.installed
 DATA_STAMP := data/MNIST/raw/train-images-idx3-ubyte
 SEEDS ?= 5
 EXPERIMENT ?= wizard_ffnn
+# examples_cnn is heavy on a CPU: 3 seeds here, 10 where a GPU trains it.
+CNN_SEEDS ?= 3
 
 .DEFAULT_GOAL := help
-.PHONY: help install data sweep test lint format bench constraints clean
+.PHONY: help install data sweep reproduce regimes test lint format bench constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +31,19 @@ $(DATA_STAMP): | $(STAMP)
 
 sweep: install data ## every optimizer of EXPERIMENT (default wizard_ffnn), SEEDS seeds (default 5) -> results/EXPERIMENT/
 	$(BIN)/optbench sweep experiment=$(EXPERIMENT) seeds=$(SEEDS) hydra.run.dir=results/$(EXPERIMENT)
+
+reproduce: install data ## the three tutorials' protocols with many seeds -> results/<preset>/, then the regimes
+	$(BIN)/optbench sweep experiment=wizard_ffnn seeds=$(SEEDS) hydra.run.dir=results/wizard_ffnn
+	$(BIN)/optbench sweep experiment=simple_nn seeds=$(SEEDS) hydra.run.dir=results/simple_nn
+	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) hydra.run.dir=results/examples_cnn
+	$(MAKE) regimes EXPERIMENT=wizard_ffnn MINIBATCH=100
+
+MINIBATCH ?= 100
+regimes: install data ## full-batch GD, pure SGD (batch 1) and mini-batch (MINIBATCH) on EXPERIMENT -> results/regimes_EXPERIMENT/
+	$(BIN)/optbench run -m experiment=$(EXPERIMENT) optimizer=sgd seeds=3 \
+		train.batch_size=full,1,$(MINIBATCH) train.eval_every=null \
+		hydra.sweep.dir=results/regimes_$(EXPERIMENT)
+	$(BIN)/optbench plot results/regimes_$(EXPERIMENT) --x epoch --x wall_s
 
 test: install data ## lint, then every test (the command CI runs)
 	$(BIN)/ruff check src tests scripts

@@ -18,7 +18,13 @@ from conftest import ROOT, run_cli
 pytestmark = pytest.mark.slow
 
 SMALL = ["dataset.train_size=1000", "train.steps=40", "train.eval_every=20"]
-PLOTS = ["test_accuracy.png", "test_loss.png", "train_loss.png", "final_test_accuracy.png"]
+PLOTS = [
+    "test_accuracy.png",
+    "test_loss.png",
+    "train_loss.png",
+    "last_batch_loss.png",
+    "final_test_accuracy.png",
+]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -149,3 +149,20 @@ def test_full_batch_and_epoch_columns(data_dir):
     assert runs["step"].tolist() == [1, 2, 3] and runs["epoch"].tolist() == [1.0, 2.0, 3.0]
     assert (runs["train_loss"] == runs["last_batch_loss"]).all()  # one step per evaluation
     assert runs["wall_s"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize("experiment", ["wizard_ffnn", "simple_nn"])
+@pytest.mark.parametrize(("batch_size", "steps"), [("full", 1), (1, 200), (50, 4)])
+def test_the_three_regimes_run_on_both_ffnn_presets(data_dir, experiment, batch_size, steps):
+    """Full-batch gradient descent, pure SGD and mini-batch: one epoch of 200 examples."""
+    cfg = compose_config(
+        f"experiment={experiment}",
+        "optimizer=sgd",
+        f"train.batch_size={batch_size}",
+        "dataset.train_size=200",
+        "train.epochs=1",
+        "train.eval_every=null",
+    )
+    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    assert runs["step"].tolist() == [steps] and runs["epoch"].tolist() == [1.0]
+    assert runs[RESULT_COLUMNS].notna().all().all()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from optbench import data, engine, plots, results
+from optbench import data, engine, plots, published, results
 from optbench.config import check_config
 
 log = logging.getLogger("optbench")
@@ -31,13 +31,15 @@ def benchmark(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every (optimizer, seed) run of cfg's protocol and write into out_dir:
-    runs.csv, summary.csv, config.yaml and the comparison plots. Returns the runs."""
+    runs.csv, summary.csv, config.yaml, the comparison plots and, for a preset with
+    published numbers, comparison.csv and comparison.md. Returns the runs."""
     check_config(cfg, optimizer_cfgs)
     prepare_data(cfg)
     runs = engine.train(cfg, optimizer_cfgs, progress=progress)
     out_dir = Path(out_dir)
     results.write_results(out_dir, runs)
     results.write_config(out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [])
+    published.write_comparison(out_dir, runs)  # only for presets with published numbers
     plots.plot_all(out_dir)
     log.info("Results in %s", out_dir.resolve())
     return runs

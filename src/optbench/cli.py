@@ -3,6 +3,7 @@
     optbench run [OVERRIDES]      one optimizer over seeds (a Hydra app: -m, --cfg job, --help)
     optbench sweep [OVERRIDES]    every optimizer of the experiment in one job
     optbench plot RESULTS_DIR     redraw every plot from the files on disk
+    optbench compare RESULTS_DIR  published numbers beside ours (comparison.csv, .md)
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
 
 Before Hydra starts a job (and creates its output folder), every job the command line asks
@@ -43,7 +44,10 @@ commands:
   sweep [OVERRIDES]        train every optimizer of the experiment in one job
                            e.g. optbench sweep seeds=5
                                 optbench sweep experiment=examples_cnn optimizers=[sgd,adam]
-  plot RESULTS_DIR         redraw every plot from RESULTS_DIR/runs.csv
+  plot RESULTS_DIR [--x step|epoch|wall_s]
+                           redraw every plot from RESULTS_DIR/runs.csv
+  compare RESULTS_DIR      set the tutorial's published numbers beside ours:
+                           comparison.csv and comparison.md (wizard_ffnn, examples_cnn)
   data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
                            in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
 
@@ -205,13 +209,14 @@ class CombineMultirun(Callback):
     """At the end of a multirun: one runs.csv, summary.csv and set of plots for all jobs."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from optbench import plots, results
+        from optbench import plots, published, results
 
         sweep_dir = Path(config.hydra.sweep.dir)
         combined = results.combine_jobs(sweep_dir)
         if combined is None:
             return
         results.write_results(sweep_dir, combined)
+        published.write_comparison(sweep_dir, combined)
         plots.plot_all(sweep_dir)
         print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")
 
@@ -223,13 +228,46 @@ class CombineMultirun(Callback):
 def _plot(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="optbench plot", description="Redraw every plot.")
     parser.add_argument("results_dir", type=Path, help="a folder holding runs.csv")
+    parser.add_argument(
+        "--x",
+        action="append",
+        choices=["step", "epoch", "wall_s"],
+        help="what the curves are drawn against (repeatable; default: step)",
+    )
     options = parser.parse_args(args)
     from optbench import plots
 
+    written = []
     try:
-        written = plots.plot_all(options.results_dir)
+        for x in options.x or ["step"]:
+            written += plots.plot_all(options.results_dir, x=x)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def _compare(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="optbench compare",
+        description="Set the tutorial's published numbers beside the results in RESULTS_DIR.",
+    )
+    parser.add_argument("results_dir", type=Path, help="a folder holding runs.csv")
+    options = parser.parse_args(args)
+    from optbench import published, results
+
+    try:
+        runs = results.read_runs(options.results_dir)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    written = published.write_comparison(options.results_dir, runs)
+    if not written:
+        raise ConfigError(
+            f"No published numbers match the runs in {options.results_dir}: experiments "
+            f"{sorted(runs['experiment'].unique())}; published: "
+            f"{', '.join(f'{e} ({d}, {m})' for e, (d, m) in published.PROTOCOLS.items())}."
+        )
     for path in written:
         print(path)
     return 0
@@ -270,10 +308,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "plot":
             return _plot(rest)
+        if command == "compare":
+            return _compare(rest)
         if command == "data":
             return _data(rest)
         raise ConfigError(
-            f"Unknown command {command!r}; valid commands: run, sweep, plot, data. "
+            f"Unknown command {command!r}; valid commands: run, sweep, plot, compare, data. "
             "See `optbench --help`."
         )
     except ConfigError as error:

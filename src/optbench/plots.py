@@ -11,12 +11,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from optbench import published  # noqa: E402
 from optbench.results import atomic_write, read_runs, summarize  # noqa: E402
 
 CURVES = {  # file stem -> (metric, y-axis label)
     "test_accuracy": ("test_accuracy", "test accuracy (fraction correct)"),
     "test_loss": ("test_loss", "test loss (mean cross-entropy)"),
     "train_loss": ("train_loss", "training loss (mean over steps since last evaluation)"),
+    "last_batch_loss": ("last_batch_loss", "last mini-batch loss before the evaluation"),
+}
+# Published points drawn on a curve's plot: metric -> marker ("final_test_accuracy" is the
+# wizard tutorial's summary list, drawn on the accuracy plot with its own marker).
+PUBLISHED_MARKERS = {
+    "test_accuracy": "X",
+    "final_test_accuracy": "*",
+    "test_loss": "X",
+    "last_batch_loss": "X",
+}
+
+
+# What a curve can be drawn against: x -> summary column, axis label.
+X_COLUMNS = {"step": "step", "epoch": "epoch", "wall_s": "wall_s_mean"}
+X_LABELS = {
+    "step": "optimizer step",
+    "epoch": "epoch (passes over the training set)",
+    "wall_s": "training wall time (s, mean over seeds)",
 }
 
 
@@ -38,8 +57,18 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_curve(summary: pd.DataFrame, metric: str, label: str, title: str, path: Path) -> Path:
-    """Mean line with a ±std band per optimizer against optimizer step."""
+def plot_curve(
+    summary: pd.DataFrame,
+    metric: str,
+    label: str,
+    title: str,
+    path: Path,
+    published_points: pd.DataFrame | None = None,
+    x: str = "step",
+) -> Path:
+    """Mean line with a ±std band per optimizer against x (step, epoch or wall_s, the mean
+    over seeds); published one-seed points (columns optimizer, step, metric, published),
+    if any, on top (against step only)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(summary["optimizer"].unique())
     colors = _colors(optimizers)
@@ -47,12 +76,34 @@ def plot_curve(summary: pd.DataFrame, metric: str, label: str, title: str, path:
         rows = summary[summary["optimizer"] == name]
         mean = rows[f"{metric}_mean"].to_numpy()
         std = np.nan_to_num(rows[f"{metric}_std"].to_numpy())  # one seed: no band
-        ax.plot(rows["step"], mean, marker="o", markersize=3, color=colors[name], label=name)
-        ax.fill_between(rows["step"], mean - std, mean + std, color=colors[name], alpha=0.2)
-    ax.set_xlabel("optimizer step")
+        position = rows[X_COLUMNS[x]].to_numpy()
+        ax.plot(position, mean, marker="o", markersize=3, color=colors[name], label=name)
+        ax.fill_between(position, mean - std, mean + std, color=colors[name], alpha=0.2)
+    if published_points is not None and x == "step":
+        labelled = set()
+        for row in published_points.itertuples():
+            if row.optimizer not in colors:
+                continue
+            kind = "published (one seed)" if row.metric == metric else "published summary"
+            ax.scatter(
+                row.step,
+                row.published,
+                marker=PUBLISHED_MARKERS[row.metric],
+                s=70,
+                color=colors[row.optimizer],
+                edgecolors="black",
+                linewidths=0.8,
+                zorder=5,
+                label=None if kind in labelled else kind,
+            )
+            labelled.add(kind)
+    ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(label)
     if metric.endswith("loss"):
         ax.set_yscale("log")
+    positive = summary[X_COLUMNS[x]][summary[X_COLUMNS[x]] > 0]
+    if len(positive) and positive.max() / positive.min() > 300:  # e.g. batch 1 beside full batch
+        ax.set_xscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(title="optimizer", fontsize=8, ncol=2 if len(optimizers) > 5 else 1)
@@ -62,7 +113,7 @@ def plot_curve(summary: pd.DataFrame, metric: str, label: str, title: str, path:
 def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     """Every seed's final test accuracy as a point, with each optimizer's mean ± std,
     optimizers sorted from best to worst mean."""
-    final = runs[runs["step"] == runs["step"].max()]
+    final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
     order = final.groupby("optimizer")["test_accuracy"].mean().sort_values(ascending=False)
     colors = _colors(list(runs["optimizer"].unique()))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 5))
@@ -90,12 +141,27 @@ def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_all(results_dir: Path) -> list[Path]:
+def _published_points(runs: pd.DataFrame, protocol: pd.Series) -> pd.DataFrame | None:
+    """The tutorial's published points for this protocol, placed at our optimizer steps."""
+    if published.PROTOCOLS.get(protocol.experiment) != (protocol.dataset, protocol.model):
+        return None
+    points = published.published(protocol.experiment)
+    steps_per_epoch = (runs["step"] / runs["epoch"]).iloc[0]
+    points["step"] = np.where(
+        points["x"] == "epoch", np.rint(points["at"] * steps_per_epoch), points["at"]
+    )
+    return points
+
+
+def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
     """Draw every plot of a results folder from its runs.csv; return the files written.
 
-    A folder holding several protocols (e.g. a multirun over datasets) gets one set of
-    plots per protocol, named with a suffix.
+    Curves are drawn against x ("step", "epoch" or "wall_s"; files for other than step
+    end in _vs_<x>). A folder holding several protocols (e.g. a multirun over datasets)
+    gets one set of plots per protocol, named with a suffix.
     """
+    if x not in X_COLUMNS:
+        raise ValueError(f"Cannot plot against {x!r}; valid choices: {', '.join(X_COLUMNS)}.")
     results_dir = Path(results_dir)
     runs = read_runs(results_dir)
     protocols = runs[["experiment", "dataset", "model"]].drop_duplicates()
@@ -110,11 +176,24 @@ def plot_all(results_dir: Path) -> list[Path]:
             if len(protocols) == 1
             else f"_{protocol.experiment}_{protocol.dataset}_{protocol.model}"
         )
+        points = _published_points(subset, protocol)
         for stem, (metric, label) in CURVES.items():
             title = _title(protocol, n_seeds, label.split(" (")[0])
+            wanted = [metric, "final_test_accuracy"] if metric == "test_accuracy" else [metric]
+            own = None if points is None else points[points["metric"].isin(wanted)]
             written.append(
-                plot_curve(summary, metric, label, title, results_dir / f"{stem}{suffix}.png")
+                plot_curve(
+                    summary,
+                    metric,
+                    label,
+                    title,
+                    results_dir / f"{stem}{suffix}{'' if x == 'step' else f'_vs_{x}'}.png",
+                    published_points=own,
+                    x=x,
+                )
             )
+        if x != "step":
+            continue
         title = _title(protocol, n_seeds, "final test accuracy").replace("mean ± std over", "over")
         written.append(
             plot_final_accuracy(subset, title, results_dir / f"final_test_accuracy{suffix}.png")

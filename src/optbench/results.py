@@ -134,12 +134,22 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+# Overrides that do not change what a run is (which seeds, where, on what hardware).
+NEUTRAL_OVERRIDES = ("seeds", "data_dir", "device", "threads", "hydra.", "optimizer")
+
+
+def _is_neutral(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key in NEUTRAL_OVERRIDES or key.startswith("hydra.")
+
+
 def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
     """Concatenate the runs.csv of every job folder of a Hydra multirun.
 
-    When two jobs trained the same optimizer on the same protocol and seeds (e.g.
-    `-m optimizer.lr=0.1,0.01`), their rows are told apart by adding the job's own
-    overrides to the optimizer label: "sgd [optimizer.lr=0.1]".
+    When several jobs train the same optimizer on the same protocol but with other settings
+    (`-m optimizer.lr=0.1,0.01`, `-m train.batch_size=full,1,100`), each job's own overrides
+    join the optimizer label, "sgd [optimizer.lr=0.1]", so their rows stay apart. Jobs that
+    differ only in seeds, paths or hardware keep the plain name and are pooled.
     """
     sweep_dir = Path(sweep_dir)
     job_dirs = sorted(
@@ -155,16 +165,20 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
         if config_path.is_file():
             overrides = list(OmegaConf.load(config_path).provenance.overrides)
         jobs.append((read_runs(job_dir), overrides))
-    identity = ["experiment", "dataset", "model", "optimizer", "seed", "step"]
-    combined = pd.concat([runs for runs, _ in jobs], ignore_index=True)
-    if combined.duplicated(identity).any():
-        shared = set.intersection(*(set(overrides) for _, overrides in jobs))
-        relabelled = []
-        for runs, overrides in jobs:
-            own = [o for o in overrides if o not in shared and not o.startswith("optimizer=")]
-            runs = runs.copy()
-            if own:
-                runs["optimizer"] = runs["optimizer"] + " [" + " ".join(own) + "]"
-            relabelled.append(runs)
-        combined = pd.concat(relabelled, ignore_index=True)
-    return combined
+    shared = set.intersection(*(set(overrides) for _, overrides in jobs))
+    protocol = ["experiment", "dataset", "model", "optimizer"]
+    jobs_per_key: dict[tuple, int] = {}
+    for runs, _ in jobs:
+        for key in runs[protocol].drop_duplicates().itertuples(index=False):
+            jobs_per_key[tuple(key)] = jobs_per_key.get(tuple(key), 0) + 1
+    relabelled = []
+    for runs, overrides in jobs:
+        own = [o for o in overrides if o not in shared and not _is_neutral(o)]
+        runs = runs.copy()
+        repeated = runs[protocol].apply(lambda row: jobs_per_key[tuple(row)] > 1, axis=1)
+        if own and repeated.any():
+            runs.loc[repeated, "optimizer"] = runs.loc[repeated, "optimizer"] + (
+                " [" + " ".join(own) + "]"
+            )
+        relabelled.append(runs)
+    return pd.concat(relabelled, ignore_index=True)
