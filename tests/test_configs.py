@@ -30,22 +30,25 @@ VARIANTS = {
     "momentum": {"momentum": 0.9},
     "nesterov": {"momentum": 0.9, "nesterov": True},
     "amsgrad": {"amsgrad": True},
+    "rmsprop_momentum": {"momentum": 0.9},
+    "rmsprop_centered": {"centered": True},
 }
+# Options that need more than the default model, and what they need.
+NEEDS = {
+    "sparse_adam": ["model.sparse_input=true"],
+    "custom": ["optimizer._target_=torch.optim.SGD"],
+}
+BUILT_IN = [name for name in OPTIMIZERS if name != "custom"]
 
 
 def test_the_contracted_names_exist():
-    assert set(OPTIMIZERS) >= {
-        "sgd",
-        "momentum",
-        "nesterov",
-        "adagrad",
-        "adadelta",
-        "rmsprop",
-        "adam",
-        "amsgrad",
-        "adamw",
-        "adamax",
-    }
+    foundation = "sgd momentum nesterov adagrad adadelta rmsprop adam amsgrad adamw adamax"
+    more = "asgd rprop lbfgs sparse_adam nadam radam rmsprop_momentum rmsprop_centered custom"
+    textbook = " ".join(
+        f"textbook_{n}"
+        for n in "sgd momentum nesterov adagrad adadelta rmsprop adam adamw adamax".split()
+    )
+    assert set(OPTIMIZERS) == set(f"{foundation} {more} {textbook}".split())
     assert options("dataset") == ["cifar10", "fashion_mnist", "mnist"]
     assert options("model") == ["ffnn", "lenet"]
     assert {"wizard_ffnn", "examples_cnn", "simple_nn"} <= set(EXPERIMENTS)
@@ -54,11 +57,11 @@ def test_the_contracted_names_exist():
 @pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "experiment"])
 def test_every_option_of_every_group_composes_and_passes_the_checks(group):
     for name in options(group):
-        cfg = compose_config(f"{group}={name}")
+        cfg = compose_config(f"{group}={name}", *NEEDS.get(name, []))
         check_config(cfg, [cfg.optimizer])
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_optimizer_defaults_are_torch_optims_defaults(name):
     # The file itself, before any experiment sets its protocol's values.
     optimizer = OmegaConf.load(files("optbench.configs").joinpath(f"optimizer/{name}.yaml"))
@@ -69,11 +72,11 @@ def test_optimizer_defaults_are_torch_optims_defaults(name):
         assert value == expected[key], f"{name}.{key}"
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_every_optimizer_builds_on_both_models(name):
     cfg = compose_config(f"optimizer={name}")
-    for model_name in ("ffnn", "lenet"):
-        model_cfg = compose_config(f"model={model_name}").model
+    for model_name in ("ffnn", "lenet") if name != "sparse_adam" else ("ffnn",):
+        model_cfg = compose_config(f"model={model_name}", *NEEDS.get(name, [])).model
         model = models.build_model(model_cfg, cfg.dataset, seed=0)
         optimizer = build_optimizer(cfg.optimizer, model.parameters())
         assert isinstance(optimizer, optimizer_class(cfg.optimizer))

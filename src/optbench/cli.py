@@ -44,7 +44,7 @@ commands:
   sweep [OVERRIDES]        train every optimizer of the experiment in one job
                            e.g. optbench sweep seeds=5
                                 optbench sweep experiment=examples_cnn optimizers=[sgd,adam]
-  plot RESULTS_DIR [--x step|epoch|wall_s]
+  plot RESULTS_DIR [--x step|epoch|grad_evals|wall_s]
                            redraw every plot from RESULTS_DIR/runs.csv
   compare RESULTS_DIR      set the tutorial's published numbers beside ours:
                            comparison.csv and comparison.md (wizard_ffnn, examples_cnn)
@@ -88,7 +88,7 @@ def sweep_optimizer_configs(cfg: DictConfig, overrides: list[str]) -> list[DictC
 # Checking every job before Hydra runs it
 
 
-def _one_paragraph(error: BaseException) -> str:
+def _one_paragraph(error: BaseException, overrides: list[str] = ()) -> str:
     """Hydra's and OmegaConf's errors, reworded as one paragraph naming the valid choices."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, name = error.missing_cfg_file.rpartition("/")
@@ -108,19 +108,24 @@ def _one_paragraph(error: BaseException) -> str:
             kept.append(line.rstrip("."))
     text = ": ".join(kept) + "."
     if "not in" in text and "Key '" in text:
-        text += " " + _valid_keys_hint(text)
+        text += " " + _valid_keys_hint(text, overrides)
     return text
 
 
-def _valid_keys_hint(message: str) -> str:
+def _valid_keys_hint(message: str, overrides: list[str]) -> str:
     """For a misspelt key, list the keys that exist at that level of the config."""
     import re
 
     match = re.search(r"Could not override '([^']+)'", message)
     if not match:
         return ""
-    parent = match.group(1).rpartition(".")[0]
-    default = compose(CONFIG_NAME)
+    key = match.group(1)
+    parent = key.rpartition(".")[0]
+    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+    try:
+        default = compose(CONFIG_NAME, overrides=others)
+    except (HydraException, OmegaConfBaseException):
+        default = compose(CONFIG_NAME)
     node = OmegaConf.select(default, parent) if parent else default
     if not isinstance(node, DictConfig):
         return ""
@@ -169,8 +174,8 @@ def check_command_line(command: str, args: list[str]) -> None:
                 optimizer_cfgs = (
                     [cfg.optimizer] if command == "run" else sweep_optimizer_configs(cfg, overrides)
                 )
-            except (HydraException, OmegaConfBaseException) as error:
-                raise ConfigError(_one_paragraph(error)) from None
+            except (HydraException, OmegaConfBaseException, ValueError) as error:
+                raise ConfigError(_one_paragraph(error, overrides)) from None
             optbench_config.check_config(cfg, optimizer_cfgs)
             datasets.add((cfg.dataset.name, cfg.data_dir))
     from optbench import data
@@ -231,7 +236,7 @@ def _plot(args: list[str]) -> int:
     parser.add_argument(
         "--x",
         action="append",
-        choices=["step", "epoch", "wall_s"],
+        choices=["step", "epoch", "grad_evals", "wall_s"],
         help="what the curves are drawn against (repeatable; default: step)",
     )
     options = parser.parse_args(args)
@@ -296,6 +301,7 @@ def _data(args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in a pipe
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0

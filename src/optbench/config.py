@@ -114,8 +114,9 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     names = [o.name for o in optimizer_cfgs]
     if len(set(names)) != len(names):
         raise ConfigError(f"Each optimizer may be trained once per job; got {names}.")
+    model = models.build_model(cfg.model, cfg.dataset, seed=0)  # a throwaway copy
     for optimizer_cfg in optimizer_cfgs:
-        optimizers.check_optimizer_config(optimizer_cfg)
+        optimizers.check_optimizer_config(optimizer_cfg, model)
 
 
 def fingerprint(cfg: DictConfig) -> str:

@@ -11,6 +11,7 @@ Evaluation points produce one flat row per run (a dict); `train` returns them as
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 import time
@@ -86,13 +87,18 @@ class Run:
         self.model = models.build_model(cfg.model, cfg.dataset, stream_seed(seed, "init"))
         self.model.to(device)
         self.optimizer = optimizers.build_optimizer(optimizer_cfg, self.model.parameters())
+        # torch.optim's step(closure) evaluates the loss itself (L-BFGS several times);
+        # a user's optimizer whose step takes no closure gets the gradient first.
+        self.step_takes_closure = "closure" in inspect.signature(self.optimizer.step).parameters
         self.order = torch.Generator().manual_seed(stream_seed(seed, "data_order"))
         self.n_train, self.batch_size, self.device = n_train, batch_size, device
         self.batches: list[torch.Tensor] = []  # the rest of this epoch's batches
         self.loss_sum = torch.zeros((), device=device)  # summed batch losses since last evaluation
         self.loss_count = 0
         self.last_loss = torch.full((), math.nan, device=device)
+        self.grad_evals = 0  # forward + backward passes so far
         self.train_s = 0.0  # seconds spent in this run's steps
+        self.diverged = False  # set at the first evaluation that sees a NaN or infinite loss
 
     def next_batch(self) -> torch.Tensor | None:
         """Indices of the next mini-batch; a fresh shuffle each epoch, as DataLoader(shuffle=True).
@@ -113,15 +119,56 @@ class Run:
             x, y = tensors.train_x, tensors.train_y
         else:  # index_select: about 2.5x faster than x[index] for a [N, C, H, W] tensor
             x, y = tensors.train_x.index_select(0, index), tensors.train_y.index_select(0, index)
-        loss = F.cross_entropy(self.model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            self.grad_evals += 1
+            return loss
+
+        if self.step_takes_closure:
+            loss = self.optimizer.step(closure)  # the loss before this step's update
+        else:
+            loss = closure()
+            self.optimizer.step()
         loss = loss.detach()
         self.loss_sum += loss  # stays on the device: no host synchronisation per step
         self.loss_count += 1
         self.last_loss = loss
         self.train_s += time.perf_counter() - start
+
+    def evaluation_row(self, step: int, tensors: data.TensorData, test_batch_size: int) -> dict:
+        """This run's measurements at an evaluation point. A NaN or infinite training loss
+        since the last evaluation marks the run diverged: it trains no further, and this
+        and every later row carry diverged=True and no test metrics."""
+        nan = math.nan
+        if not self.diverged:
+            train_loss = (self.loss_sum / self.loss_count).item()
+            last_batch_loss = self.last_loss.item()
+            self.diverged = not math.isfinite(train_loss)
+        else:
+            train_loss = last_batch_loss = nan
+        if self.diverged:
+            test_loss = test_accuracy = nan
+        else:
+            test_loss, test_accuracy = evaluate(
+                self.model, tensors.test_x, tensors.test_y, test_batch_size
+            )
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        return {
+            "optimizer": self.optimizer_name,
+            "seed": self.seed,
+            "step": step,
+            "train_loss": train_loss,
+            "last_batch_loss": last_batch_loss,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "grad_evals": self.grad_evals,
+            "wall_s": self.train_s,
+            "diverged": self.diverged,
+        }
 
 
 @torch.no_grad()
@@ -146,8 +193,8 @@ def train(cfg: DictConfig, optimizer_cfgs: list[DictConfig], progress: bool = Tr
 
     Columns: experiment, dataset, model, optimizer, seed, step, epoch, train_loss (mean
     mini-batch loss since the previous evaluation), last_batch_loss, test_loss,
-    test_accuracy (fraction in [0, 1]), wall_s (seconds of this run's training so far,
-    evaluation excluded).
+    test_accuracy (fraction in [0, 1]), grad_evals (forward + backward passes so far),
+    wall_s (seconds of this run's training so far, evaluation excluded), diverged.
     """
     device = resolve_device(cfg.device.value if hasattr(cfg.device, "value") else cfg.device)
     if cfg.threads is not None:
@@ -177,39 +224,27 @@ def train(cfg: DictConfig, optimizer_cfgs: list[DictConfig], progress: bool = Tr
     next_eval = next(evaluations)
     for step in range(1, schedule.total_steps + 1):
         for run in runs:
-            run.step(tensors)
+            if not run.diverged:
+                run.step(tensors)
         bar.update(len(runs))
         if step != next_eval:
             continue
+        epoch = step / schedule.steps_per_epoch
         for run in runs:
-            test_loss, test_accuracy = evaluate(
-                run.model, tensors.test_x, tensors.test_y, cfg.train.test_batch_size
-            )
-            rows.append(
-                {
-                    **context,
-                    "optimizer": run.optimizer_name,
-                    "seed": run.seed,
-                    "step": step,
-                    "epoch": step / schedule.steps_per_epoch,
-                    "train_loss": (run.loss_sum / run.loss_count).item(),
-                    "last_batch_loss": run.last_loss.item(),
-                    "test_loss": test_loss,
-                    "test_accuracy": test_accuracy,
-                    "wall_s": run.train_s,
-                }
-            )
-            run.loss_sum.zero_()
-            run.loss_count = 0
-        mean_accuracy = sum(r["test_accuracy"] for r in rows[-len(runs) :]) / len(runs)
-        bar.set_postfix(step=step, test_accuracy=f"{mean_accuracy:.4f}")
+            row = run.evaluation_row(step, tensors, cfg.train.test_batch_size)
+            rows.append({**context, **row, "epoch": epoch})
+        healthy = [r["test_accuracy"] for r in rows[-len(runs) :] if not r["diverged"]]
+        mean_accuracy = sum(healthy) / len(healthy) if healthy else math.nan
+        diverged = len(runs) - len(healthy)
+        bar.set_postfix(step=step, test_accuracy=f"{mean_accuracy:.4f}", diverged=diverged)
         if bar.disable:  # no progress bar (output is not a terminal): one log line instead
             log.info(
-                "step %d/%d: mean test accuracy %.4f over %d runs",
+                "step %d/%d: mean test accuracy %.4f over %d runs (%d diverged)",
                 step,
                 schedule.total_steps,
                 mean_accuracy,
-                len(runs),
+                len(healthy),
+                diverged,
             )
         next_eval = next(evaluations, None)
     bar.close()

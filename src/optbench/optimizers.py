@@ -40,21 +40,66 @@ def build_optimizer(optimizer: DictConfig, params: Iterable[torch.Tensor]) -> to
     return optimizer_class(optimizer)(params, **optimizer_kwargs(optimizer))
 
 
-def check_optimizer_config(optimizer: DictConfig) -> None:
-    """Build the optimizer on a throwaway parameter, so torch's own checks (lr >= 0,
-    0 <= momentum, betas in [0, 1), ...) reject bad hyperparameters before training."""
+def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> None:
+    """Build the optimizer on a throwaway copy of the model, so torch's own checks (lr >= 0,
+    betas in [0, 1), sparse gradients for SparseAdam, ...) reject bad hyperparameters
+    before any training."""
+    if "_target_" in optimizer.keys() and OmegaConf.is_missing(optimizer, "_target_"):
+        raise ConfigError(
+            f"Optimizer {optimizer.get('name')!r} needs optimizer._target_=... naming a "
+            "torch.optim.Optimizer subclass, e.g. optimizer._target_=my_package.MyOptimizer."
+        )
     if "_target_" not in optimizer or "name" not in optimizer:
         raise ConfigError(
             f"Optimizer config {OmegaConf.to_container(optimizer)} needs a `name` and a "
             "`_target_` naming a torch.optim.Optimizer subclass."
         )
     try:
-        build_optimizer(optimizer, [torch.zeros(1, requires_grad=True)])
+        build_optimizer(optimizer, model.parameters())
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:
         given = ", ".join(f"{k}={v}" for k, v in optimizer_kwargs(optimizer).items())
         raise ConfigError(
-            f"Optimizer {optimizer.name!r} rejects its hyperparameters ({given}): "
+            f"Optimizer {optimizer.name!r} refuses this configuration ({given}): "
             f"{' '.join(str(error).split())}."
         ) from None
+
+
+class SparseAdamWithAdam(torch.optim.Optimizer):
+    """SparseAdam for the parameters marked `sparse_grad` (their gradients are sparse) and
+    dense Adam for the rest, with the same hyperparameters: torch's SparseAdam refuses
+    dense gradients, so a model with a sparse first layer needs both."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        params = list(params)
+        sparse = [p for p in params if getattr(p, "sparse_grad", False)]
+        dense = [p for p in params if not getattr(p, "sparse_grad", False)]
+        if not sparse:
+            raise ValueError(
+                "SparseAdam needs a parameter with sparse gradients, and this model has none: "
+                "use the ffnn with model.sparse_input=true"
+            )
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr, betas=betas, eps=eps)
+        self.dense = torch.optim.Adam(dense, lr=lr, betas=betas, eps=eps)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.sparse.step()
+        self.dense.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.sparse.zero_grad(set_to_none)
+        self.dense.zero_grad(set_to_none)

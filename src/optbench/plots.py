@@ -31,10 +31,16 @@ PUBLISHED_MARKERS = {
 
 
 # What a curve can be drawn against: x -> summary column, axis label.
-X_COLUMNS = {"step": "step", "epoch": "epoch", "wall_s": "wall_s_mean"}
+X_COLUMNS = {
+    "step": "step",
+    "epoch": "epoch",
+    "grad_evals": "grad_evals_mean",
+    "wall_s": "wall_s_mean",
+}
 X_LABELS = {
     "step": "optimizer step",
     "epoch": "epoch (passes over the training set)",
+    "grad_evals": "gradient evaluations (forward + backward passes, mean over seeds)",
     "wall_s": "training wall time (s, mean over seeds)",
 }
 
@@ -77,7 +83,10 @@ def plot_curve(
         mean = rows[f"{metric}_mean"].to_numpy()
         std = np.nan_to_num(rows[f"{metric}_std"].to_numpy())  # one seed: no band
         position = rows[X_COLUMNS[x]].to_numpy()
-        ax.plot(position, mean, marker="o", markersize=3, color=colors[name], label=name)
+        diverged = int(rows["n_diverged"].max()) if "n_diverged" in rows else 0
+        seeds = diverged + int(rows["n"].max())
+        label = name if not diverged else f"{name} ({diverged}/{seeds} diverged, left out)"
+        ax.plot(position, mean, marker="o", markersize=3, color=colors[name], label=label)
         ax.fill_between(position, mean - std, mean + std, color=colors[name], alpha=0.2)
     if published_points is not None and x == "step":
         labelled = set()
@@ -119,7 +128,22 @@ def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 5))
     jitter = np.random.default_rng(0)  # fixed: the same files give the same picture
     for i, name in enumerate(order.index):
-        values = final.loc[final["optimizer"] == name, "test_accuracy"].to_numpy()
+        mine = final[final["optimizer"] == name]
+        diverged = int(mine["diverged"].sum()) if "diverged" in mine else 0
+        if diverged:  # written just above the x axis
+            ax.text(
+                i,
+                0.02,
+                f"{diverged}/{len(mine)} diverged",
+                ha="center",
+                va="bottom",
+                color="crimson",
+                fontsize=8,
+                transform=ax.get_xaxis_transform(),
+            )
+        values = mine["test_accuracy"].dropna().to_numpy()
+        if len(values) == 0:
+            continue
         x = i + jitter.uniform(-0.15, 0.15, len(values))
         ax.scatter(x, values, s=18, color=colors[name], alpha=0.8, zorder=3)
         std = values.std(ddof=1) if len(values) > 1 else 0.0

@@ -19,10 +19,10 @@ RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
 CONFIG_YAML = "config.yaml"
 
-METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "wall_s"]
+METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
 GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "step"]
-RUN_COLUMNS = GROUP_KEYS[:4] + ["seed", "step", "epoch"] + METRICS
+RUN_COLUMNS = GROUP_KEYS[:4] + ["seed", "step", "epoch"] + METRICS + ["diverged"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -50,14 +50,26 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (protocol, optimizer, step): <metric>_mean, <metric>_std (sample std,
-    ddof=1; empty for a single seed) and n, the number of seeds."""
-    grouped = runs.groupby(GROUP_KEYS, sort=False)
-    summary = grouped.agg(
+    """One row per (protocol, optimizer, step): <metric>_mean and <metric>_std (sample std,
+    ddof=1; empty for a single seed) over the runs that have not diverged; n, the number of
+    those seeds; n_diverged and diverged_fraction, the runs left out as diverged."""
+    if "diverged" not in runs:
+        runs = runs.assign(diverged=False)
+    runs = runs.assign(diverged=runs["diverged"].astype(bool))
+    counts = runs.groupby(GROUP_KEYS, sort=False).agg(
         epoch=("epoch", "first"),
-        n=("seed", "nunique"),
+        seeds=("seed", "nunique"),
+        n_diverged=("diverged", "sum"),
+    )
+    healthy = runs[~runs["diverged"]]
+    stats = healthy.groupby(GROUP_KEYS, sort=False).agg(
         **{f"{m}_{stat}": (m, stat) for m in METRICS for stat in ("mean", "std")},
-    ).reset_index()
+    )
+    summary = counts.join(stats).reset_index()
+    summary.insert(summary.columns.get_loc("seeds"), "n", summary["seeds"] - summary["n_diverged"])
+    summary["n_diverged"] = summary["n_diverged"].astype(int)
+    summary["diverged_fraction"] = summary["n_diverged"] / summary["seeds"]
+    summary = summary.drop(columns="seeds")
     order = {name: i for i, name in enumerate(runs["optimizer"].unique())}
     return summary.sort_values(
         ["experiment", "dataset", "model", "optimizer", "step"],
@@ -131,7 +143,12 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         raise FileNotFoundError(
             f"No {RUNS_CSV} in {results_dir}: is it an optbench results folder?"
         )
-    return pd.read_csv(path)
+    runs = pd.read_csv(path)
+    if "diverged" not in runs:  # written before optbench recorded divergence
+        runs["diverged"] = runs["train_loss"].isna()
+    if "grad_evals" not in runs:  # written before L-BFGS: one forward + backward per step
+        runs["grad_evals"] = runs["step"]
+    return runs
 
 
 # Overrides that do not change what a run is (which seeds, where, on what hardware).

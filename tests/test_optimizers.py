@@ -1,0 +1,153 @@
+"""Every optimizer of the registry trains; L-BFGS, SparseAdam, users' own optimizers and
+divergence each work as documented."""
+
+from __future__ import annotations
+
+import math
+import os
+from importlib.resources import files
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from optbench import engine, models, results
+from optbench.config import ConfigError, check_config
+
+from conftest import ROOT, compose_config, compose_sweep, run_cli
+
+REGISTRY = sorted(
+    p.name[: -len(".yaml")]
+    for p in files("optbench.configs").joinpath("optimizer").iterdir()
+    if p.name.endswith(".yaml") and p.name != "custom.yaml"
+)
+# What each optimizer needs beside the shared protocol below.
+# L-BFGS at torch's defaults (lr=1, no line search) diverges on mini-batches, as the
+# README says; with a strong-Wolfe line search it trains.
+NEEDS = {
+    "sparse_adam": ["model.sparse_input=true"],
+    "lbfgs": ["optimizer.line_search_fn=strong_wolfe"],
+}
+# Documented exceptions to "lowers the training loss within 60 mini-batch steps":
+# Rprop uses only the gradient's sign, which is noisy on mini-batches of 50.
+MAY_NOT_LOWER = {"rprop"}
+SMALL = ["dataset.train_size=2000", "train.batch_size=50", "train.steps=60", "train.eval_every=30"]
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_every_optimizer_trains_with_finite_losses(data_dir, name):
+    cfg = compose_config(f"optimizer={name}", "seeds=2", *SMALL, *NEEDS.get(name, []))
+    check_config(cfg, [cfg.optimizer])
+    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    assert not runs["diverged"].any()
+    assert runs[["train_loss", "test_loss", "test_accuracy"]].map(math.isfinite).all().all()
+    if name not in MAY_NOT_LOWER:
+        for _, rows in runs.groupby("seed"):
+            first, last = rows.sort_values("step")["train_loss"]
+            assert last < first, (name, first, last)
+
+
+def test_lbfgs_counts_its_gradient_evaluations(data_dir):
+    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,lbfgs]", *SMALL)
+    runs = engine.train(cfg, optimizer_cfgs, progress=False)
+    sgd, lbfgs = (runs[runs.optimizer == name] for name in ("sgd", "lbfgs"))
+    assert (sgd["grad_evals"] == sgd["step"]).all()  # one forward + backward per step
+    assert (lbfgs["grad_evals"] > lbfgs["step"]).all()  # several per L-BFGS step
+    assert (lbfgs["grad_evals"] <= 25 * lbfgs["step"]).all()  # max_iter 20, max_eval 25
+
+
+def test_sparse_input_ffnn_equals_the_dense_one(data_dir):
+    cfg = compose_config()
+    dense = models.build_model(cfg.model, cfg.dataset, seed=11)
+    sparse_cfg = compose_config("model.sparse_input=true")
+    sparse = models.build_model(sparse_cfg.model, sparse_cfg.dataset, seed=11)
+    tensors = engine.data.load(
+        compose_config("dataset.train_size=256").dataset, data_dir, torch.device("cpu")
+    )
+    x, y = tensors.train_x, tensors.train_y
+    assert 0.1 < (x != 0).float().mean() < 0.3  # MNIST's pixels are about 19% non-zero
+    out_dense, out_sparse = dense(x), sparse(x)
+    torch.testing.assert_close(out_sparse, out_dense, rtol=1e-5, atol=1e-5)
+    F.cross_entropy(out_dense, y).backward()
+    F.cross_entropy(out_sparse, y).backward()
+    assert sparse.fc1.weight.grad.is_sparse
+    torch.testing.assert_close(
+        sparse.fc1.weight.grad.to_dense().t(), dense.fc1.weight.grad, rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(sparse.fc1_bias.grad, dense.fc1.bias.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sparse.fc2.weight.grad, dense.fc2.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_adam_without_sparse_gradients_fails_before_training():
+    cfg = compose_config("optimizer=sparse_adam")
+    with pytest.raises(ConfigError, match="model.sparse_input=true"):
+        check_config(cfg, [cfg.optimizer])
+    cfg = compose_config("optimizer=sparse_adam", "model=lenet")
+    with pytest.raises(ConfigError, match="sparse gradients"):
+        check_config(cfg, [cfg.optimizer])
+
+
+def test_a_users_own_optimizer_runs_without_changing_optbench(data_dir, tmp_path):
+    # In process: an optimizer class defined only in the tests (its step takes no closure).
+    cfg = compose_config("optimizer=custom", "optimizer._target_=custom_optimizers.SignSGD", *SMALL)
+    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    first, last = runs["train_loss"]
+    assert last < first and runs["optimizer"].unique().tolist() == ["custom"]
+    # Through the CLI, with the optimizer as a YAML file in the user's own config folder.
+    user_configs = tmp_path / "my_configs" / "optimizer"
+    user_configs.mkdir(parents=True)
+    (user_configs / "signsgd.yaml").write_text(
+        "name: signsgd\n_target_: custom_optimizers.SignSGD\nlr: 0.001\n"
+    )
+    os.environ["PYTHONPATH"] = str(ROOT / "tests")
+    try:
+        result = run_cli(
+            "run",
+            "optimizer=signsgd",
+            *SMALL,
+            f"data_dir={data_dir}",
+            f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]",
+            f"hydra.run.dir={tmp_path / 'out'}",
+            cwd=tmp_path,
+        )
+    finally:
+        del os.environ["PYTHONPATH"]
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(tmp_path / "out" / "runs.csv")["optimizer"].unique().tolist() == ["signsgd"]
+
+
+def test_a_diverging_run_stops_and_the_rest_go_on(data_dir, tmp_path):
+    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,adam]", "seeds=3", *SMALL)
+    optimizer_cfgs[0].lr = 1e12  # sgd blows up; adam is untouched
+    runs = engine.train(cfg, optimizer_cfgs, progress=False)
+    sgd, adam = runs[runs.optimizer == "sgd"], runs[runs.optimizer == "adam"]
+    assert sgd["diverged"].all() and sgd["test_accuracy"].isna().all()
+    assert (sgd["grad_evals"] < 60).all() or sgd["grad_evals"].nunique() == 1  # it stopped
+    assert not adam["diverged"].any() and adam["test_accuracy"].gt(0.5).all()
+    summary = results.summarize(runs)
+    final = summary[summary.step == 60].set_index("optimizer")
+    assert (final.loc["sgd", "n"], final.loc["sgd", "n_diverged"]) == (0, 3)
+    assert final.loc["sgd", "diverged_fraction"] == 1.0
+    assert math.isnan(final.loc["sgd", "test_accuracy_mean"])
+    assert (final.loc["adam", "n"], final.loc["adam", "diverged_fraction"]) == (3, 0.0)
+    assert final.loc["adam", "test_accuracy_mean"] == pytest.approx(
+        adam[adam.step == 60]["test_accuracy"].mean()
+    )
+
+
+def test_a_diverging_cli_run_exits_zero_and_marks_the_plots(data_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(
+        "sweep",
+        "optimizers=[sgd,adam]",
+        "optimizer.lr=1e12",
+        "seeds=2",
+        *SMALL,
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs[runs.optimizer == "sgd"]["diverged"].all()
+    assert (out / "final_test_accuracy.png").stat().st_size > 10_000
