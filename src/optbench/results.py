@@ -111,9 +111,10 @@ def write_config(
     cfg: DictConfig,
     optimizer_cfgs: list[DictConfig],
     overrides: list[str],
+    provenance_info: dict | None = None,
 ) -> None:
     """config.yaml: the resolved config, every trained optimizer's hyperparameters, the
-    command-line overrides, and provenance."""
+    command-line overrides, and provenance (taken now unless given)."""
     from optbench.config import fingerprint
 
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -121,7 +122,7 @@ def write_config(
         o.name: OmegaConf.to_container(o, resolve=True) for o in optimizer_cfgs
     }
     document["provenance"] = {
-        **provenance(),
+        **(provenance_info or provenance()),
         "overrides": list(overrides),
         "protocol_fingerprint": fingerprint(cfg),
     }

@@ -75,14 +75,19 @@ class Momentum(_Textbook):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     def update(self, p, g, state, group):
+        p.sub_(group["lr"] * self.velocity(g, state, group))
+
+    @staticmethod
+    def velocity(g, state, group) -> torch.Tensor:
+        """b ← μ b + g, with b = g at the first step."""
         if "velocity" not in state:
             state["velocity"] = g.clone()
         else:
             state["velocity"].mul_(group["momentum"]).add_(g)
-        p.sub_(group["lr"] * state["velocity"])
+        return state["velocity"]
 
 
-class Nesterov(_Textbook):
+class Nesterov(Momentum):
     """SGD with Nesterov momentum.
 
         b ← μ b + g          (b starts as the first gradient)
@@ -93,15 +98,9 @@ class Nesterov(_Textbook):
     al., 2013), which need only the gradient at the current parameters.
     """
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-
     def update(self, p, g, state, group):
-        if "velocity" not in state:
-            state["velocity"] = g.clone()
-        else:
-            state["velocity"].mul_(group["momentum"]).add_(g)
-        p.sub_(group["lr"] * (g + group["momentum"] * state["velocity"]))
+        b = self.velocity(g, state, group)
+        p.sub_(group["lr"] * (g + group["momentum"] * b))
 
 
 class Adagrad(_Textbook):
