@@ -45,7 +45,15 @@ def test_run_writes_every_file(tmp_path, data_dir):
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["runs.csv", "summary.csv", "config.yaml", "optbench.log", *PLOTS]
+        [
+            "runs.csv",
+            "summary.csv",
+            "config.yaml",
+            "optbench.log",
+            "report.md",
+            "report.html",
+            *PLOTS,
+        ]
     )
     runs = pd.read_csv(out / "runs.csv")
     assert runs[["optimizer", "seed", "step"]].values.tolist() == [
@@ -89,6 +97,9 @@ def test_sweep_trains_every_optimizer_in_one_job(tmp_path, data_dir):
     assert config.optimizer_configs.sgd.lr == 0.1  # wizard_ffnn's protocol value
     assert config.optimizer_configs.adam.lr == 0.001
     check_plots(out)
+    ranking = pd.read_csv(out / "ranking.csv")
+    assert sorted(ranking.optimizer) == ["adam", "sgd"] and ranking["n"].tolist() == [2, 2]
+    assert "Ranking" in (out / "report.md").read_text()
 
 
 def test_multirun_ends_with_combined_results_and_plots(tmp_path, data_dir):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from optbench import data, engine, plots, published, results
+from optbench import data, engine, plots, published, report, results, stats
 from optbench.config import check_config
 
 log = logging.getLogger("optbench")
@@ -31,8 +31,8 @@ def benchmark(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train every (optimizer, seed) run of cfg's protocol and write into out_dir:
-    runs.csv, summary.csv, config.yaml, the comparison plots and, for a preset with
-    published numbers, comparison.csv and comparison.md. Returns the runs."""
+    runs.csv, summary.csv, config.yaml, the comparison plots, ranking.csv/.md, report.md/.html
+    and, for a preset with published numbers, comparison.csv/.md. Returns the runs."""
     check_config(cfg, optimizer_cfgs)
     prepare_data(cfg)
     provenance = results.provenance()  # the code as it was when training started
@@ -42,7 +42,16 @@ def benchmark(
     results.write_config(
         out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [], provenance
     )
-    published.write_comparison(out_dir, runs)  # only for presets with published numbers
-    plots.plot_all(out_dir)
+    write_analysis(out_dir, runs)
     log.info("Results in %s", out_dir.resolve())
     return runs
+
+
+def write_analysis(out_dir: Path, runs: pd.DataFrame) -> list[Path]:
+    """Everything derived from runs.csv: the published comparison (for presets that have
+    published numbers), the paired ranking, the plots and the report."""
+    written = published.write_comparison(out_dir, runs)
+    written += stats.write_ranking(out_dir, runs)
+    written += plots.plot_all(out_dir)
+    written += report.write_report(out_dir)
+    return written

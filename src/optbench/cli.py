@@ -3,7 +3,7 @@
     optbench run [OVERRIDES]      one optimizer over seeds (a Hydra app: -m, --cfg job, --help)
     optbench sweep [OVERRIDES]    every optimizer of the experiment in one job
     optbench plot RESULTS_DIR     redraw every plot from the files on disk
-    optbench compare RESULTS_DIR  published numbers beside ours (comparison.csv, .md)
+    optbench compare RESULTS_DIR  ranking, published numbers beside ours, report
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
 
 Before Hydra starts a job (and creates its output folder), every job the command line asks
@@ -46,8 +46,9 @@ commands:
                                 optbench sweep experiment=examples_cnn optimizers=[sgd,adam]
   plot RESULTS_DIR [--x step|epoch|grad_evals|wall_s]
                            redraw every plot from RESULTS_DIR/runs.csv
-  compare RESULTS_DIR      set the tutorial's published numbers beside ours:
-                           comparison.csv and comparison.md (wizard_ffnn, examples_cnn)
+  compare RESULTS_DIR      rank the optimizers with paired tests (ranking.csv, .md), set
+                           the tutorial's published numbers beside ours (comparison.csv,
+                           .md: wizard_ffnn, examples_cnn) and write report.md/.html
   data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
                            in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
 
@@ -214,15 +215,15 @@ class CombineMultirun(Callback):
     """At the end of a multirun: one runs.csv, summary.csv and set of plots for all jobs."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from optbench import plots, published, results
+        from optbench import results
+        from optbench.benchmark import write_analysis
 
         sweep_dir = Path(config.hydra.sweep.dir)
         combined = results.combine_jobs(sweep_dir)
         if combined is None:
             return
         results.write_results(sweep_dir, combined)
-        published.write_comparison(sweep_dir, combined)
-        plots.plot_all(sweep_dir)
+        write_analysis(sweep_dir, combined)
         print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")
 
 
@@ -256,23 +257,20 @@ def _plot(args: list[str]) -> int:
 def _compare(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="optbench compare",
-        description="Set the tutorial's published numbers beside the results in RESULTS_DIR.",
+        description="Rank the optimizers in RESULTS_DIR with paired tests, set the tutorial's "
+        "published numbers beside ours where there are some, and write the report.",
     )
     parser.add_argument("results_dir", type=Path, help="a folder holding runs.csv")
     options = parser.parse_args(args)
-    from optbench import published, results
+    from optbench import published, report, results, stats
 
     try:
         runs = results.read_runs(options.results_dir)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     written = published.write_comparison(options.results_dir, runs)
-    if not written:
-        raise ConfigError(
-            f"No published numbers match the runs in {options.results_dir}: experiments "
-            f"{sorted(runs['experiment'].unique())}; published: "
-            f"{', '.join(f'{e} ({d}, {m})' for e, (d, m) in published.PROTOCOLS.items())}."
-        )
+    written += stats.write_ranking(options.results_dir, runs)
+    written += report.write_report(options.results_dir)
     for path in written:
         print(path)
     return 0

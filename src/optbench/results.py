@@ -14,6 +14,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 import optbench
+from optbench import stats
 
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
@@ -50,9 +51,11 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (protocol, optimizer, step): <metric>_mean and <metric>_std (sample std,
-    ddof=1; empty for a single seed) over the runs that have not diverged; n, the number of
-    those seeds; n_diverged and diverged_fraction, the runs left out as diverged."""
+    """One row per (protocol, optimizer, step), over the runs that have not diverged: for
+    each metric <metric>_mean, <metric>_std (sample std, ddof=1), <metric>_ci_low and
+    _ci_high (95% t-interval of the mean), _median, _q25, _q75 and _iqr (quartiles, NumPy's
+    linear interpolation); empty where one seed cannot give them. n is the number of those
+    seeds; n_diverged and diverged_fraction count the runs left out as diverged."""
     if "diverged" not in runs:
         runs = runs.assign(diverged=False)
     runs = runs.assign(diverged=runs["diverged"].astype(bool))
@@ -62,10 +65,18 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         n_diverged=("diverged", "sum"),
     )
     healthy = runs[~runs["diverged"]]
-    stats = healthy.groupby(GROUP_KEYS, sort=False).agg(
-        **{f"{m}_{stat}": (m, stat) for m in METRICS for stat in ("mean", "std")},
-    )
-    summary = counts.join(stats).reset_index()
+
+    def describe(group: pd.DataFrame) -> pd.Series:
+        columns = {}
+        for m in METRICS:
+            values = group[m]
+            columns[f"{m}_mean"] = values.mean()
+            columns[f"{m}_std"] = values.std(ddof=1)
+            columns.update({f"{m}_{k}": v for k, v in stats.describe(values).items()})
+        return pd.Series(columns)
+
+    described = healthy.groupby(GROUP_KEYS, sort=False)[METRICS].apply(describe)
+    summary = counts.join(described).reset_index()
     summary.insert(summary.columns.get_loc("seeds"), "n", summary["seeds"] - summary["n_diverged"])
     summary["n_diverged"] = summary["n_diverged"].astype(int)
     summary["diverged_fraction"] = summary["n_diverged"] / summary["seeds"]

@@ -1,0 +1,164 @@
+"""One report per results folder: report.md beside the plots, and a self-contained
+report.html (tables inline, plots embedded as data URIs) that opens anywhere without
+optbench. Both are built from the files on disk alone."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from optbench import published, stats
+from optbench.results import CONFIG_YAML, atomic_write, read_runs, summarize
+
+PLOTS = [  # file, caption
+    ("test_accuracy.png", "Test accuracy against step (mean ± std over seeds)"),
+    ("test_loss.png", "Test loss against step"),
+    ("train_loss.png", "Training loss against step"),
+    ("final_test_accuracy.png", "Final test accuracy of every seed"),
+]
+
+
+def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
+    final = summary[summary["step"] == summary.groupby("optimizer")["step"].transform("max")]
+    return pd.DataFrame(
+        {
+            "optimizer": final["optimizer"],
+            "step": final["step"],
+            "test accuracy: mean ± std": [
+                f"{m:.4f} ± {s:.4f}"
+                for m, s in zip(
+                    final["test_accuracy_mean"], final["test_accuracy_std"], strict=True
+                )
+            ],
+            "95% CI": [
+                f"[{lo:.4f}, {hi:.4f}]"
+                for lo, hi in zip(
+                    final["test_accuracy_ci_low"], final["test_accuracy_ci_high"], strict=True
+                )
+            ],
+            "median [IQR]": [
+                f"{m:.4f} [{i:.4f}]"
+                for m, i in zip(
+                    final["test_accuracy_median"], final["test_accuracy_iqr"], strict=True
+                )
+            ],
+            "test loss": [
+                f"{m:.4f} ± {s:.4f}"
+                for m, s in zip(final["test_loss_mean"], final["test_loss_std"], strict=True)
+            ],
+            "seeds": final["n"],
+            "diverged": final["n_diverged"],
+            "training s": [f"{w:.1f}" for w in final["wall_s_mean"]],
+        }
+    )
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
+    """The report's title and its sections as (heading, kind, content) with kind one of
+    "text", "table" (a DataFrame) or "image" (a file name)."""
+    runs = read_runs(results_dir)
+    protocol = runs[["experiment", "dataset", "model"]].drop_duplicates()
+    title = "optbench report: " + "; ".join(
+        f"{p.experiment} protocol, {p.dataset}, {p.model}" for p in protocol.itertuples()
+    )
+    summary = summarize(runs)
+    seeds = sorted(runs["seed"].unique())
+    sections = [
+        (
+            "Runs",
+            "text",
+            f"{runs['optimizer'].nunique()} optimizers × {len(seeds)} seeds "
+            f"({', '.join(map(str, seeds))}); {len(runs)} evaluations in runs.csv.",
+        )
+    ]
+    config_path = results_dir / CONFIG_YAML
+    if config_path.is_file():
+        provenance = OmegaConf.load(config_path).get("provenance", {})
+        sections.append(
+            (
+                "Provenance",
+                "text",
+                "; ".join(
+                    f"{k}: {v}"
+                    for k, v in OmegaConf.to_container(provenance).items()
+                    if k
+                    in (
+                        "optbench_version",
+                        "git_revision",
+                        "torch_version",
+                        "device_name",
+                        "overrides",
+                    )
+                ),
+            )
+        )
+    sections.append(("Final results", "table", _final_table(summary)))
+    if runs["optimizer"].nunique() > 1 and len(protocol) == 1:
+        table, pairs = stats.ranking(runs)
+        table = table.assign(
+            **{"≈ best": table["tied_with_best"].map({True: "≈", False: ""})}
+        ).drop(columns="tied_with_best")
+        sections.append(
+            ("Ranking (paired t-tests by seed, Holm-corrected)", "table", table.round(4))
+        )
+    for experiment in runs["experiment"].unique():
+        comparison = published.compare(runs, experiment)
+        if comparison is not None:
+            final = comparison[comparison["metric"].isin(["final_test_accuracy", "test_loss"])]
+            sections.append(
+                (
+                    f"Published one-seed numbers ({experiment})",
+                    "table",
+                    final.drop(columns=["printed_as"]).round(4),
+                )
+            )
+    for name, caption in PLOTS:
+        if (results_dir / name).is_file():
+            sections.append((caption, "image", name))
+    return title, sections
+
+
+def write_report(results_dir) -> list[Path]:
+    """Write report.md and report.html into results_dir; return their paths."""
+    results_dir = Path(results_dir)
+    title, sections = _sections(results_dir)
+    markdown = [f"# {title}", ""]
+    page = [
+        "<!DOCTYPE html>",
+        "<html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;"
+        "padding:3px 8px;text-align:right}img{max-width:100%}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for heading, kind, content in sections:
+        markdown += [f"## {heading}", ""]
+        page.append(f"<h2>{html.escape(heading)}</h2>")
+        if kind == "text":
+            markdown += [content, ""]
+            page.append(f"<p>{html.escape(content)}</p>")
+        elif kind == "table":
+            markdown += [_markdown_table(content), ""]
+            page.append(content.to_html(index=False, na_rep=""))
+        else:
+            markdown += [f"![{heading}]({content})", ""]
+            encoded = base64.b64encode((results_dir / content).read_bytes()).decode()
+            page.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{encoded}'>")
+    page.append("</body></html>")
+    md_path, html_path = results_dir / "report.md", results_dir / "report.html"
+    md_text, html_text = "\n".join(markdown), "\n".join(page)
+    atomic_write(md_path, lambda tmp: tmp.write_text(md_text))
+    atomic_write(html_path, lambda tmp: tmp.write_text(html_text))
+    return [md_path, html_path]

@@ -1,0 +1,215 @@
+"""Statistics across seeds: intervals and quartiles for the summary, and paired tests that
+rank optimizers honestly.
+
+Runs are paired by seed: a seed fixes the initial weights and the order of the mini-batches,
+so two optimizers with the same seed differ only in the optimizer. Paired tests on the
+per-seed differences are therefore much more sensitive than comparing two means.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+CONFIDENCE = 0.95  # for the t-intervals of the mean
+ALPHA = 0.05  # family-wise error rate of the pairwise tests, Holm-corrected
+
+
+def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The t-interval of the mean: mean ± t_{(1+c)/2, n-1} · s / √n (NaN below 2 values)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n < 2:
+        return math.nan, math.nan
+    mean = values.mean()
+    half_width = stats.t.ppf((1 + confidence) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return mean - half_width, mean + half_width
+
+
+def describe(values: pd.Series) -> dict[str, float]:
+    """The extra summary columns of one metric: 95% t-interval, median, quartiles, IQR."""
+    values = values.dropna().to_numpy(dtype=float)
+    low, high = t_interval(values)
+    if len(values):
+        q25, median, q75 = np.percentile(values, [25, 50, 75])
+    else:
+        q25 = median = q75 = math.nan
+    return {
+        "ci_low": low,
+        "ci_high": high,
+        "median": median,
+        "q25": q25,
+        "q75": q75,
+        "iqr": q75 - q25,
+    }
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the k-th smallest of m p-values is multiplied by
+    (m − k + 1), then made non-decreasing and capped at 1."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Two-sided p-values of the paired t-test and the Wilcoxon signed-rank test on a − b.
+    Identical runs (all differences zero) give p = 1: no evidence of any difference."""
+    differences = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(differences) < 2 or np.allclose(differences, 0):
+        return 1.0, 1.0
+    t_p = stats.ttest_rel(a, b).pvalue
+    if np.isnan(t_p):  # a constant non-zero difference: as strong as evidence gets
+        t_p = 0.0
+    wilcoxon_p = stats.wilcoxon(differences, zero_method="zsplit").pvalue
+    return float(t_p), float(wilcoxon_p)
+
+
+def final_values(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
+    """One column per optimizer, one row per seed: the metric at each optimizer's last step,
+    for the seeds every optimizer has and none diverged on."""
+    runs = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+    if "diverged" in runs:
+        runs = runs[~runs["diverged"].astype(bool)]
+    table = runs.pivot_table(index="seed", columns="optimizer", values=metric, aggfunc="first")
+    return table.dropna()
+
+
+def ranking(
+    runs: pd.DataFrame, metric: str = "test_accuracy", alpha: float = ALPHA
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rank optimizers by their mean final metric (higher is better) and test every pair,
+    paired by seed.
+
+    Returns (ranking, pairs). ranking: one row per optimizer with mean, std, n, the 95%
+    t-interval, the Holm-adjusted paired-t p-value against the best, and `tied_with_best`
+    (that p ≥ alpha: statistically indistinguishable from the best). pairs: every pair's
+    mean difference, raw and Holm-adjusted p-values of the paired t-test, and the Wilcoxon
+    signed-rank p-value (which cannot go below 0.0625 with 5 seeds; it needs 6 or more
+    pairs to reach 0.05).
+    """
+    table = final_values(runs, metric)
+    order = table.mean().sort_values(ascending=False).index.tolist()
+    pairs = []
+    for i, first in enumerate(order):
+        for second in order[i + 1 :]:
+            t_p, wilcoxon_p = paired_tests(table[first], table[second])
+            pairs.append(
+                {
+                    "optimizer": first,
+                    "other": second,
+                    "mean_difference": float((table[first] - table[second]).mean()),
+                    "n_pairs": len(table),
+                    "t_p": t_p,
+                    "wilcoxon_p": wilcoxon_p,
+                }
+            )
+    pairs = pd.DataFrame(
+        pairs, columns=["optimizer", "other", "mean_difference", "n_pairs", "t_p", "wilcoxon_p"]
+    )
+    pairs["t_p_holm"] = holm(pairs["t_p"].tolist()) if len(pairs) else []
+    pairs["wilcoxon_p_holm"] = holm(pairs["wilcoxon_p"].tolist()) if len(pairs) else []
+    pairs["significant"] = pairs["t_p_holm"] < alpha
+    best = order[0]
+    rows = []
+    for rank, name in enumerate(order, start=1):
+        values = table[name].to_numpy()
+        low, high = t_interval(values)
+        versus = pairs[(pairs["optimizer"] == best) & (pairs["other"] == name)]
+        p_best = 1.0 if name == best else float(versus["t_p_holm"].iloc[0])
+        rows.append(
+            {
+                "rank": rank,
+                "optimizer": name,
+                "mean": values.mean(),
+                "std": values.std(ddof=1) if len(values) > 1 else math.nan,
+                "n": len(values),
+                "ci_low": low,
+                "ci_high": high,
+                "p_vs_best_holm": p_best,
+                "tied_with_best": p_best >= alpha,
+            }
+        )
+    return pd.DataFrame(rows), pairs
+
+
+def ranking_markdown(
+    table: pd.DataFrame, pairs: pd.DataFrame, metric: str, alpha: float = ALPHA
+) -> str:
+    lines = [
+        f"# Ranking by final {metric.replace('_', ' ')}",
+        "",
+        "Runs are paired by seed (same initial weights, same mini-batches). p-values: paired "
+        f"t-test on the per-seed differences, Holm-corrected over all {len(pairs)} pairs; "
+        f"≈ marks optimizers statistically indistinguishable from the best at α = {alpha}.",
+        "",
+        "| rank | optimizer | mean ± std (n) | 95% CI of the mean | p vs best (Holm) | |",
+        "| ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.rank} | {r.optimizer} | {r.mean:.4f} ± {r.std:.4f} ({r.n}) "
+            f"| [{r.ci_low:.4f}, {r.ci_high:.4f}] | {r.p_vs_best_holm:.3g} "
+            f"| {'≈ best' if r.tied_with_best else ''} |"
+        )
+    lines += [
+        "",
+        "## Every pair",
+        "",
+        "| optimizer | other | mean difference | pairs | t-test p | Holm | Wilcoxon p | Holm | |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in pairs.itertuples():
+        lines.append(
+            f"| {r.optimizer} | {r.other} | {r.mean_difference:+.4f} | {r.n_pairs} "
+            f"| {r.t_p:.3g} | {r.t_p_holm:.3g} | {r.wilcoxon_p:.3g} | {r.wilcoxon_p_holm:.3g} "
+            f"| {'significant' if r.significant else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+RANKING_CSV = "ranking.csv"
+RANKING_MD = "ranking.md"
+
+
+def write_ranking(results_dir, runs: pd.DataFrame, metric: str = "test_accuracy") -> list:
+    """ranking.csv, ranking_pairs.csv (every pair's tests) and ranking.md for every protocol
+    in runs with two or more optimizers; return the files written."""
+    from pathlib import Path
+
+    from optbench.results import atomic_write, write_csv
+
+    results_dir = Path(results_dir)
+    protocols = runs[["experiment", "dataset", "model"]].drop_duplicates()
+    written = []
+    for protocol in protocols.itertuples(index=False):
+        mine = runs[
+            (runs["experiment"] == protocol.experiment)
+            & (runs["dataset"] == protocol.dataset)
+            & (runs["model"] == protocol.model)
+        ]
+        if mine["optimizer"].nunique() < 2 or final_values(mine, metric).empty:
+            continue
+        table, pairs = ranking(mine, metric)
+        suffix = (
+            ""
+            if len(protocols) == 1
+            else (f"_{protocol.experiment}_{protocol.dataset}_{protocol.model}")
+        )
+        csv_path = results_dir / f"ranking{suffix}.csv"
+        pairs_path = results_dir / f"ranking_pairs{suffix}.csv"
+        md_path = results_dir / f"ranking{suffix}.md"
+        write_csv(table, csv_path)
+        write_csv(pairs, pairs_path)
+        text = ranking_markdown(table, pairs, metric)
+        atomic_write(md_path, lambda tmp, text=text: tmp.write_text(text))
+        written += [csv_path, pairs_path, md_path]
+    return written

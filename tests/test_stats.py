@@ -1,0 +1,121 @@
+"""Statistics against SciPy/NumPy and hand computations; the ranking on cases whose answer
+is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from optbench import results, stats
+
+
+def test_t_interval_equals_scipys():
+    values = np.array([0.955, 0.957, 0.959, 0.956, 0.951])
+    expected = scipy_stats.t.interval(
+        0.95, len(values) - 1, loc=values.mean(), scale=scipy_stats.sem(values)
+    )
+    assert stats.t_interval(values) == pytest.approx(expected, rel=1e-12)
+    assert all(np.isnan(stats.t_interval(np.array([0.9]))))
+
+
+def test_describe_equals_numpy_percentiles():
+    values = pd.Series([0.3, 0.1, 0.4, 0.15, 0.9, 0.2])
+    described = stats.describe(values)
+    q25, median, q75 = np.percentile(values, [25, 50, 75])
+    assert (described["q25"], described["median"], described["q75"]) == pytest.approx(
+        (q25, median, q75)
+    )
+    assert described["iqr"] == pytest.approx(scipy_stats.iqr(values))
+
+
+def test_holm_by_hand():
+    # sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 -> max(0.06, 0.04)
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.02, 0.9]) == pytest.approx([0.04, 0.9])
+    assert stats.holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1, then monotone
+
+
+def runs_from(finals: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "experiment": "e",
+                "dataset": "mnist",
+                "model": "ffnn",
+                "optimizer": name,
+                "seed": seed,
+                "step": 100,
+                "epoch": 1.0,
+                "train_loss": 0.1,
+                "last_batch_loss": 0.1,
+                "test_loss": 0.1,
+                "test_accuracy": value,
+                "grad_evals": 100,
+                "wall_s": 1.0,
+                "diverged": False,
+            }
+            for name, values in finals.items()
+            for seed, value in enumerate(values)
+        ]
+    )
+
+
+def test_a_clearly_better_optimizer_is_detected():
+    rng = np.random.default_rng(0)
+    seed_effect = rng.normal(0, 0.01, 8)  # shared by both: what pairing by seed removes
+    worse = 0.95 + seed_effect
+    better = worse + 0.004 + rng.normal(0, 0.0005, 8)
+    table, pairs = stats.ranking(runs_from({"worse": list(worse), "better": list(better)}))
+    assert table["optimizer"].tolist() == ["better", "worse"]
+    assert table["tied_with_best"].tolist() == [True, False]
+    expected_p = scipy_stats.ttest_rel(better, worse).pvalue
+    assert pairs["t_p"].item() == pytest.approx(expected_p) and pairs["significant"].item()
+    # The means' intervals overlap: only the paired test sees the difference.
+    assert table["ci_low"].iloc[0] < table["ci_high"].iloc[1]
+
+
+def test_identical_runs_are_indistinguishable():
+    same = [0.97, 0.971, 0.969, 0.972, 0.968]
+    table, pairs = stats.ranking(runs_from({"a": same, "b": same, "c": same}))
+    assert table["tied_with_best"].all()
+    assert (pairs["t_p"] == 1).all() and not pairs["significant"].any()
+
+
+def test_summary_csv_intervals_and_quartiles_equal_scipy_and_numpy(tmp_path):
+    runs = runs_from({"a": [0.90, 0.93, 0.91, 0.95], "b": [0.5, 0.7, 0.6, 0.65]})
+    results.write_results(tmp_path, runs)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("optimizer")
+    for name, values in runs.groupby("optimizer")["test_accuracy"]:
+        values = values.to_numpy()
+        low, high = scipy_stats.t.interval(
+            0.95, 3, loc=values.mean(), scale=scipy_stats.sem(values)
+        )
+        row = summary.loc[name]
+        assert (row.test_accuracy_ci_low, row.test_accuracy_ci_high) == pytest.approx((low, high))
+        assert row.test_accuracy_median == pytest.approx(np.median(values))
+        assert row.test_accuracy_iqr == pytest.approx(scipy_stats.iqr(values))
+
+
+def test_ranking_files(tmp_path):
+    runs = runs_from({"a": [0.90, 0.93, 0.91], "b": [0.5, 0.7, 0.6]})
+    written = stats.write_ranking(tmp_path, runs)
+    assert sorted(p.name for p in written) == ["ranking.csv", "ranking.md", "ranking_pairs.csv"]
+    assert "| 1 | a |" in (tmp_path / "ranking.md").read_text()
+    assert stats.write_ranking(tmp_path / "one", runs[runs.optimizer == "a"]) == []
+
+
+def test_the_html_report_is_self_contained(tmp_path):
+    runs = runs_from({"a": [0.90, 0.93, 0.91], "b": [0.5, 0.7, 0.6]})
+    results.write_results(tmp_path, runs)
+    from optbench import plots, report
+
+    plots.plot_all(tmp_path)
+    md_path, html_path = report.write_report(tmp_path)
+    page = html_path.read_text()
+    assert page.count("data:image/png;base64,") == 4  # every plot embedded
+    assert "src='http" not in page and "href=" not in page  # nothing to fetch
+    assert "<table" in page and "0.9133" in page  # a's mean final accuracy
+    text = md_path.read_text()
+    assert "![" in text and "| 1 | a |" in text
