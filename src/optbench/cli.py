@@ -14,7 +14,6 @@ written.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -28,8 +27,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from optbench import config as optbench_config
 from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError
-
-log = logging.getLogger("optbench")
 
 USAGE = """\
 usage: optbench COMMAND [ARGS]
@@ -134,8 +131,10 @@ def _valid_keys_hint(message: str, overrides: list[str]) -> str:
     return f"Valid keys here: {', '.join(prefix + k for k in node.keys())}."
 
 
-def _jobs_of(args: list[str]) -> tuple[list[list[str]], str | None]:
-    """The override list of every job a command line asks for, or a reason to skip checking."""
+def _jobs_of(args: list[str]) -> list[list[str]]:
+    """The override list of every job a command line asks for; none where the command trains
+    nothing (--help, --cfg), reads configs from elsewhere, or uses a sweep syntax that only
+    its sweeper plugin expands: those jobs are checked when they start instead."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -152,21 +151,19 @@ def _jobs_of(args: list[str]) -> tuple[list[list[str]], str | None]:
         or parsed.config_name
         or parsed.experimental_rerun
     ):
-        return [], "not a training command, or a custom config location"
+        return []
     if not parsed.multirun:
-        return [list(parsed.overrides)], None
+        return [list(parsed.overrides)]
     try:
         parsed_overrides = OverridesParser.create().parse_overrides(parsed.overrides)
-        return BasicSweeper.split_arguments(parsed_overrides, None)[0], None
+        return BasicSweeper.split_arguments(parsed_overrides, None)[0]
     except HydraException:
-        return [], "a sweep syntax only its sweeper plugin expands"
+        return []
 
 
 def check_command_line(command: str, args: list[str]) -> None:
     """Compose and check every job, and prepare its dataset, before any of them runs."""
-    jobs, _skip = _jobs_of(args)
-    if not jobs:
-        return
+    jobs = _jobs_of(args)
     datasets = set()
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         for overrides in jobs:
