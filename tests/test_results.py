@@ -74,18 +74,29 @@ def test_combining_jobs_tells_apart_the_same_optimizer_with_other_hyperparameter
     real_runs, tmp_path
 ):
     sgd = real_runs[real_runs.optimizer == "sgd"]
-    for job, lr in ((0, 0.1), (1, 0.01)):
+    for job, momentum in ((0, 0.9), (1, 0.5)):
         results.write_results(tmp_path / str(job), sgd)
         OmegaConf.save(
-            {"provenance": {"overrides": ["seeds=3", f"optimizer.lr={lr}"]}},
+            {"provenance": {"overrides": ["seeds=3", f"optimizer.momentum={momentum}"]}},
             tmp_path / str(job) / "config.yaml",
         )
     combined = results.combine_jobs(tmp_path)
     assert sorted(combined.optimizer.unique()) == [
-        "sgd [optimizer.lr=0.01]",
-        "sgd [optimizer.lr=0.1]",
+        "sgd [optimizer.momentum=0.5]",
+        "sgd [optimizer.momentum=0.9]",
     ]
     assert len(combined) == 2 * len(sgd)
+
+
+def test_an_optimizer_with_several_learning_rates_gets_one_label_per_rate(real_runs):
+    sgd = real_runs[real_runs.optimizer == "sgd"]
+    both = pd.concat([sgd, sgd.assign(lr=0.01)], ignore_index=True)
+    labelled = results.with_labels(both)
+    assert sorted(labelled.optimizer.unique()) == ["sgd lr=0.01", "sgd lr=0.1"]
+    summary = results.summarize(both)
+    assert sorted(summary.optimizer.unique()) == ["sgd lr=0.01", "sgd lr=0.1"]
+    assert (summary.n == 3).all()
+    assert results.with_labels(real_runs).optimizer.tolist() == real_runs.optimizer.tolist()
 
 
 def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp_path):

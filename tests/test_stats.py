@@ -45,6 +45,7 @@ def runs_from(finals: dict[str, list[float]]) -> pd.DataFrame:
                 "dataset": "mnist",
                 "model": "ffnn",
                 "optimizer": name,
+                "lr": 0.1,
                 "seed": seed,
                 "step": 100,
                 "epoch": 1.0,

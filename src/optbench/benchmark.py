@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from optbench import data, engine, plots, published, report, results, stats
+from optbench import data, engine, plots, published, report, results, stats, tuning
 from optbench.config import check_config
 
 log = logging.getLogger("optbench")
@@ -55,3 +55,30 @@ def write_analysis(out_dir: Path, runs: pd.DataFrame) -> list[Path]:
     written += plots.plot_all(out_dir)
     written += report.write_report(out_dir)
     return written
+
+
+def tune(
+    cfg: DictConfig,
+    optimizer_cfgs: list[DictConfig],
+    out_dir: Path,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Random search with the same number of trials (cfg.tuning.trials) for every optimizer,
+    all trained in one step loop; writes runs.csv, summary.csv, config.yaml, the tuning
+    tables and curve (tuning.*) and the report. Returns the runs."""
+    check_config(cfg, optimizer_cfgs)
+    trial_cfgs, drawn = tuning.sample_trials(optimizer_cfgs, cfg.tuning.trials, cfg.tuning.seed)
+    check_config(cfg, trial_cfgs)
+    prepare_data(cfg)
+    provenance = results.provenance()
+    runs = engine.train(cfg, trial_cfgs, progress=progress)
+    out_dir = Path(out_dir)
+    results.write_results(out_dir, runs)
+    results.write_config(
+        out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [], provenance
+    )
+    tuning.write_tuning(out_dir, runs, drawn)
+    report.write_report(out_dir)
+    log.info("Results in %s", out_dir.resolve())
+    return runs

@@ -2,6 +2,7 @@
 
     optbench run [OVERRIDES]      one optimizer over seeds (a Hydra app: -m, --cfg job, --help)
     optbench sweep [OVERRIDES]    every optimizer of the experiment in one job
+    optbench tune [OVERRIDES]     the same random-search budget for every optimizer
     optbench plot RESULTS_DIR     redraw every plot from the files on disk
     optbench compare RESULTS_DIR  ranking, published numbers beside ours, report
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
@@ -41,6 +42,10 @@ commands:
   sweep [OVERRIDES]        train every optimizer of the experiment in one job
                            e.g. optbench sweep seeds=5
                                 optbench sweep experiment=examples_cnn optimizers=[sgd,adam]
+  tune [OVERRIDES]         equal tuning budgets: tuning.trials random-search trials of
+                           lr (and momentum/betas) per optimizer of the experiment, then
+                           the expected best accuracy against the number of trials
+                           e.g. optbench tune optimizers=[sgd,adam] tuning.trials=16
   plot RESULTS_DIR [--x step|epoch|grad_evals|wall_s]
                            redraw every plot from RESULTS_DIR/runs.csv
   compare RESULTS_DIR      rank the optimizers with paired tests (ranking.csv, .md), set
@@ -80,6 +85,15 @@ def sweep_optimizer_configs(cfg: DictConfig, overrides: list[str]) -> list[DictC
             ) from None
         configs.append(composed.optimizer)
     return configs
+
+
+def job_optimizers(command: str, cfg: DictConfig, overrides: list[str]) -> list[DictConfig]:
+    """The optimizer configs a job trains: `run` its one optimizer, `sweep` the experiment's
+    list; each at every multiple of lr_grid when one is given."""
+    from optbench.optimizers import expand_lr_grid
+
+    chosen = [cfg.optimizer] if command == "run" else sweep_optimizer_configs(cfg, overrides)
+    return chosen if command == "tune" else expand_lr_grid(chosen, cfg.lr_grid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,9 +183,7 @@ def check_command_line(command: str, args: list[str]) -> None:
         for overrides in jobs:
             try:
                 cfg = compose(CONFIG_NAME, overrides=overrides)
-                optimizer_cfgs = (
-                    [cfg.optimizer] if command == "run" else sweep_optimizer_configs(cfg, overrides)
-                )
+                optimizer_cfgs = job_optimizers(command, cfg, overrides)
             except (HydraException, OmegaConfBaseException, ValueError) as error:
                 raise ConfigError(_one_paragraph(error, overrides)) from None
             optbench_config.check_config(cfg, optimizer_cfgs)
@@ -186,11 +198,11 @@ def check_command_line(command: str, args: list[str]) -> None:
 # The Hydra apps and their multirun callback
 
 
-def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
-    from optbench.benchmark import benchmark
+def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig], command: str = "run") -> None:
+    from optbench.benchmark import benchmark, tune
 
     hydra_cfg = HydraConfig.get()
-    benchmark(
+    (tune if command == "tune" else benchmark)(
         cfg,
         optimizer_cfgs,
         Path(hydra_cfg.runtime.output_dir),
@@ -200,12 +212,17 @@ def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
 def run_app(cfg: DictConfig) -> None:
-    _job(cfg, [cfg.optimizer])
+    _job(cfg, job_optimizers("run", cfg, list(HydraConfig.get().overrides.task)))
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
 def sweep_app(cfg: DictConfig) -> None:
-    _job(cfg, sweep_optimizer_configs(cfg, list(HydraConfig.get().overrides.task)))
+    _job(cfg, job_optimizers("sweep", cfg, list(HydraConfig.get().overrides.task)))
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
+def tune_app(cfg: DictConfig) -> None:
+    _job(cfg, job_optimizers("tune", cfg, list(HydraConfig.get().overrides.task)), "tune")
 
 
 class CombineMultirun(Callback):
@@ -302,10 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = args[0], args[1:]
     try:
-        if command in ("run", "sweep"):
+        if command in ("run", "sweep", "tune"):
             check_command_line(command, rest)
             sys.argv = [f"optbench {command}", *rest]
-            (run_app if command == "run" else sweep_app)()
+            {"run": run_app, "sweep": sweep_app, "tune": tune_app}[command]()
             return 0
         if command == "plot":
             return _plot(rest)
@@ -314,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "data":
             return _data(rest)
         raise ConfigError(
-            f"Unknown command {command!r}; valid commands: run, sweep, plot, compare, data. "
+            f"Unknown command {command!r}; valid commands: run, sweep, tune, plot, compare, data. "
             "See `optbench --help`."
         )
     except ConfigError as error:

@@ -38,6 +38,12 @@ class TrainConfig:
 
 
 @dataclass
+class TuningConfig:
+    trials: int = 16  # random-search trials per optimizer (`optbench tune`)
+    seed: int = 0  # of the random search: the same seed draws the same trials
+
+
+@dataclass
 class Config:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -49,6 +55,10 @@ class Config:
     device: Device = Device.auto
     data_dir: str | None = None  # null: $OPTBENCH_DATA_DIR, else data/ of the checkout
     threads: int | None = None  # CPU threads for torch; null: torch's default
+    # Learning-rate sensitivity: train every optimizer at each multiple of its configured lr,
+    # e.g. [0.01, 0.1, 1, 10, 100] (log-spaced); null: the configured lr only.
+    lr_grid: list[float] | None = None
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
 
 ConfigStore.instance().store(name="optbench_schema", node=Config)
@@ -111,9 +121,19 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     models.check_model_config(cfg.model)
     if cfg.threads is not None:
         _positive_int("threads", cfg.threads, " (or null for torch's default)")
-    names = [o.name for o in optimizer_cfgs]
+    _positive_int("tuning.trials", cfg.tuning.trials)
+    if cfg.lr_grid is not None and (
+        not cfg.lr_grid
+        or any(m <= 0 for m in cfg.lr_grid)
+        or len(set(cfg.lr_grid)) != len(cfg.lr_grid)
+    ):
+        raise ConfigError(
+            f"Invalid lr_grid={list(cfg.lr_grid)}: give distinct positive multiples of each "
+            "optimizer's lr, e.g. lr_grid=[0.01,0.1,1,10,100], or null."
+        )
+    names = [(o.name, o.get("lr")) for o in optimizer_cfgs]
     if len(set(names)) != len(names):
-        raise ConfigError(f"Each optimizer may be trained once per job; got {names}.")
+        raise ConfigError(f"Each optimizer and lr may be trained once per job; got {names}.")
     model = models.build_model(cfg.model, cfg.dataset, seed=0)  # a throwaway copy
     for optimizer_cfg in optimizer_cfgs:
         optimizers.check_optimizer_config(optimizer_cfg, model)

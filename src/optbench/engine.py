@@ -83,6 +83,7 @@ class Run:
         device: torch.device,
     ):
         self.optimizer_name = optimizer_cfg.name
+        self.lr = float(optimizer_cfg.get("lr", math.nan))
         self.seed = seed
         self.model = models.build_model(cfg.model, cfg.dataset, stream_seed(seed, "init"))
         self.model.to(device)
@@ -159,6 +160,7 @@ class Run:
         self.loss_count = 0
         return {
             "optimizer": self.optimizer_name,
+            "lr": self.lr,
             "seed": self.seed,
             "step": step,
             "train_loss": train_loss,

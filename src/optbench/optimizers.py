@@ -40,6 +40,23 @@ def build_optimizer(optimizer: DictConfig, params: Iterable[torch.Tensor]) -> to
     return optimizer_class(optimizer)(params, **optimizer_kwargs(optimizer))
 
 
+def expand_lr_grid(optimizer_cfgs: list[DictConfig], lr_grid) -> list[DictConfig]:
+    """One config per optimizer and multiple m of lr_grid, with lr = m x its configured lr."""
+    if lr_grid is None:
+        return list(optimizer_cfgs)
+    expanded = []
+    for optimizer in optimizer_cfgs:
+        if "lr" not in optimizer:
+            raise ConfigError(
+                f"lr_grid needs an lr to multiply, and optimizer {optimizer.name!r} has none."
+            )
+        for multiple in lr_grid:
+            copy = OmegaConf.create(OmegaConf.to_container(optimizer, resolve=True))
+            copy.lr = float(optimizer.lr) * float(multiple)
+            expanded.append(copy)
+    return expanded
+
+
 def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> None:
     """Build the optimizer on a throwaway copy of the model, so torch's own checks (lr >= 0,
     betas in [0, 1), sparse gradients for SparseAdam, ...) reject bad hyperparameters

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from optbench import published  # noqa: E402
-from optbench.results import atomic_write, read_runs, summarize  # noqa: E402
+from optbench.results import atomic_write, read_runs, summarize, with_labels  # noqa: E402
 
 CURVES = {  # file stem -> (metric, y-axis label)
     "test_accuracy": ("test_accuracy", "test accuracy (fraction correct)"),
@@ -165,6 +165,54 @@ def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
+    """Final test accuracy against learning rate (log scale): mean ± std over the seeds that
+    did not diverge, one line per optimizer; a star marks torch.optim's default lr."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    final = runs[runs["step"] == runs.groupby(["optimizer", "lr"])["step"].transform("max")]
+    final = final[~final["diverged"].astype(bool)]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = _colors(list(runs["optimizer"].unique()))
+    for name, rows in final.groupby("optimizer", sort=False):
+        by_lr = rows.groupby("lr")["test_accuracy"]
+        mean, std = by_lr.mean(), by_lr.std().fillna(0)
+        ax.plot(mean.index, mean, marker="o", markersize=4, color=colors[name], label=name)
+        ax.fill_between(mean.index, mean - std, mean + std, color=colors[name], alpha=0.2)
+        default_file = files("optbench.configs").joinpath(f"optimizer/{name}.yaml")
+        if default_file.is_file():
+            default = float(OmegaConf.load(default_file.open()).lr)
+            if np.isclose(mean.index, default).any():
+                at = mean.index[np.isclose(mean.index, default)][0]
+                ax.scatter(
+                    at,
+                    mean[at],
+                    marker="*",
+                    s=220,
+                    color=colors[name],
+                    edgecolors="black",
+                    zorder=5,
+                )
+    ax.scatter(
+        [],
+        [],
+        marker="*",
+        s=120,
+        color="grey",
+        edgecolors="black",
+        label="torch.optim's default lr",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("final test accuracy (fraction correct)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="optimizer", fontsize=8)
+    return _save(fig, path)
+
+
 def _published_points(runs: pd.DataFrame, protocol: pd.Series) -> pd.DataFrame | None:
     """The tutorial's published points for this protocol, placed at our optimizer steps."""
     if published.PROTOCOLS.get(protocol.experiment) != (protocol.dataset, protocol.model):
@@ -187,7 +235,8 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
     if x not in X_COLUMNS:
         raise ValueError(f"Cannot plot against {x!r}; valid choices: {', '.join(X_COLUMNS)}.")
     results_dir = Path(results_dir)
-    runs = read_runs(results_dir)
+    raw = read_runs(results_dir)
+    runs = with_labels(raw)
     protocols = runs[["experiment", "dataset", "model"]].drop_duplicates()
     written = []
     for _, protocol in protocols.iterrows():
@@ -218,6 +267,14 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
             )
         if x != "step":
             continue
+        raw_subset = raw[mask]
+        if raw_subset.groupby("optimizer")["lr"].nunique().max() >= 3:
+            title = _title(protocol, n_seeds, "learning-rate sensitivity").replace(
+                "mean ± std over", "final accuracy, mean ± std over"
+            )
+            written.append(
+                plot_lr_sensitivity(raw_subset, title, results_dir / f"lr_sensitivity{suffix}.png")
+            )
         title = _title(protocol, n_seeds, "final test accuracy").replace("mean ± std over", "over")
         written.append(
             plot_final_accuracy(subset, title, results_dir / f"final_test_accuracy{suffix}.png")

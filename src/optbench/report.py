@@ -19,6 +19,8 @@ PLOTS = [  # file, caption
     ("test_loss.png", "Test loss against step"),
     ("train_loss.png", "Training loss against step"),
     ("final_test_accuracy.png", "Final test accuracy of every seed"),
+    ("lr_sensitivity.png", "Final test accuracy against learning rate"),
+    ("tuning.png", "Expected best accuracy against tuning trials (equal budgets)"),
 ]
 
 

@@ -22,8 +22,8 @@ CONFIG_YAML = "config.yaml"
 
 METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
-GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "step"]
-RUN_COLUMNS = GROUP_KEYS[:4] + ["seed", "step", "epoch"] + METRICS + ["diverged"]
+GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "step"]
+RUN_COLUMNS = GROUP_KEYS[:5] + ["seed", "step", "epoch"] + METRICS + ["diverged"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -50,6 +50,22 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs whose `optimizer` names one run setting each: an optimizer trained with several
+    learning rates (lr_grid, or a multirun over optimizer.lr) becomes "adam lr=0.01", ..."""
+    if "lr" not in runs or runs.empty:
+        return runs
+    several = runs.groupby("optimizer")["lr"].nunique(dropna=False) > 1
+    names = set(several[several].index)
+    if not names:
+        return runs
+    label = [
+        f"{name} lr={lr:g}" if name in names else name
+        for name, lr in zip(runs["optimizer"], runs["lr"], strict=True)
+    ]
+    return runs.assign(optimizer=label)
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (protocol, optimizer, step), over the runs that have not diverged: for
     each metric <metric>_mean, <metric>_std (sample std, ddof=1), <metric>_ci_low and
@@ -58,8 +74,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     seeds; n_diverged and diverged_fraction count the runs left out as diverged."""
     if "diverged" not in runs:
         runs = runs.assign(diverged=False)
-    runs = runs.assign(diverged=runs["diverged"].astype(bool))
-    counts = runs.groupby(GROUP_KEYS, sort=False).agg(
+    runs = with_labels(runs).assign(diverged=runs["diverged"].astype(bool))
+    counts = runs.groupby(GROUP_KEYS, sort=False, dropna=False).agg(
         epoch=("epoch", "first"),
         seeds=("seed", "nunique"),
         n_diverged=("diverged", "sum"),
@@ -75,7 +91,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             columns.update({f"{m}_{k}": v for k, v in stats.describe(values).items()})
         return pd.Series(columns)
 
-    described = healthy.groupby(GROUP_KEYS, sort=False)[METRICS].apply(describe)
+    described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[METRICS].apply(describe)
     summary = counts.join(described).reset_index()
     summary.insert(summary.columns.get_loc("seeds"), "n", summary["seeds"] - summary["n_diverged"])
     summary["n_diverged"] = summary["n_diverged"].astype(int)
@@ -160,6 +176,8 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         runs["diverged"] = runs["train_loss"].isna()
     if "grad_evals" not in runs:  # written before L-BFGS: one forward + backward per step
         runs["grad_evals"] = runs["step"]
+    if "lr" not in runs:  # written before the learning rate had its own column
+        runs.insert(runs.columns.get_loc("optimizer") + 1, "lr", float("nan"))
     return runs
 
 
@@ -169,7 +187,8 @@ NEUTRAL_OVERRIDES = ("seeds", "data_dir", "device", "threads", "hydra.", "optimi
 
 def _is_neutral(override: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
-    return key in NEUTRAL_OVERRIDES or key.startswith("hydra.")
+    # optimizer.lr needs no label either: runs.csv has an lr column (see with_labels)
+    return key in NEUTRAL_OVERRIDES or key.startswith("hydra.") or key == "optimizer.lr"
 
 
 def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
@@ -195,7 +214,7 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
             overrides = list(OmegaConf.load(config_path).provenance.overrides)
         jobs.append((read_runs(job_dir), overrides))
     shared = set.intersection(*(set(overrides) for _, overrides in jobs))
-    protocol = ["experiment", "dataset", "model", "optimizer"]
+    protocol = ["experiment", "dataset", "model", "optimizer", "lr"]
     jobs_per_key: dict[tuple, int] = {}
     for runs, _ in jobs:
         for key in runs[protocol].drop_duplicates().itertuples(index=False):

@@ -76,6 +76,9 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def final_values(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
     """One column per optimizer, one row per seed: the metric at each optimizer's last step,
     for the seeds every optimizer has and none diverged on."""
+    from optbench.results import with_labels
+
+    runs = with_labels(runs)
     runs = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
     if "diverged" in runs:
         runs = runs[~runs["diverged"].astype(bool)]

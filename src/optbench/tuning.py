@@ -1,0 +1,163 @@
+"""Equal tuning budgets: the same number of random-search trials for every optimizer.
+
+Comparing optimizers at their defaults favours whichever default suits the problem. Here
+each optimizer gets `tuning.trials` trials whose hyperparameters optuna's RandomSampler
+draws from the same kind of space:
+
+    lr        log-uniform in [configured lr / 100, configured lr x 100]
+    momentum  uniform in [0, 0.99], for optimizers whose configured momentum is non-zero
+    betas     beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
+
+From the trials' final accuracies, the expected best accuracy after k trials (k = 1..n) is
+estimated by resampling the trials (k drawn with replacement, the best kept, many times):
+the "expected validation performance" curve of Dodge et al. (2019). Optimizers are then
+compared at equal budget k rather than at one lucky or unlucky setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from optbench.results import atomic_write, write_csv
+
+RESAMPLES = 2000  # bootstrap draws per point of the expected-best curve
+
+
+def search_space(optimizer: DictConfig) -> dict[str, optuna.distributions.BaseDistribution]:
+    space = {}
+    if "lr" in optimizer:
+        lr = float(optimizer.lr)
+        space["lr"] = optuna.distributions.FloatDistribution(lr / 100, lr * 100, log=True)
+    if float(optimizer.get("momentum", 0.0) or 0.0) > 0:
+        space["momentum"] = optuna.distributions.FloatDistribution(0.0, 0.99)
+    if "betas" in optimizer:
+        space["beta1"] = optuna.distributions.FloatDistribution(0.8, 0.99)
+        space["one_minus_beta2"] = optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
+    return space
+
+
+def sample_trials(
+    optimizer_cfgs: list[DictConfig], trials: int, seed: int
+) -> tuple[list[DictConfig], pd.DataFrame]:
+    """`trials` random configurations per optimizer, named "<optimizer> trial <i>"; and a
+    table of what was drawn (optimizer, trial, name, and each hyperparameter)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configs, drawn = [], []
+    for index, optimizer in enumerate(optimizer_cfgs):
+        sampler = optuna.samplers.RandomSampler(seed=seed + index)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        space = search_space(optimizer)
+        for trial_number in range(trials):
+            params = study.ask(space).params
+            config = OmegaConf.create(OmegaConf.to_container(optimizer, resolve=True))
+            config.name = f"{optimizer.name} trial {trial_number}"
+            for key, value in params.items():
+                if key == "beta1":
+                    config.betas = [value, config.betas[1]]
+                elif key == "one_minus_beta2":
+                    config.betas = [config.betas[0], 1 - value]
+                else:
+                    config[key] = value
+            configs.append(config)
+            drawn.append(
+                {"optimizer": optimizer.name, "trial": trial_number, "name": config.name, **params}
+            )
+    return configs, pd.DataFrame(drawn)
+
+
+def expected_best(values: np.ndarray, k: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Mean and std of the best of k trials drawn with replacement, by resampling."""
+    draws = rng.choice(np.asarray(values, dtype=float), size=(RESAMPLES, k), replace=True)
+    best = draws.max(axis=1)
+    return float(best.mean()), float(best.std(ddof=1))
+
+
+def expected_best_exact(values: np.ndarray, k: int) -> float:
+    """The same expectation in closed form: with the n values sorted,
+    E[max of k] = sum_i v_(i) ((i/n)^k - ((i-1)/n)^k)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    n = len(v)
+    i = np.arange(1, n + 1)
+    return float(np.sum(v * ((i / n) ** k - ((i - 1) / n) ** k)))
+
+
+def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per trial: its hyperparameters and final test accuracy (mean over its seeds; 0 for a
+    diverged trial, the accuracy of guessing or worse). Per optimizer and budget k: the
+    expected best accuracy and its resampling std."""
+    final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+    accuracy = (
+        final.assign(
+            test_accuracy=final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
+        )
+        .groupby("optimizer")["test_accuracy"]
+        .mean()
+    )
+    trials = drawn.assign(final_test_accuracy=drawn["name"].map(accuracy))
+    rng = np.random.default_rng(0)
+    curve = []
+    for name, rows in trials.groupby("optimizer", sort=False):
+        values = rows["final_test_accuracy"].to_numpy()
+        for k in range(1, len(values) + 1):
+            mean, std = expected_best(values, k, rng)
+            curve.append({"optimizer": name, "trials": k, "expected_best": mean, "std": std})
+    return trials, pd.DataFrame(curve)
+
+
+def plot_tuning(curve: pd.DataFrame, title: str, path: Path) -> Path:
+    from optbench.plots import _colors, _save, plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = _colors(list(curve["optimizer"].unique()))
+    for name, rows in curve.groupby("optimizer", sort=False):
+        mean, std = rows["expected_best"].to_numpy(), rows["std"].to_numpy()
+        ax.plot(rows["trials"], mean, marker="o", markersize=3, color=colors[name], label=name)
+        ax.fill_between(rows["trials"], mean - std, mean + std, color=colors[name], alpha=0.15)
+    ax.set_xlabel("tuning budget: random-search trials per optimizer")
+    ax.set_ylabel("expected best final test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="optimizer", fontsize=8)
+    return _save(fig, path)
+
+
+def write_tuning(out_dir: Path, runs: pd.DataFrame, drawn: pd.DataFrame) -> list[Path]:
+    """tuning.csv (every trial), tuning_curve.csv and tuning.png (expected best accuracy
+    against the number of trials), tuning.md (the curve at a few budgets)."""
+    out_dir = Path(out_dir)
+    trials, curve = tuning_tables(runs, drawn)
+    write_csv(trials, out_dir / "tuning.csv")
+    write_csv(curve, out_dir / "tuning_curve.csv")
+    protocol = runs.iloc[0]
+    title = (
+        f"equal tuning budgets: {protocol.experiment} protocol, {protocol.dataset}, "
+        f"{protocol.model} (band: ± std of the best over resamples)"
+    )
+    written = [
+        out_dir / "tuning.csv",
+        out_dir / "tuning_curve.csv",
+        plot_tuning(curve, title, out_dir / "tuning.png"),
+    ]
+    n = int(curve["trials"].max())
+    budgets = sorted({1, min(4, n), min(8, n), n})
+    wide = (
+        curve[curve["trials"].isin(budgets)]
+        .pivot(index="optimizer", columns="trials", values="expected_best")
+        .sort_values(n, ascending=False)
+    )
+    lines = [
+        "# Expected best final test accuracy at equal tuning budgets",
+        "",
+        "| optimizer | " + " | ".join(f"{k} trial{'s' if k > 1 else ''}" for k in budgets) + " |",
+        "| --- |" + " ---: |" * len(budgets),
+    ]
+    for name, row in wide.iterrows():
+        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in budgets) + " |")
+    text = "\n".join(lines) + "\n"
+    atomic_write(out_dir / "tuning.md", lambda tmp: tmp.write_text(text))
+    return written + [out_dir / "tuning.md"]
