@@ -10,6 +10,8 @@ SEEDS ?= 5
 EXPERIMENT ?= wizard_ffnn
 # examples_cnn is heavy on a CPU: 3 seeds here, 10 where a GPU trains it.
 CNN_SEEDS ?= 3
+# Extra overrides for the training targets, e.g. make sweep ARGS="threads=1 device=cpu"
+ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install data sweep reproduce regimes test lint format bench constraints clean
@@ -30,17 +32,17 @@ $(DATA_STAMP): | $(STAMP)
 	$(BIN)/optbench data prepare mnist
 
 sweep: install data ## every optimizer of EXPERIMENT (default wizard_ffnn), SEEDS seeds (default 5) -> results/EXPERIMENT/
-	$(BIN)/optbench sweep experiment=$(EXPERIMENT) seeds=$(SEEDS) hydra.run.dir=results/$(EXPERIMENT)
+	$(BIN)/optbench sweep experiment=$(EXPERIMENT) seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/$(EXPERIMENT)
 
 reproduce: install data ## the three tutorials' protocols with many seeds -> results/<preset>/, then the regimes
-	$(BIN)/optbench sweep experiment=wizard_ffnn seeds=$(SEEDS) hydra.run.dir=results/wizard_ffnn
-	$(BIN)/optbench sweep experiment=simple_nn seeds=$(SEEDS) hydra.run.dir=results/simple_nn
-	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) hydra.run.dir=results/examples_cnn
-	$(MAKE) regimes EXPERIMENT=wizard_ffnn MINIBATCH=100
+	$(BIN)/optbench sweep experiment=wizard_ffnn seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/wizard_ffnn
+	$(BIN)/optbench sweep experiment=simple_nn seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/simple_nn
+	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) $(ARGS) hydra.run.dir=results/examples_cnn
+	$(MAKE) regimes EXPERIMENT=wizard_ffnn MINIBATCH=100 ARGS="$(ARGS)"
 
 MINIBATCH ?= 100
 regimes: install data ## full-batch GD, pure SGD (batch 1) and mini-batch (MINIBATCH) on EXPERIMENT -> results/regimes_EXPERIMENT/
-	$(BIN)/optbench run -m experiment=$(EXPERIMENT) optimizer=sgd seeds=3 \
+	$(BIN)/optbench run -m experiment=$(EXPERIMENT) optimizer=sgd seeds=3 $(ARGS) \
 		train.batch_size=full,1,$(MINIBATCH) train.eval_every=null \
 		hydra.sweep.dir=results/regimes_$(EXPERIMENT)
 	$(BIN)/optbench plot results/regimes_$(EXPERIMENT) --x epoch --x wall_s

@@ -109,3 +109,14 @@ def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp
     combined = results.combine_jobs(tmp_path)
     assert combined.optimizer.unique().tolist() == ["sgd", "adam"]
     assert results.combine_jobs(tmp_path / "empty") is None
+
+
+def test_results_written_before_the_lr_and_divergence_columns_still_read(real_runs, tmp_path):
+    old = real_runs.drop(columns=["lr", "grad_evals", "diverged"])
+    old.to_csv(tmp_path / "runs.csv", index=False)
+    OmegaConf.save(
+        {"optimizer_configs": {"sgd": {"lr": 0.1}, "adam": {"lr": 0.001}}}, tmp_path / "config.yaml"
+    )
+    runs = results.read_runs(tmp_path)
+    assert runs.groupby("optimizer")["lr"].first().to_dict() == {"adam": 0.001, "sgd": 0.1}
+    assert (runs["grad_evals"] == runs["step"]).all() and not runs["diverged"].any()

@@ -177,7 +177,14 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
     if "grad_evals" not in runs:  # written before L-BFGS: one forward + backward per step
         runs["grad_evals"] = runs["step"]
     if "lr" not in runs:  # written before the learning rate had its own column
-        runs.insert(runs.columns.get_loc("optimizer") + 1, "lr", float("nan"))
+        lrs = {}
+        config_path = Path(results_dir) / CONFIG_YAML
+        if config_path.is_file():  # the job's config.yaml knows each optimizer's lr
+            configs = OmegaConf.load(config_path).get("optimizer_configs", {})
+            lrs = {name: float(c.get("lr", "nan")) for name, c in configs.items()}
+        runs.insert(
+            runs.columns.get_loc("optimizer") + 1, "lr", runs["optimizer"].map(lrs).astype(float)
+        )
     return runs
 
 
