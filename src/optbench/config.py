@@ -171,7 +171,8 @@ def git_revision() -> str | None:
         if revision.returncode != 0:
             return None
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # changes to code, not to the results that runs are writing right now
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
             cwd=here,
             capture_output=True,
             text=True,
