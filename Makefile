@@ -38,13 +38,11 @@ reproduce: install data ## the three tutorials' protocols with many seeds -> res
 	$(BIN)/optbench sweep experiment=wizard_ffnn seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/wizard_ffnn
 	$(BIN)/optbench sweep experiment=simple_nn seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/simple_nn
 	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) $(ARGS) hydra.run.dir=results/examples_cnn
-	$(MAKE) regimes EXPERIMENT=wizard_ffnn MINIBATCH=100 ARGS="$(ARGS)"
+	$(MAKE) regimes EXPERIMENT=wizard_ffnn ARGS="$(ARGS)"
 
-MINIBATCH ?= 100
-regimes: install data ## full-batch GD, pure SGD (batch 1) and mini-batch (MINIBATCH) on EXPERIMENT -> results/regimes_EXPERIMENT/
+regimes: install data ## full-batch GD, pure SGD and mini-batch SGD on EXPERIMENT (3 seeds) -> results/regimes_EXPERIMENT/
 	$(BIN)/optbench run -m experiment=$(EXPERIMENT) optimizer=sgd seeds=3 $(ARGS) \
-		train.batch_size=full,1,$(MINIBATCH) train.eval_every=null \
-		hydra.sweep.dir=results/regimes_$(EXPERIMENT)
+		regime=full_batch,pure_sgd,mini_batch hydra.sweep.dir=results/regimes_$(EXPERIMENT)
 	$(BIN)/optbench plot results/regimes_$(EXPERIMENT) --x epoch --x wall_s
 
 test: install data ## lint, then every test (the command CI runs)

@@ -163,3 +163,18 @@ def test_a_custom_optimizer_class_is_accepted_and_a_non_optimizer_is_not():
     cfg = compose_config("optimizer._target_=torch.nn.Linear")
     with pytest.raises(ConfigError, match="not a torch.optim.Optimizer"):
         check_config(cfg, [cfg.optimizer])
+
+
+@pytest.mark.parametrize("experiment", ["wizard_ffnn", "simple_nn"])
+def test_the_three_regimes_compose_on_both_ffnn_presets(experiment):
+    protocol = compose_config(f"experiment={experiment}").train
+    full = compose_config(f"experiment={experiment}", "regime=full_batch").train
+    pure = compose_config(f"experiment={experiment}", "regime=pure_sgd").train
+    mini = compose_config(f"experiment={experiment}", "regime=mini_batch").train
+    assert (full.batch_size, full.epochs) == ("full", 50)
+    assert (pure.batch_size, pure.epochs) == (1, 1)
+    assert (mini.batch_size, mini.epochs) == (protocol.batch_size, protocol.epochs)
+    assert (
+        compose_config(f"experiment={experiment}", "regime=pure_sgd", "train.epochs=2").train.epochs
+        == 2
+    )  # the command line still wins
