@@ -120,3 +120,17 @@ def test_results_written_before_the_lr_and_divergence_columns_still_read(real_ru
     runs = results.read_runs(tmp_path)
     assert runs.groupby("optimizer")["lr"].first().to_dict() == {"adam": 0.001, "sgd": 0.1}
     assert (runs["grad_evals"] == runs["step"]).all() and not runs["diverged"].any()
+
+
+def test_plots_keep_their_axis_labels(real_runs):
+    """The y label names the metric, whatever the legend says (it once took the last
+    optimizer's legend entry)."""
+    import matplotlib.pyplot as plt
+
+    from optbench import plots
+
+    figure = plots.curve_figure(results.summarize(real_runs), "test_loss", "test loss", "title")
+    axes = figure.axes[0]
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("optimizer step", "test loss")
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["sgd", "adam"]
+    plt.close(figure)

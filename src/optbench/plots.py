@@ -72,9 +72,21 @@ def plot_curve(
     published_points: pd.DataFrame | None = None,
     x: str = "step",
 ) -> Path:
-    """Mean line with a ±std band per optimizer against x (step, epoch or wall_s, the mean
-    over seeds); published one-seed points (columns optimizer, step, metric, published),
-    if any, on top (against step only)."""
+    """Draw `curve_figure` into path."""
+    return _save(curve_figure(summary, metric, label, title, published_points, x), path)
+
+
+def curve_figure(
+    summary: pd.DataFrame,
+    metric: str,
+    label: str,
+    title: str,
+    published_points: pd.DataFrame | None = None,
+    x: str = "step",
+) -> plt.Figure:
+    """Mean line with a ±std band per optimizer against x (step, epoch, grad_evals or
+    wall_s, the mean over seeds); published one-seed points (columns optimizer, step,
+    metric, published), if any, on top (against step only)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(summary["optimizer"].unique())
     colors = _colors(optimizers)
@@ -85,8 +97,8 @@ def plot_curve(
         position = rows[X_COLUMNS[x]].to_numpy()
         diverged = int(rows["n_diverged"].max()) if "n_diverged" in rows else 0
         seeds = diverged + int(rows["n"].max())
-        label = name if not diverged else f"{name} ({diverged}/{seeds} diverged, left out)"
-        ax.plot(position, mean, marker="o", markersize=3, color=colors[name], label=label)
+        legend = name if not diverged else f"{name} ({diverged}/{seeds} diverged, left out)"
+        ax.plot(position, mean, marker="o", markersize=3, color=colors[name], label=legend)
         ax.fill_between(position, mean - std, mean + std, color=colors[name], alpha=0.2)
     if published_points is not None and x == "step":
         labelled = set()
@@ -116,7 +128,7 @@ def plot_curve(
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(title="optimizer", fontsize=8, ncol=2 if len(optimizers) > 5 else 1)
-    return _save(fig, path)
+    return fig
 
 
 def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
