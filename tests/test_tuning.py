@@ -26,9 +26,12 @@ def test_resampled_expected_best_matches_the_closed_form():
     values = np.random.default_rng(1).uniform(0.9, 0.98, 12)
     rng = np.random.default_rng(0)
     for k in (1, 3, 12):
-        mean, std = tuning.expected_best(values, k, rng)
-        standard_error = std / np.sqrt(tuning.RESAMPLES)
-        assert abs(mean - tuning.expected_best_exact(values, k)) < 5 * standard_error
+        best = tuning.expected_best(values, k, rng)
+        standard_error = best["std"] / np.sqrt(tuning.RESAMPLES)
+        assert (
+            abs(best["expected_best"] - tuning.expected_best_exact(values, k)) < 5 * standard_error
+        )
+        assert values.min() <= best["q10"] <= best["q90"] <= values.max()
 
 
 def test_trials_are_reproducible_and_inside_the_search_space():
