@@ -148,6 +148,7 @@ def test_bad_seeds_are_rejected(seeds):
         ("dataset.train_size=0", "dataset.train_size=0"),
         ("dataset.train_size=60001", "from 1 to 60000"),
         ("train.epochs=0", "train.epochs=0"),
+        ("train.batch_size=60001", "larger than the training set"),
         ("train.eval_every=0", "train.eval_every=0"),
     ],
 )
