@@ -23,6 +23,28 @@ def prepare_data(cfg: DictConfig) -> None:
     data.prepare(cfg.dataset.name, data.resolve_data_dir(cfg.data_dir), log=log.info)
 
 
+def _train_and_record(
+    cfg: DictConfig,
+    trained_cfgs: list[DictConfig],
+    recorded_cfgs: list[DictConfig],
+    out_dir: Path,
+    overrides: list[str] | None,
+    progress: bool,
+) -> pd.DataFrame:
+    """Check, prepare the data, train trained_cfgs and write runs.csv, summary.csv and
+    config.yaml (listing recorded_cfgs); what comes after differs between sweep and tune."""
+    check_config(cfg, trained_cfgs)
+    prepare_data(cfg)
+    provenance = results.provenance()  # the code as it was when training started
+    runs = engine.train(cfg, trained_cfgs, progress=progress)
+    out_dir = Path(out_dir)
+    results.write_results(out_dir, runs)
+    results.write_config(
+        out_dir / results.CONFIG_YAML, cfg, recorded_cfgs, overrides or [], provenance
+    )
+    return runs
+
+
 def benchmark(
     cfg: DictConfig,
     optimizer_cfgs: list[DictConfig],
@@ -33,26 +55,20 @@ def benchmark(
     """Train every (optimizer, seed) run of cfg's protocol and write into out_dir:
     runs.csv, summary.csv, config.yaml, the comparison plots, ranking.csv/.md, report.md/.html
     and, for a preset with published numbers, comparison.csv/.md. Returns the runs."""
-    check_config(cfg, optimizer_cfgs)
-    prepare_data(cfg)
-    provenance = results.provenance()  # the code as it was when training started
-    runs = engine.train(cfg, optimizer_cfgs, progress=progress)
-    out_dir = Path(out_dir)
-    results.write_results(out_dir, runs)
-    results.write_config(
-        out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [], provenance
-    )
-    write_analysis(out_dir, runs)
-    log.info("Results in %s", out_dir.resolve())
+    runs = _train_and_record(cfg, optimizer_cfgs, optimizer_cfgs, out_dir, overrides, progress)
+    write_analysis(Path(out_dir), runs)
+    log.info("Results in %s", Path(out_dir).resolve())
     return runs
 
 
-def write_analysis(out_dir: Path, runs: pd.DataFrame) -> list[Path]:
+def write_analysis(out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True) -> list[Path]:
     """Everything derived from runs.csv: the published comparison (for presets that have
-    published numbers), the paired ranking, the plots and the report."""
+    published numbers), the paired ranking, the plots (unless draw_plots is False) and the
+    report."""
     written = published.write_comparison(out_dir, runs)
     written += stats.write_ranking(out_dir, runs)
-    written += plots.plot_all(out_dir)
+    if draw_plots:
+        written += plots.plot_all(out_dir)
     written += report.write_report(out_dir)
     return written
 
@@ -69,16 +85,8 @@ def tune(
     tables and curve (tuning.*) and the report. Returns the runs."""
     check_config(cfg, optimizer_cfgs)
     trial_cfgs, drawn = tuning.sample_trials(optimizer_cfgs, cfg.tuning.trials, cfg.tuning.seed)
-    check_config(cfg, trial_cfgs)
-    prepare_data(cfg)
-    provenance = results.provenance()
-    runs = engine.train(cfg, trial_cfgs, progress=progress)
-    out_dir = Path(out_dir)
-    results.write_results(out_dir, runs)
-    results.write_config(
-        out_dir / results.CONFIG_YAML, cfg, optimizer_cfgs, overrides or [], provenance
-    )
-    tuning.write_tuning(out_dir, runs, drawn)
-    report.write_report(out_dir)
-    log.info("Results in %s", out_dir.resolve())
+    runs = _train_and_record(cfg, trial_cfgs, optimizer_cfgs, out_dir, overrides, progress)
+    tuning.write_tuning(Path(out_dir), runs, drawn)
+    report.write_report(Path(out_dir))
+    log.info("Results in %s", Path(out_dir).resolve())
     return runs

@@ -276,15 +276,14 @@ def _compare(args: list[str]) -> int:
     )
     parser.add_argument("results_dir", type=Path, help="a folder holding runs.csv")
     options = parser.parse_args(args)
-    from optbench import published, report, results, stats
+    from optbench import results
+    from optbench.benchmark import write_analysis
 
     try:
         runs = results.read_runs(options.results_dir)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
-    written = published.write_comparison(options.results_dir, runs)
-    written += stats.write_ranking(options.results_dir, runs)
-    written += report.write_report(options.results_dir)
+    written = write_analysis(options.results_dir, runs, draw_plots=False)
     for path in written:
         print(path)
     return 0

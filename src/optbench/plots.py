@@ -12,7 +12,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from optbench import published  # noqa: E402
-from optbench.results import atomic_write, read_runs, summarize, with_labels  # noqa: E402
+from optbench.results import (  # noqa: E402
+    atomic_write,
+    by_protocol,
+    read_runs,
+    summarize,
+    with_labels,
+)
 
 CURVES = {  # file stem -> (metric, y-axis label)
     "test_accuracy": ("test_accuracy", "test accuracy (fraction correct)"),
@@ -50,7 +56,7 @@ def _colors(optimizers: list[str]) -> dict[str, tuple]:
     return {name: palette(i % palette.N) for i, name in enumerate(optimizers)}
 
 
-def _title(protocol: pd.Series, n_seeds: int, what: str) -> str:
+def _title(protocol, n_seeds: int, what: str) -> str:
     return (
         f"{what}: {protocol.experiment} protocol, {protocol.dataset}, {protocol.model} "
         f"(mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})"
@@ -225,7 +231,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _published_points(runs: pd.DataFrame, protocol: pd.Series) -> pd.DataFrame | None:
+def _published_points(runs: pd.DataFrame, protocol) -> pd.DataFrame | None:
     """The tutorial's published points for this protocol, placed at our optimizer steps."""
     if published.PROTOCOLS.get(protocol.experiment) != (protocol.dataset, protocol.model):
         return None
@@ -249,18 +255,10 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
     results_dir = Path(results_dir)
     raw = read_runs(results_dir)
     runs = with_labels(raw)
-    protocols = runs[["experiment", "dataset", "model"]].drop_duplicates()
     written = []
-    for _, protocol in protocols.iterrows():
-        mask = (runs[["experiment", "dataset", "model"]] == protocol.to_numpy()).all(axis=1)
-        subset = runs[mask]
+    for protocol, subset, suffix in by_protocol(runs):
         summary = summarize(subset)
         n_seeds = int(subset["seed"].nunique())
-        suffix = (
-            ""
-            if len(protocols) == 1
-            else f"_{protocol.experiment}_{protocol.dataset}_{protocol.model}"
-        )
         points = _published_points(subset, protocol)
         for stem, (metric, label) in CURVES.items():
             title = _title(protocol, n_seeds, label.split(" (")[0])
@@ -279,7 +277,7 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
             )
         if x != "step":
             continue
-        raw_subset = raw[mask]
+        raw_subset = raw.loc[subset.index]
         if raw_subset.groupby("optimizer")["lr"].nunique().max() >= 3:
             title = _title(protocol, n_seeds, "learning-rate sensitivity").replace(
                 "mean ± std over", "final accuracy, mean ± std over"

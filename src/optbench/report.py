@@ -106,8 +106,12 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
             )
         )
     sections.append(("Final results", "table", _final_table(summary)))
-    if runs["optimizer"].nunique() > 1 and len(protocol) == 1:
-        table, pairs = stats.ranking(runs)
+    table = None
+    if (results_dir / stats.RANKING_CSV).is_file():  # written just before by write_ranking
+        table = pd.read_csv(results_dir / stats.RANKING_CSV)
+    elif runs["optimizer"].nunique() > 1 and len(protocol) == 1:
+        table, _ = stats.ranking(runs)
+    if table is not None:
         table = table.assign(
             **{"≈ best": table["tied_with_best"].map({True: "≈", False: ""})}
         ).drop(columns="tied_with_best")

@@ -50,6 +50,19 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+PROTOCOL_KEYS = ["experiment", "dataset", "model"]
+
+
+def by_protocol(runs: pd.DataFrame):
+    """Yield (protocol, its runs, file-name suffix) for every protocol in runs. The suffix is
+    empty when there is one protocol, else "_<experiment>_<dataset>_<model>"."""
+    protocols = runs[PROTOCOL_KEYS].drop_duplicates()
+    for protocol in protocols.itertuples(index=False):
+        mask = (runs[PROTOCOL_KEYS] == list(protocol)).all(axis=1)
+        suffix = "" if len(protocols) == 1 else "_" + "_".join(map(str, protocol))
+        yield protocol, runs[mask], suffix
+
+
 def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose `optimizer` names one run setting each: an optimizer trained with several
     learning rates (lr_grid, or a multirun over optimizer.lr) becomes "adam lr=0.01", ..."""

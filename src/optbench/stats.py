@@ -188,25 +188,14 @@ def write_ranking(results_dir, runs: pd.DataFrame, metric: str = "test_accuracy"
     in runs with two or more optimizers; return the files written."""
     from pathlib import Path
 
-    from optbench.results import atomic_write, write_csv
+    from optbench.results import atomic_write, by_protocol, write_csv
 
     results_dir = Path(results_dir)
-    protocols = runs[["experiment", "dataset", "model"]].drop_duplicates()
     written = []
-    for protocol in protocols.itertuples(index=False):
-        mine = runs[
-            (runs["experiment"] == protocol.experiment)
-            & (runs["dataset"] == protocol.dataset)
-            & (runs["model"] == protocol.model)
-        ]
+    for _, mine, suffix in by_protocol(runs):
         if mine["optimizer"].nunique() < 2 or final_values(mine, metric).empty:
             continue
         table, pairs = ranking(mine, metric)
-        suffix = (
-            ""
-            if len(protocols) == 1
-            else (f"_{protocol.experiment}_{protocol.dataset}_{protocol.model}")
-        )
         csv_path = results_dir / f"ranking{suffix}.csv"
         pairs_path = results_dir / f"ranking_pairs{suffix}.csv"
         md_path = results_dir / f"ranking{suffix}.md"
