@@ -12,6 +12,11 @@ EXPERIMENT ?= wizard_ffnn
 CNN_SEEDS ?= 3
 # Extra overrides for the training targets, e.g. make sweep ARGS="threads=1 device=cpu"
 ARGS ?=
+# The training targets retrain into results/, moving what is there (the committed results)
+# aside into results/<name>/replaced-<time>/ to diff against. RESUME=true instead resumes
+# an interrupted target: complete runs are skipped, unfinished ones continue.
+RESUME ?= false
+TRAIN_ARGS = resume=$(RESUME) $(ARGS)
 
 .DEFAULT_GOAL := help
 .PHONY: help install data sweep reproduce regimes test lint format bench constraints clean
@@ -32,16 +37,16 @@ $(DATA_STAMP): | $(STAMP)
 	$(BIN)/optbench data prepare mnist
 
 sweep: install data ## every optimizer of EXPERIMENT (default wizard_ffnn), SEEDS seeds (default 5) -> results/EXPERIMENT/
-	$(BIN)/optbench sweep experiment=$(EXPERIMENT) seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/$(EXPERIMENT)
+	$(BIN)/optbench sweep experiment=$(EXPERIMENT) seeds=$(SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/$(EXPERIMENT)
 
 reproduce: install data ## the three tutorials' protocols with many seeds -> results/<preset>/, then the regimes
-	$(BIN)/optbench sweep experiment=wizard_ffnn seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/wizard_ffnn
-	$(BIN)/optbench sweep experiment=simple_nn seeds=$(SEEDS) $(ARGS) hydra.run.dir=results/simple_nn
-	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) $(ARGS) hydra.run.dir=results/examples_cnn
-	$(MAKE) regimes EXPERIMENT=wizard_ffnn ARGS="$(ARGS)"
+	$(BIN)/optbench sweep experiment=wizard_ffnn seeds=$(SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/wizard_ffnn
+	$(BIN)/optbench sweep experiment=simple_nn seeds=$(SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/simple_nn
+	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/examples_cnn
+	$(MAKE) regimes EXPERIMENT=wizard_ffnn ARGS="$(ARGS)" RESUME=$(RESUME)
 
 regimes: install data ## full-batch GD, pure SGD and mini-batch SGD on EXPERIMENT (3 seeds) -> results/regimes_EXPERIMENT/
-	$(BIN)/optbench run -m experiment=$(EXPERIMENT) optimizer=sgd seeds=3 $(ARGS) \
+	$(BIN)/optbench run -m experiment=$(EXPERIMENT) optimizer=sgd seeds=3 $(TRAIN_ARGS) \
 		regime=full_batch,pure_sgd,mini_batch hydra.sweep.dir=results/regimes_$(EXPERIMENT)
 	$(BIN)/optbench plot results/regimes_$(EXPERIMENT) --x epoch --x wall_s
 
@@ -58,8 +63,8 @@ format: install ## format the code with ruff
 	$(BIN)/ruff format src tests scripts
 	$(BIN)/ruff check --fix src tests scripts
 
-bench: install data ## time the tutorial loop against optbench run (scripts/bench_loop.py)
-	$(BIN)/python scripts/bench_loop.py
+bench: install data ## time the tutorial loop against optbench run and sweep (scripts/bench.py)
+	$(BIN)/python scripts/bench.py
 
 constraints: install ## pin the installed versions into constraints.txt
 	$(BIN)/pip freeze --exclude-editable | grep -v '^optbench' > constraints.txt

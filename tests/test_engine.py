@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from optbench import engine, models
 from optbench.data import TensorData, load
 
-from conftest import compose_config, compose_sweep
+from conftest import ROOT, compose_config, compose_sweep
 
 SMALL = ("dataset.train_size=1000", "train.steps=30", "train.eval_every=10")
 RESULT_COLUMNS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
@@ -89,6 +89,79 @@ def test_a_run_does_not_depend_on_the_runs_beside_it(data_dir):
     alone = engine.train(alone_cfg, [alone_cfg.optimizer], progress=False)
     picked = together[(together.optimizer == "adam") & (together.seed == 1)]
     pd.testing.assert_frame_equal(without_time(picked), without_time(alone), check_exact=True)
+
+
+ELEMENTWISE = sorted(
+    path.stem
+    for path in (ROOT / "configs" / "optimizer").glob("*.yaml")
+    if OmegaConf.load(path).get("elementwise", False)
+)
+
+
+def test_every_elementwise_optimizer_gives_the_same_run_stacked_as_alone(data_dir):
+    """Bit for bit: 2 seeds of every element-wise optimizer in one stack, against seed 1
+    of each optimizer trained alone (a stack of one run)."""
+    assert len(ELEMENTWISE) >= 20  # torch.optim's and the textbook ones
+    cfg, optimizer_cfgs = compose_sweep(f"optimizers=[{','.join(ELEMENTWISE)}]", "seeds=2", *SMALL)
+    together = engine.train(cfg, optimizer_cfgs, progress=False)
+    for name in ELEMENTWISE:
+        alone_cfg = compose_config(f"optimizer={name}", "seeds=[1]", *SMALL)
+        alone = engine.train(alone_cfg, [alone_cfg.optimizer], progress=False)
+        picked = together[(together.optimizer == name) & (together.seed == 1)]
+        pd.testing.assert_frame_equal(without_time(picked), without_time(alone), check_exact=True)
+
+
+def test_stacked_and_run_by_run_training_agree_to_float_rounding(data_dir):
+    """The stack's batched matmul and a lone model's matmul are different kernels: their
+    sums round differently, by about 1e-7 relative after a step. (Over many steps such
+    differences grow, as they do between thread counts; each path is deterministic.)"""
+    overrides = ("optimizers=[sgd,adam,rmsprop]", "seeds=2", "train.steps=1", "train.eval_every=1")
+    frames = []
+    for mode in ("always", "never"):
+        cfg, optimizer_cfgs = compose_sweep(
+            *overrides, "dataset.train_size=1000", f"stack_runs={mode}"
+        )
+        frames.append(engine.train(cfg, optimizer_cfgs, progress=False))
+    stacked, alone = frames
+    for column in RESULT_COLUMNS:
+        torch.testing.assert_close(
+            torch.tensor(stacked[column].to_numpy()),
+            torch.tensor(alone[column].to_numpy()),
+            rtol=1e-6,
+            atol=0,
+            msg=column,
+        )
+
+
+def test_optimizers_that_are_not_elementwise_train_beside_a_stack(data_dir):
+    """L-BFGS (whole-tensor dot products) trains run by run in the same step loop, and gives
+    the same rows as alone; the stacked ones are untouched by it."""
+    choices = {
+        "adam": ("optimizer=adam",),
+        "lbfgs": ("optimizer=lbfgs", "optimizer.line_search_fn=strong_wolfe"),
+    }
+    alone = {name: compose_config(*choice, "seeds=2", *SMALL) for name, choice in choices.items()}
+    cfg, optimizer_cfgs = alone["adam"], [c.optimizer for c in alone.values()]
+    cpu = torch.device("cpu")
+    assert [engine.should_stack(cfg, o, cpu) for o in optimizer_cfgs] == [True, False]
+    together = engine.train(cfg, optimizer_cfgs, progress=False)
+    for name, alone_cfg in alone.items():
+        expected = engine.train(alone_cfg, [alone_cfg.optimizer], progress=False)
+        picked = together[together.optimizer == name]
+        pd.testing.assert_frame_equal(
+            without_time(picked), without_time(expected), check_exact=True
+        )
+
+
+def test_a_diverging_run_in_a_stack_leaves_the_others_untouched(data_dir):
+    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd]", "lr_grid=[1,10000]", "seeds=2", *SMALL)
+    together = engine.train(cfg, optimizer_cfgs, progress=False)
+    wild = together[together.lr == 1000.0]
+    assert wild["diverged"].all() and wild["test_accuracy"].isna().all()
+    alone_cfg, alone_optimizers = compose_sweep("optimizers=[sgd]", "seeds=2", *SMALL)
+    alone = engine.train(alone_cfg, alone_optimizers, progress=False)
+    tame = together[together.lr == 0.1]
+    pd.testing.assert_frame_equal(without_time(tame), without_time(alone), check_exact=True)
 
 
 def test_engine_equals_a_hand_written_sgd_loop(data_dir):

@@ -56,6 +56,7 @@ def runs_from(finals: dict[str, list[float]]) -> pd.DataFrame:
                 "grad_evals": 100,
                 "wall_s": 1.0,
                 "diverged": False,
+                "fingerprint": "0123456789ab",
             }
             for name, values in finals.items()
             for seed, value in enumerate(values)

@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from optbench import data, engine, plots, published, report, results, stats, tuning
-from optbench.config import check_config
+from optbench.config import check_config, seed_list
 
 log = logging.getLogger("optbench")
 
@@ -32,16 +32,46 @@ def _train_and_record(
     progress: bool,
 ) -> pd.DataFrame:
     """Check, prepare the data, train trained_cfgs and write runs.csv, summary.csv and
-    config.yaml (listing recorded_cfgs); what comes after differs between sweep and tune."""
+    config.yaml (listing recorded_cfgs); what comes after differs between sweep and tune.
+
+    The runs already complete in out_dir are skipped (and kept), a checkpoint left there
+    by this same job is resumed, and a folder of another protocol is refused."""
     check_config(cfg, trained_cfgs)
     prepare_data(cfg)
-    provenance = results.provenance()  # the code as it was when training started
-    runs = engine.train(cfg, trained_cfgs, progress=progress)
     out_dir = Path(out_dir)
+    results.remove_temporaries(out_dir)
+    if not cfg.resume and (aside := results.move_aside(out_dir)):
+        log.info("resume=false: the folder's earlier results are now in %s", aside)
+    previous = results.previous_runs(out_dir, cfg)
+    n_train = cfg.dataset.train_size or data.TRAIN_SIZES[cfg.dataset.name]
+    done = results.complete_runs(previous, engine.make_schedule(cfg.train, n_train).total_steps)
+    wanted = {
+        results.run_key(o.name, o.get("lr"), s) for o in trained_cfgs for s in seed_list(cfg.seeds)
+    }
+    if wanted <= done:
+        log.info("All %d runs are already complete in %s; nothing to train.", len(wanted), out_dir)
+        return previous
+    if done & wanted:
+        log.info("Skipping the %d runs already complete in %s.", len(done & wanted), out_dir)
+    checkpoint = out_dir / results.CHECKPOINT
+    provenance = results.provenance()  # the code as it was when training started
+    try:
+        new = engine.train(cfg, trained_cfgs, progress=progress, skip=done, checkpoint=checkpoint)
+    except KeyboardInterrupt:
+        log.warning(
+            "Interrupted. %s keeps the complete runs, and %s the training state at the last "
+            "evaluation point: run the same command again to resume from there.",
+            out_dir / results.RUNS_CSV,
+            checkpoint,
+        )
+        raise
+    runs = results.merge_runs(previous, new)
     results.write_results(out_dir, runs)
-    results.write_config(
-        out_dir / results.CONFIG_YAML, cfg, recorded_cfgs, overrides or [], provenance
-    )
+    recorded = results.recorded_optimizers(out_dir) | {
+        o.name: OmegaConf.to_container(o, resolve=True) for o in recorded_cfgs
+    }
+    results.write_config(out_dir / results.CONFIG_YAML, cfg, recorded, overrides or [], provenance)
+    checkpoint.unlink(missing_ok=True)
     return runs
 
 
@@ -55,8 +85,9 @@ def benchmark(
     """Train every (optimizer, seed) run of cfg's protocol and write into out_dir:
     runs.csv, summary.csv, config.yaml, the comparison plots, ranking.csv/.md, report.md/.html
     and, for a preset with published numbers, comparison.csv/.md. Returns the runs."""
-    runs = _train_and_record(cfg, optimizer_cfgs, optimizer_cfgs, out_dir, overrides, progress)
-    write_analysis(Path(out_dir), runs)
+    with results.exclusive(out_dir):
+        runs = _train_and_record(cfg, optimizer_cfgs, optimizer_cfgs, out_dir, overrides, progress)
+        write_analysis(Path(out_dir), runs)
     log.info("Results in %s", Path(out_dir).resolve())
     return runs
 
@@ -85,8 +116,9 @@ def tune(
     tables and curve (tuning.*) and the report. Returns the runs."""
     check_config(cfg, optimizer_cfgs)
     trial_cfgs, drawn = tuning.sample_trials(optimizer_cfgs, cfg.tuning.trials, cfg.tuning.seed)
-    runs = _train_and_record(cfg, trial_cfgs, optimizer_cfgs, out_dir, overrides, progress)
-    tuning.write_tuning(Path(out_dir), runs, drawn)
-    report.write_report(Path(out_dir))
+    with results.exclusive(out_dir):
+        runs = _train_and_record(cfg, trial_cfgs, optimizer_cfgs, out_dir, overrides, progress)
+        tuning.write_tuning(Path(out_dir), runs, drawn)
+        report.write_report(Path(out_dir))
     log.info("Results in %s", Path(out_dir).resolve())
     return runs

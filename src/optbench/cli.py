@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -46,18 +47,24 @@ commands:
                            lr (and momentum/betas) per optimizer of the experiment, then
                            the expected best accuracy against the number of trials
                            e.g. optbench tune optimizers=[sgd,adam] tuning.trials=16
-  plot RESULTS_DIR [--x step|epoch|grad_evals|wall_s]
-                           redraw every plot from RESULTS_DIR/runs.csv
-  compare RESULTS_DIR      rank the optimizers with paired tests (ranking.csv, .md), set
+  plot RESULTS_DIR... [--x step|epoch|grad_evals|wall_s] [--out DIR] [--allow-mixed]
+                           redraw every plot from RESULTS_DIR/runs.csv; several folders
+                           are combined into --out (never two protocols, unless
+                           --allow-mixed)
+  compare RESULTS_DIR... [--out DIR] [--allow-mixed]
+                           rank the optimizers with paired tests (ranking.csv, .md), set
                            the tutorial's published numbers beside ours (comparison.csv,
                            .md: wizard_ffnn, examples_cnn) and write report.md/.html
   data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
                            in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
 
-Results go to outputs/<experiment>/<date_time>/ unless hydra.run.dir=DIR is given.
+Results go to outputs/<experiment>/<overrides>/ unless hydra.run.dir=DIR is given. The
+same command again skips the runs already complete there and resumes an interrupted job
+from its last evaluation point; resume=false moves the old results aside first.
 """
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
 
 # ---------------------------------------------------------------------------------------
@@ -175,6 +182,32 @@ def _jobs_of(args: list[str]) -> list[list[str]]:
         return []
 
 
+def _output_root(args: list[str]) -> Path:
+    """Where the jobs will write: hydra.run.dir / hydra.sweep.dir when given, else the
+    default folder (outputs/ or multirun/ under the working directory)."""
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [a.split("=", 1)[1] for a in args if a.startswith(key)]
+    return Path(given[-1] if given else ("multirun" if multirun else "outputs"))
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, not after training, when folder cannot be created or written. Probes with
+    a temporary folder inside its deepest existing ancestor, and leaves nothing behind."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot write results to {folder} ({' '.join(str(error).split())}). Choose a "
+            "folder you can write with hydra.run.dir=DIR (hydra.sweep.dir=DIR for -m)."
+        ) from None
+
+
 def check_command_line(command: str, args: list[str]) -> None:
     """Compose and check every job, and prepare its dataset, before any of them runs."""
     jobs = _jobs_of(args)
@@ -188,6 +221,7 @@ def check_command_line(command: str, args: list[str]) -> None:
                 raise ConfigError(_one_paragraph(error, overrides)) from None
             optbench_config.check_config(cfg, optimizer_cfgs)
             datasets.add((cfg.dataset.name, cfg.data_dir))
+    check_writable(_output_root(args))
     from optbench import data
 
     for name, data_dir in sorted(datasets, key=str):
@@ -200,14 +234,19 @@ def check_command_line(command: str, args: list[str]) -> None:
 
 def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig], command: str = "run") -> None:
     from optbench.benchmark import benchmark, tune
+    from optbench.results import ResultsError
 
     hydra_cfg = HydraConfig.get()
-    (tune if command == "tune" else benchmark)(
-        cfg,
-        optimizer_cfgs,
-        Path(hydra_cfg.runtime.output_dir),
-        overrides=list(hydra_cfg.overrides.task),
-    )
+    try:
+        (tune if command == "tune" else benchmark)(
+            cfg,
+            optimizer_cfgs,
+            Path(hydra_cfg.runtime.output_dir),
+            overrides=list(hydra_cfg.overrides.task),
+        )
+    except (ConfigError, ResultsError) as error:  # e.g. a results folder of another protocol
+        print(f"optbench: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
@@ -245,9 +284,37 @@ class CombineMultirun(Callback):
 # Entry point
 
 
+def _results_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR")
+    parser.add_argument(
+        "--out", type=Path, help="where several folders' combined results go (required then)"
+    )
+    parser.add_argument(
+        "--allow-mixed", action="store_true", help="combine folders of different protocols"
+    )
+
+
+def _results_folder(options: argparse.Namespace):
+    """(folder to write into, its runs): the one RESULTS_DIR, or several combined into --out."""
+    from optbench import results
+
+    dirs = options.results_dirs
+    try:
+        if len(dirs) == 1 and options.out is None:
+            return dirs[0], results.read_runs(dirs[0])
+        if options.out is None:
+            raise ConfigError(f"Several folders ({', '.join(map(str, dirs))}) need --out DIR.")
+        runs = results.read_many(dirs, allow_mixed=options.allow_mixed)
+        check_writable(options.out)
+        results.write_results(options.out, runs)
+        return options.out, runs
+    except (FileNotFoundError, results.ResultsError) as error:
+        raise ConfigError(str(error)) from None
+
+
 def _plot(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="optbench plot", description="Redraw every plot.")
-    parser.add_argument("results_dir", type=Path, help="a folder holding runs.csv")
+    _results_arguments(parser)
     parser.add_argument(
         "--x",
         action="append",
@@ -257,12 +324,10 @@ def _plot(args: list[str]) -> int:
     options = parser.parse_args(args)
     from optbench import plots
 
+    folder, _ = _results_folder(options)
     written = []
-    try:
-        for x in options.x or ["step"]:
-            written += plots.plot_all(options.results_dir, x=x)
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
+    for x in options.x or ["step"]:
+        written += plots.plot_all(folder, x=x)
     for path in written:
         print(path)
     return 0
@@ -271,19 +336,15 @@ def _plot(args: list[str]) -> int:
 def _compare(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="optbench compare",
-        description="Rank the optimizers in RESULTS_DIR with paired tests, set the tutorial's "
-        "published numbers beside ours where there are some, and write the report.",
+        description="Rank the optimizers with paired tests, set the tutorial's published "
+        "numbers beside ours where there are some, and write the report.",
     )
-    parser.add_argument("results_dir", type=Path, help="a folder holding runs.csv")
+    _results_arguments(parser)
     options = parser.parse_args(args)
-    from optbench import results
     from optbench.benchmark import write_analysis
 
-    try:
-        runs = results.read_runs(options.results_dir)
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
-    written = write_analysis(options.results_dir, runs, draw_plots=False)
+    folder, runs = _results_folder(options)
+    written = write_analysis(folder, runs, draw_plots=False)
     for path in written:
         print(path)
     return 0
@@ -336,6 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"optbench: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(
+            "optbench: interrupted; run the same command again to resume (complete runs "
+            "are skipped, unfinished ones continue from their last evaluation point).",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ class Device(enum.Enum):
     cuda = "cuda"
 
 
+class StackRuns(enum.Enum):
+    auto = "auto"  # stack element-wise optimizers' runs where it pays (engine.should_stack)
+    always = "always"  # stack every element-wise optimizer's runs
+    never = "never"  # train every run on its own
+
+
 @dataclass
 class TrainConfig:
     batch_size: Any = 64  # examples per optimizer step; "full" for full-batch gradient descent
@@ -55,6 +61,14 @@ class Config:
     device: Device = Device.auto
     data_dir: str | None = None  # null: $OPTBENCH_DATA_DIR, else data/ of the checkout
     threads: int | None = None  # CPU threads for torch; null: torch's default
+    # TensorFloat-32 matmuls and convolutions on NVIDIA GPUs: faster, but with a 10-bit
+    # mantissa; off, so that every device computes in float32.
+    allow_tf32: bool = False
+    # Train the runs of element-wise optimizers as one batched model (engine.Stack).
+    stack_runs: StackRuns = StackRuns.auto
+    # Skip the runs already complete in the output folder and continue from its checkpoint;
+    # false: move what the folder holds aside (into replaced-<time>/) and train everything.
+    resume: bool = True
     # Learning-rate sensitivity: train every optimizer at each multiple of its configured lr,
     # e.g. [0.01, 0.1, 1, 10, 100] (log-spaced); null: the configured lr only.
     lr_grid: list[float] | None = None
@@ -145,13 +159,35 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
         optimizers.check_optimizer_config(optimizer_cfg, model)
 
 
-def fingerprint(cfg: DictConfig) -> str:
+# Not part of a protocol: which runs, where, on what hardware and how. (threads, device,
+# allow_tf32 and stack_runs change the rounding of the sums, not what is computed.)
+NOT_PROTOCOL = ("seeds", "optimizer", "optimizers", "lr_grid", "data_dir", "threads", "device")
+NOT_PROTOCOL += ("allow_tf32", "stack_runs", "resume", "optimizer_configs", "provenance")
+
+
+def protocol(cfg: DictConfig | dict) -> dict:
+    """The resolved config without the keys that do not change a run (NOT_PROTOCOL)."""
+    container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(OmegaConf.create(container), enum_to_str=True)
+    return {key: value for key, value in container.items() if key not in NOT_PROTOCOL}
+
+
+def fingerprint(cfg: DictConfig | dict) -> str:
     """Hash of the protocol: the resolved config without seeds, optimizer and paths."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    for key in ("seeds", "optimizer", "optimizers", "data_dir", "threads", "device"):
-        container.pop(key, None)
-    text = OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
+    text = OmegaConf.to_yaml(OmegaConf.create(protocol(cfg)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def protocol_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two protocols, as "key (a -> b)"."""
+    differences = []
+    for key in sorted(set(a) | set(b), key=str):
+        left, right = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if isinstance(left, dict) and isinstance(right, dict):
+            differences += protocol_differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            differences.append(f"{prefix}{key} ({left} -> {right})")
+    return differences
 
 
 def source_checkout() -> Path | None:

@@ -1,5 +1,8 @@
 """The training engine: every (optimizer, seed) run of a job advances in one step loop.
 
+The runs of element-wise optimizers train together as one batched model (`Stack`); the
+others, each on its own (`Run`). Both give a run the same numbers whatever trains beside it.
+
 A run's randomness comes from its seed alone: the initial weights from one stream, the
 order of the mini-batches from another. So a seed gives the same run whatever other seeds
 or optimizers train beside it, and two optimizers with the same seed start from the same
@@ -10,12 +13,14 @@ Evaluation points produce one flat row per run (a dict); `train` returns them as
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -23,10 +28,12 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from optbench import data, models, optimizers
-from optbench.config import ConfigError, seed_list
+from optbench import data, models, optimizers, results
+from optbench.config import ConfigError, fingerprint, seed_list
 
 log = logging.getLogger("optbench")
+
+METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN once diverged
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -70,21 +77,202 @@ def make_schedule(train: DictConfig, n_train: int) -> Schedule:
     return Schedule(batch_size, steps_per_epoch, total_steps, eval_steps)
 
 
-class Run:
-    """One (optimizer, seed) training run: its model, optimizer and mini-batch order."""
+class DataOrder:
+    """One seed's mini-batch order: a fresh shuffle each epoch, as DataLoader(shuffle=True).
 
-    def __init__(
-        self,
-        optimizer_cfg: DictConfig,
-        seed: int,
-        cfg: DictConfig,
-        n_train: int,
-        batch_size: int,
-        device: torch.device,
-    ):
-        self.optimizer_name = optimizer_cfg.name
-        self.lr = float(optimizer_cfg.get("lr", math.nan))
-        self.seed = seed
+    Every run with this seed, whatever its optimizer, sees these batches (paired runs)."""
+
+    def __init__(self, seed: int, n_train: int, batch_size: int, device: torch.device):
+        self.generator = torch.Generator().manual_seed(stream_seed(seed, "data_order"))
+        self.n_train, self.batch_size, self.device = n_train, batch_size, device
+        self.batches: list[torch.Tensor] = []  # the rest of this epoch's batches
+
+    def next_batch(self) -> torch.Tensor | None:
+        """Indices of the next mini-batch; None for full-batch training (the whole set)."""
+        if self.batch_size == self.n_train:
+            return None
+        if not self.batches:
+            order = torch.randperm(self.n_train, generator=self.generator).to(self.device)
+            self.batches = list(order.split(self.batch_size))[::-1]
+        return self.batches.pop()
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.batches = [batch.to(self.device) for batch in state["batches"]]
+
+
+class Progress:
+    """What a trainer accumulates as it trains; with its weights and optimizer states, a
+    checkpoint holds these, so that a resumed run continues exactly where it stopped."""
+
+    COUNTERS = ("loss_sum", "loss_count", "last_loss", "grad_evals", "train_s", "diverged")
+
+    def counters(self) -> dict:
+        return {name: getattr(self, name) for name in self.COUNTERS}
+
+    def load_counters(self, state: dict) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, state[name])
+
+
+def run_row(optimizer_cfg: DictConfig, seed: int, **measured) -> dict:
+    """A row of runs.csv, less the experiment context: which run, then its measurements
+    (step, train_loss, last_batch_loss, test_loss, test_accuracy, grad_evals, wall_s,
+    diverged)."""
+    lr = float(optimizer_cfg.get("lr", math.nan))
+    return {"optimizer": optimizer_cfg.name, "lr": lr, "seed": seed, **measured}
+
+
+class Stack(Progress):
+    """Runs of element-wise optimizers trained as one batched model.
+
+    Every parameter is one tensor with a leading run dimension, [R, ...], built with
+    torch.func.stack_module_state from the runs' own initial models; torch.func.vmap runs
+    the model once for all R runs (a batched matmul for the ffnn, a grouped convolution
+    for the LeNet). The summed loss gives each run exactly its own gradient.
+
+    Each optimizer owns a block of rows: its parameters are views of those rows, so
+    torch.optim updates the stacked tensors in place. That is exact only for optimizers
+    whose update is element-wise (optimizer config `elementwise: true`); the others train
+    as `Run`s. A run gives the same numbers in a stack of any size, alone included
+    (tests/test_engine.py checks this bit for bit on the CPU).
+    """
+
+    def __init__(self, runs: list[tuple[DictConfig, int]], cfg: DictConfig, device: torch.device):
+        self.runs = runs
+        initial = [
+            models.build_model(cfg.model, cfg.dataset, stream_seed(seed, "init")).to(device)
+            for _, seed in runs
+        ]
+        self.params, _ = torch.func.stack_module_state(initial)  # name -> leaf [R, ...]
+        template = copy.deepcopy(initial[0]).to("meta")  # the computation, without weights
+
+        def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(torch.func.functional_call(template, params, (x,)), y)
+
+        def logits(params: dict, x: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(template, params, (x,))
+
+        self.batch_losses = torch.func.vmap(loss)  # x [R, B, ...]: each run its own batch
+        self.full_batch_losses = torch.func.vmap(loss, in_dims=(0, None, None))  # shared x
+        self.logits = torch.func.vmap(logits, in_dims=(0, None))
+        self.optimizers = []  # (optimizer, its views of the parameters, its rows)
+        for optimizer_cfg, rows in _blocks(runs):
+            views = [p.detach()[rows] for p in self.params.values()]
+            optimizer = optimizers.build_optimizer(optimizer_cfg, views)
+            self.optimizers.append((optimizer, views, rows))
+        self.run_seeds = [seed for _, seed in runs]
+        self.image_shape = tuple(cfg.dataset.input_shape)
+        self.loss_sum = torch.zeros(len(runs), device=device)
+        self.loss_count = 0
+        self.last_loss = torch.full((len(runs),), math.nan, device=device)
+        self.grad_evals = 0
+        self.train_s = 0.0
+        # per run: None, or its grad_evals at the evaluation that found it diverged
+        self.diverged: list[int | None] = [None] * len(runs)
+
+    def step(self, tensors: data.TensorData, batches: dict[int, torch.Tensor | None]) -> None:
+        start = time.perf_counter()
+        if batches[self.run_seeds[0]] is None:  # full batch: every run sees the whole set
+            losses = self.full_batch_losses(self.params, tensors.train_x, tensors.train_y)
+        else:
+            index = torch.stack([batches[seed] for seed in self.run_seeds])  # [R, B]
+            images = tensors.train_x.flatten(1)  # a 2-D gather is 3x faster than a 4-D one
+            x = images.index_select(0, index.flatten()).view(*index.shape, *self.image_shape)
+            y = tensors.train_y.index_select(0, index.flatten()).view(index.shape)
+            losses = self.batch_losses(self.params, x, y)
+        for p in self.params.values():
+            p.grad = None
+        losses.sum().backward()  # each run's rows of p.grad: its own gradient
+        for optimizer, views, rows in self.optimizers:
+            for view, p in zip(views, self.params.values(), strict=True):
+                view.grad = p.grad[rows]
+            optimizer.step()
+        losses = losses.detach()
+        self.loss_sum += losses
+        self.loss_count += 1
+        self.last_loss = losses
+        self.grad_evals += 1
+        self.train_s += time.perf_counter() - start
+
+    def state_dict(self) -> dict:
+        params = {name: p.detach() for name, p in self.params.items()}
+        optimizer_states = [optimizer.state_dict() for optimizer, _, _ in self.optimizers]
+        return {"params": params, "optimizers": optimizer_states, **self.counters()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for name, p in self.params.items():
+            p.copy_(state["params"][name])  # in place: the optimizers' views stay valid
+        for (optimizer, _, _), optimizer_state in zip(
+            self.optimizers, state["optimizers"], strict=True
+        ):
+            optimizer.load_state_dict(optimizer_state)
+        self.load_counters(state)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[list, list]:
+        """Each run's mean cross-entropy and accuracy over the whole test set."""
+        n_runs = len(self.runs)
+        loss_sum = torch.zeros(n_runs, device=x.device, dtype=torch.float64)
+        correct = torch.zeros(n_runs, device=x.device, dtype=torch.int64)
+        for start in range(0, len(x), batch_size):
+            logits = self.logits(self.params, x[start : start + batch_size])  # [R, n, C]
+            target = y[start : start + batch_size].expand(n_runs, -1)
+            losses = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            loss_sum += losses.sum(dim=1).double()
+            correct += (logits.argmax(dim=2) == target).sum(dim=1)
+        return (loss_sum / len(x)).tolist(), (correct.double() / len(x)).tolist()
+
+    def evaluation_rows(self, step: int, tensors: data.TensorData, test_batch_size: int):
+        train_loss = (self.loss_sum / self.loss_count).tolist()  # one host synchronisation
+        last_loss = self.last_loss.tolist()
+        test_loss, test_accuracy = self.evaluate(tensors.test_x, tensors.test_y, test_batch_size)
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        rows = []
+        for r, (optimizer_cfg, seed) in enumerate(self.runs):
+            if self.diverged[r] is None and not math.isfinite(train_loss[r]):
+                self.diverged[r] = self.grad_evals  # it counts no step after this one
+            measured = (train_loss[r], last_loss[r], test_loss[r], test_accuracy[r])
+            if self.diverged[r] is not None:  # it keeps computing in the stack, unreported
+                measured = (math.nan,) * 4
+            rows.append(
+                run_row(
+                    optimizer_cfg,
+                    seed,
+                    step=step,
+                    **dict(zip(METRICS, measured, strict=True)),
+                    grad_evals=self.diverged[r] or self.grad_evals,
+                    wall_s=self.train_s / len(self.runs),  # the run's share of the stack's time
+                    diverged=self.diverged[r] is not None,
+                )
+            )
+        return rows
+
+
+def _blocks(runs: list[tuple[DictConfig, int]]) -> list[tuple[DictConfig, slice]]:
+    """The consecutive rows of each optimizer in runs (ordered optimizer by optimizer)."""
+    blocks, start = [], 0
+    for end in range(1, len(runs) + 1):
+        if end == len(runs) or runs[end][0] is not runs[start][0]:
+            blocks.append((runs[start][0], slice(start, end)))
+            start = end
+    return blocks
+
+
+class Run(Progress):
+    """One (optimizer, seed) run trained on its own: for optimizers that are not
+    element-wise (L-BFGS, a user's optimizer that has not declared itself element-wise),
+    models that cannot be stacked (the sparse-input ffnn), the LeNet on the CPU, and
+    stack_runs=never (see should_stack)."""
+
+    def __init__(self, optimizer_cfg: DictConfig, seed: int, cfg: DictConfig, device: torch.device):
+        self.optimizer_cfg, self.seed = optimizer_cfg, seed
+        self.runs = [(optimizer_cfg, seed)]
         self.model = models.build_model(cfg.model, cfg.dataset, stream_seed(seed, "init"))
         # Convolution weights in channels-last layout: oneDNN's fast path on the CPU, about
         # 1.8x faster for the LeNet than the default layout (a no-op for the ffnn).
@@ -93,9 +281,6 @@ class Run:
         # torch.optim's step(closure) evaluates the loss itself (L-BFGS several times);
         # a user's optimizer whose step takes no closure gets the gradient first.
         self.step_takes_closure = "closure" in inspect.signature(self.optimizer.step).parameters
-        self.order = torch.Generator().manual_seed(stream_seed(seed, "data_order"))
-        self.n_train, self.batch_size, self.device = n_train, batch_size, device
-        self.batches: list[torch.Tensor] = []  # the rest of this epoch's batches
         self.loss_sum = torch.zeros((), device=device)  # summed batch losses since last evaluation
         self.loss_count = 0
         self.last_loss = torch.full((), math.nan, device=device)
@@ -103,21 +288,11 @@ class Run:
         self.train_s = 0.0  # seconds spent in this run's steps
         self.diverged = False  # set at the first evaluation that sees a NaN or infinite loss
 
-    def next_batch(self) -> torch.Tensor | None:
-        """Indices of the next mini-batch; a fresh shuffle each epoch, as DataLoader(shuffle=True).
-
-        None for full-batch training: every step sees the whole training set.
-        """
-        if self.batch_size == self.n_train:
-            return None
-        if not self.batches:
-            order = torch.randperm(self.n_train, generator=self.order).to(self.device)
-            self.batches = list(order.split(self.batch_size))[::-1]
-        return self.batches.pop()
-
-    def step(self, tensors: data.TensorData) -> None:
+    def step(self, tensors: data.TensorData, batches: dict[int, torch.Tensor | None]) -> None:
+        if self.diverged:
+            return
         start = time.perf_counter()
-        index = self.next_batch()
+        index = batches[self.seed]
         if index is None:
             x, y = tensors.train_x, tensors.train_y
         else:  # index_select: about 2.5x faster than x[index] for a [N, C, H, W] tensor
@@ -141,38 +316,37 @@ class Run:
         self.last_loss = loss
         self.train_s += time.perf_counter() - start
 
-    def evaluation_row(self, step: int, tensors: data.TensorData, test_batch_size: int) -> dict:
-        """This run's measurements at an evaluation point. A NaN or infinite training loss
-        since the last evaluation marks the run diverged: it trains no further, and this
-        and every later row carry diverged=True and no test metrics."""
-        nan = math.nan
+    def state_dict(self) -> dict:
+        model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        return {"model": model, "optimizer": optimizer, **self.counters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_counters(state)
+
+    def evaluation_rows(self, step: int, tensors: data.TensorData, test_batch_size: int):
+        """A NaN or infinite training loss since the last evaluation marks the run diverged:
+        it trains no further, and this and every later row carry no metrics."""
+        measured = (math.nan,) * 4
         if not self.diverged:
             train_loss = (self.loss_sum / self.loss_count).item()
-            last_batch_loss = self.last_loss.item()
             self.diverged = not math.isfinite(train_loss)
-        else:
-            train_loss = last_batch_loss = nan
-        if self.diverged:
-            test_loss = test_accuracy = nan
-        else:
-            test_loss, test_accuracy = evaluate(
-                self.model, tensors.test_x, tensors.test_y, test_batch_size
-            )
+            if not self.diverged:
+                test = evaluate(self.model, tensors.test_x, tensors.test_y, test_batch_size)
+                measured = (train_loss, self.last_loss.item(), *test)
         self.loss_sum.zero_()
         self.loss_count = 0
-        return {
-            "optimizer": self.optimizer_name,
-            "lr": self.lr,
-            "seed": self.seed,
-            "step": step,
-            "train_loss": train_loss,
-            "last_batch_loss": last_batch_loss,
-            "test_loss": test_loss,
-            "test_accuracy": test_accuracy,
-            "grad_evals": self.grad_evals,
-            "wall_s": self.train_s,
-            "diverged": self.diverged,
-        }
+        row = run_row(
+            self.optimizer_cfg,
+            self.seed,
+            step=step,
+            **dict(zip(METRICS, measured, strict=True)),
+            grad_evals=self.grad_evals,
+            wall_s=self.train_s,
+            diverged=self.diverged,
+        )
+        return [row]
 
 
 @torch.no_grad()
@@ -192,54 +366,120 @@ def evaluate(
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
-def train(cfg: DictConfig, optimizer_cfgs: list[DictConfig], progress: bool = True) -> pd.DataFrame:
+def should_stack(cfg: DictConfig, optimizer_cfg: DictConfig, device: torch.device) -> bool:
+    """Whether a run trains in a stack (see Stack) or on its own (Run).
+
+    stack_runs=auto stacks element-wise optimizers, except the LeNet on the CPU: there a
+    grouped convolution over stacked runs is slower than one channels-last convolution
+    per run (measured 21-26 ms against 16 ms per run-step, scripts/bench.py's notes).
+    """
+    mode = cfg.stack_runs.value if hasattr(cfg.stack_runs, "value") else cfg.stack_runs
+    if mode == "never" or not optimizer_cfg.get("elementwise", False):
+        return False
+    if cfg.model.get("sparse_input", False):  # EmbeddingBag's sparse gradients: no vmap
+        return False
+    return mode == "always" or not (cfg.model.name == "lenet" and device.type == "cpu")
+
+
+def train(
+    cfg: DictConfig,
+    optimizer_cfgs: list[DictConfig],
+    progress: bool = True,
+    *,
+    skip: frozenset = frozenset(),
+    checkpoint: Path | None = None,
+) -> pd.DataFrame:
     """Train every (optimizer, seed) pair on cfg's protocol; one row per evaluation point.
 
-    Columns: experiment, dataset, model, optimizer, seed, step, epoch, train_loss (mean
+    Columns: experiment, dataset, model, optimizer, lr, seed, step, epoch, train_loss (mean
     mini-batch loss since the previous evaluation), last_batch_loss, test_loss,
     test_accuracy (fraction in [0, 1]), grad_evals (forward + backward passes so far),
-    wall_s (seconds of this run's training so far, evaluation excluded), diverged.
+    wall_s (seconds of this run's training so far, evaluation excluded; a stacked run's
+    share of its stack's time), diverged.
+
+    Pairs whose results.run_key is in `skip` are not trained. With `checkpoint`, the whole
+    training state is saved there (atomically) at every evaluation point, and a checkpoint
+    left there by this same job is resumed from: the rows come out as if never stopped.
     """
     device = resolve_device(cfg.device.value if hasattr(cfg.device, "value") else cfg.device)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32  # torch's default: off
+    torch.backends.cudnn.allow_tf32 = cfg.allow_tf32  # torch's default: on
     tensors = data.load(cfg.dataset, data.resolve_data_dir(cfg.data_dir), device)
     n_train = len(tensors.train_x)
     schedule = make_schedule(cfg.train, n_train)
-    runs = [
-        Run(optimizer_cfg, seed, cfg, n_train, schedule.batch_size, device)
+    pairs = [
+        (optimizer_cfg, seed)
         for optimizer_cfg in optimizer_cfgs
         for seed in seed_list(cfg.seeds)
+        if results.run_key(optimizer_cfg.name, optimizer_cfg.get("lr"), seed) not in skip
     ]
+    stacked = [(o, s) for o, s in pairs if should_stack(cfg, o, device)]
+    trainers = [Stack(stacked, cfg, device)] if stacked else []
+    trainers += [Run(o, s, cfg, device) for o, s in pairs if not should_stack(cfg, o, device)]
+    seeds = sorted({seed for _, seed in pairs})
+    orders = {seed: DataOrder(seed, n_train, schedule.batch_size, device) for seed in seeds}
+    position = {(id(o), s): i for i, (o, s) in enumerate(pairs)}  # rows in (optimizer, seed) order
+    job = {  # a checkpoint is resumed only by the job that wrote it
+        "fingerprint": fingerprint(cfg),
+        "runs": [results.run_key(o.name, o.get("lr"), s) for o, s in pairs],
+        "trainers": [(type(trainer).__name__, len(trainer.runs)) for trainer in trainers],
+    }
+    rows, done_steps = [], 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state["job"] == job:
+            for trainer, trainer_state in zip(trainers, state["trainers"], strict=True):
+                trainer.load_state_dict(trainer_state)
+            for seed, order in orders.items():
+                order.load_state_dict(state["orders"][seed])
+            rows, done_steps = state["rows"], state["step"]
+            log.info("Resuming from %s at step %d", checkpoint, done_steps)
+        else:
+            log.info("%s belongs to another job; training from the start", checkpoint)
     context = {
         "experiment": cfg.experiment_name,
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
+        "fingerprint": job["fingerprint"],
     }
-    rows = []
     bar = tqdm(
-        total=schedule.total_steps * len(runs),
-        desc=f"{cfg.experiment_name}: {len(runs)} runs",
+        total=schedule.total_steps * len(pairs),
+        initial=done_steps * len(pairs),
+        desc=f"{cfg.experiment_name}: {len(pairs)} runs",
         unit="step",
         disable=None if progress else True,  # None: no bar when output is not a terminal
         dynamic_ncols=True,
     )
-    evaluations = iter(schedule.eval_steps)
-    next_eval = next(evaluations)
-    for step in range(1, schedule.total_steps + 1):
-        for run in runs:
-            if not run.diverged:
-                run.step(tensors)
-        bar.update(len(runs))
+    evaluations = iter([step for step in schedule.eval_steps if step > done_steps])
+    next_eval = next(evaluations, None)
+    for step in range(done_steps + 1, schedule.total_steps + 1):
+        batches = {seed: order.next_batch() for seed, order in orders.items()}
+        for trainer in trainers:
+            trainer.step(tensors, batches)
+        bar.update(len(pairs))
         if step != next_eval:
             continue
         epoch = step / schedule.steps_per_epoch
-        for run in runs:
-            row = run.evaluation_row(step, tensors, cfg.train.test_batch_size)
-            rows.append({**context, **row, "epoch": epoch})
-        healthy = [r["test_accuracy"] for r in rows[-len(runs) :] if not r["diverged"]]
+        evaluated = [{}] * len(pairs)
+        for trainer in trainers:
+            trainer_rows = trainer.evaluation_rows(step, tensors, cfg.train.test_batch_size)
+            for (optimizer_cfg, seed), row in zip(trainer.runs, trainer_rows, strict=True):
+                evaluated[position[(id(optimizer_cfg), seed)]] = row
+        rows += [{**context, **row, "epoch": epoch} for row in evaluated]
+        if checkpoint is not None:
+            state = {
+                "job": job,
+                "step": step,
+                "rows": rows,
+                "trainers": [trainer.state_dict() for trainer in trainers],
+                "orders": {seed: order.state_dict() for seed, order in orders.items()},
+            }
+            results.atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+        healthy = [r["test_accuracy"] for r in evaluated if not r["diverged"]]
         mean_accuracy = sum(healthy) / len(healthy) if healthy else math.nan
-        diverged = len(runs) - len(healthy)
+        diverged = len(pairs) - len(healthy)
         bar.set_postfix(step=step, test_accuracy=f"{mean_accuracy:.4f}", diverged=diverged)
         if bar.disable:  # no progress bar (output is not a terminal): one log line instead
             log.info(

@@ -1,5 +1,11 @@
 """Optimizers come from config files: `_target_` names a torch.optim.Optimizer subclass and
-every other key but `name` is passed to it. The registry is the `optimizer/` config group."""
+every other key but `name` and `elementwise` is passed to it. The registry is the
+`optimizer/` config group.
+
+`elementwise: true` declares that the update of every parameter element depends on that
+element's own gradient and state alone (no norms or dot products over a whole tensor):
+then the engine may train several runs as one stacked tensor (engine.Stack). L-BFGS and
+any optimizer that does not declare it train run by run."""
 
 from __future__ import annotations
 
@@ -15,8 +21,8 @@ from optbench.config import ConfigError
 def optimizer_kwargs(optimizer: DictConfig) -> dict:
     """The hyperparameters to pass to the optimizer class (lists become tuples, e.g. betas)."""
     kwargs = OmegaConf.to_container(optimizer, resolve=True)
-    kwargs.pop("name", None)
-    kwargs.pop("_target_", None)
+    for key in ("name", "_target_", "elementwise"):
+        kwargs.pop(key, None)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
@@ -70,6 +76,11 @@ def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> Non
         raise ConfigError(
             f"Optimizer config {OmegaConf.to_container(optimizer)} needs a `name` and a "
             "`_target_` naming a torch.optim.Optimizer subclass."
+        )
+    if not isinstance(optimizer.get("elementwise", False), bool):
+        raise ConfigError(
+            f"Optimizer {optimizer.name!r}: elementwise={optimizer.elementwise!r} must be true "
+            "(every element's update depends on its own gradient and state only) or false."
         )
     try:
         build_optimizer(optimizer, model.parameters())

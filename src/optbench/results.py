@@ -4,9 +4,12 @@ temporary file in the same folder, then renamed, so a reader never sees half a f
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,17 +22,29 @@ from optbench import stats
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
 CONFIG_YAML = "config.yaml"
+CHECKPOINT = "checkpoint.pt"  # the training state of an unfinished job (engine.train)
+LOG = "optbench.log"  # written by Hydra while the job runs
 
 METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
 GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "step"]
-RUN_COLUMNS = GROUP_KEYS[:5] + ["seed", "step", "epoch"] + METRICS + ["diverged"]
+RUN_COLUMNS = GROUP_KEYS[:5] + ["seed", "step", "epoch"] + METRICS + ["diverged", "fingerprint"]
+
+
+class ResultsError(ValueError):
+    """A results folder that cannot be used as asked; the message says why and what to do."""
+
+
+def run_key(optimizer: str, lr, seed) -> tuple[str, str, int]:
+    """What identifies a run within one protocol: optimizer name, learning rate, seed."""
+    lr = float("nan") if lr is None else float(lr)
+    return (str(optimizer), repr(lr), int(seed))
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY}", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -38,6 +53,34 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files that a killed job left half-written (never results)."""
+    for path in Path(folder).glob(f".*{TEMPORARY}*"):
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path):
+    """Hold folder for one job: a second job writing into it at the same time would mix
+    two jobs' files, so it stops at once with a ResultsError."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResultsError(
+                f"Another optbench job is writing into {folder} right now; wait for it to "
+                "end, or write elsewhere with hydra.run.dir=DIR."
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _umask() -> int:
@@ -146,21 +189,28 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def recorded_optimizers(results_dir: Path) -> dict:
+    """The optimizer configs that results_dir's config.yaml records (empty if none)."""
+    path = Path(results_dir) / CONFIG_YAML
+    if not path.is_file():
+        return {}
+    return OmegaConf.to_container(OmegaConf.load(path)).get("optimizer_configs", {})
+
+
 def write_config(
     path: Path,
     cfg: DictConfig,
-    optimizer_cfgs: list[DictConfig],
+    optimizer_configs: dict,
     overrides: list[str],
     provenance_info: dict | None = None,
 ) -> None:
-    """config.yaml: the resolved config, every trained optimizer's hyperparameters, the
-    command-line overrides, and provenance (taken now unless given)."""
+    """config.yaml: the resolved config, the hyperparameters of every optimizer in the
+    folder's runs (name -> config), the command-line overrides, and provenance (taken now
+    unless given)."""
     from optbench.config import fingerprint
 
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    document["optimizer_configs"] = {
-        o.name: OmegaConf.to_container(o, resolve=True) for o in optimizer_cfgs
-    }
+    document["optimizer_configs"] = optimizer_configs
     document["provenance"] = {
         **(provenance_info or provenance()),
         "overrides": list(overrides),
@@ -179,12 +229,23 @@ def write_results(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_runs(results_dir: Path) -> pd.DataFrame:
+    """runs.csv of a results folder, checked: a damaged file raises ResultsError and is
+    left as it is."""
     path = Path(results_dir) / RUNS_CSV
     if not path.is_file():
         raise FileNotFoundError(
             f"No {RUNS_CSV} in {results_dir}: is it an optbench results folder?"
         )
-    runs = pd.read_csv(path)
+    try:
+        runs = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ResultsError(_damaged(path, " ".join(str(error).split()))) from None
+    missing = [c for c in ["optimizer", "seed", "step", "train_loss"] if c not in runs]
+    if missing:
+        raise ResultsError(_damaged(path, f"no column {', '.join(missing)}"))
+    identity = runs[["seed", "step"]]
+    if identity.isna().any().any() or not all(map(pd.api.types.is_integer_dtype, identity.dtypes)):
+        raise ResultsError(_damaged(path, "rows with a missing or non-integer seed or step"))
     if "diverged" not in runs:  # written before optbench recorded divergence
         runs["diverged"] = runs["train_loss"].isna()
     if "grad_evals" not in runs:  # written before L-BFGS: one forward + backward per step
@@ -198,7 +259,122 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         runs.insert(
             runs.columns.get_loc("optimizer") + 1, "lr", runs["optimizer"].map(lrs).astype(float)
         )
+    if "fingerprint" not in runs:  # written before each row carried its protocol's hash
+        config_path = Path(results_dir) / CONFIG_YAML
+        provenance_info = OmegaConf.load(config_path).get("provenance", {})
+        runs["fingerprint"] = provenance_info.get("protocol_fingerprint", "unknown")
     return runs
+
+
+def _damaged(path: Path, reason: str) -> str:
+    return (
+        f"{path} cannot be read as optbench results ({reason}). It is left untouched: repair "
+        "or move it away, or start afresh with resume=false (which moves the folder's "
+        "results aside into replaced-<time>/)."
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Resuming: what a results folder already holds
+
+
+def previous_runs(out_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
+    """The complete runs already in out_dir (None if it holds none), after checking that
+    they come from cfg's protocol: results of another protocol are never mixed in."""
+    from optbench.config import fingerprint, protocol, protocol_differences
+
+    if not (Path(out_dir) / RUNS_CSV).is_file():
+        return None
+    runs = read_runs(out_dir)
+    theirs = sorted(set(runs["fingerprint"]))
+    if theirs != [fingerprint(cfg)]:
+        config_path = Path(out_dir) / CONFIG_YAML
+        differences = ["(no config.yaml to compare)"]
+        if config_path.is_file():
+            old = protocol(OmegaConf.to_container(OmegaConf.load(config_path)))
+            differences = protocol_differences(old, protocol(cfg)) or ["(none recorded)"]
+        raise ResultsError(
+            f"{out_dir} holds results of another protocol (fingerprint {', '.join(theirs)}; "
+            f"this job's is {fingerprint(cfg)}); keys that differ: {'; '.join(differences)}. "
+            "optbench does not mix them: write elsewhere (hydra.run.dir=...), or use "
+            "resume=false to move the old results aside into replaced-<time>/."
+        )
+    return runs
+
+
+def read_many(results_dirs: list[Path], allow_mixed: bool = False) -> pd.DataFrame:
+    """The runs of several results folders in one frame. Folders of different protocols
+    (sets of fingerprints) are refused unless allow_mixed, and so is a run that two
+    folders both hold (it would count twice)."""
+    from optbench.config import protocol, protocol_differences
+
+    frames = [read_runs(d) for d in results_dirs]
+    kinds = [frozenset(f["fingerprint"]) for f in frames]
+    if not allow_mixed and len(set(kinds)) > 1:
+        other = next(i for i, kind in enumerate(kinds) if kind != kinds[0])
+        first, second = (Path(results_dirs[i]) / CONFIG_YAML for i in (0, other))
+        differences = ["(a folder has no config.yaml to compare)"]
+        if first.is_file() and second.is_file():
+            a, b = (protocol(OmegaConf.to_container(OmegaConf.load(p))) for p in (first, second))
+            differences = protocol_differences(a, b)
+        raise ResultsError(
+            f"{results_dirs[0]} and {results_dirs[other]} hold results of different protocols "
+            f"(fingerprints {', '.join(sorted(kinds[0]))} and {', '.join(sorted(kinds[other]))}); "
+            f"keys that differ: {'; '.join(differences)}. Pass --allow-mixed to put them "
+            "side by side anyway."
+        )
+    runs = pd.concat(frames, ignore_index=True)
+    identity = ["fingerprint", "optimizer", "lr", "seed", "step"]
+    repeated = runs[runs.duplicated(identity, keep=False)]
+    if not repeated.empty:
+        row = repeated.iloc[0]
+        holders = [
+            str(d)
+            for d, f in zip(results_dirs, frames, strict=True)
+            if ((f[identity[1:]] == row[identity[1:]].to_list()).all(axis=1)).any()
+        ]
+        raise ResultsError(
+            f"Run {row['optimizer']} lr={row['lr']:g} seed {row['seed']} appears in more than "
+            f"one folder ({', '.join(holders)}); it would count twice. Leave one of them out."
+        )
+    return runs
+
+
+def move_aside(out_dir: Path) -> Path | None:
+    """Move everything in out_dir (but the running job's log and earlier replaced-*/
+    folders) into out_dir/replaced-<time>/; nothing is deleted. Returns that folder."""
+    out_dir = Path(out_dir)
+    entries = [
+        p
+        for p in (out_dir.iterdir() if out_dir.is_dir() else [])
+        if p.name != LOG and not p.name.startswith(("replaced-", "."))
+    ]
+    if not entries:
+        return None
+    target = out_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir()
+    for entry in entries:
+        entry.rename(target / entry.name)
+    return target
+
+
+def merge_runs(previous: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:
+    """Previous complete runs and the new ones, ordered by step, then optimizer (in order of
+    first appearance), then seed."""
+    runs = pd.concat([f for f in (previous, new) if f is not None and not f.empty])
+    runs = runs.reset_index(drop=True)
+    labels = runs["optimizer"] + " " + runs["lr"].map(repr)
+    rank = labels.map({label: i for i, label in enumerate(labels.unique())})
+    order = pd.DataFrame({"step": runs["step"], "rank": rank, "seed": runs["seed"]})
+    return runs.loc[order.sort_values(["step", "rank", "seed"], kind="stable").index]
+
+
+def complete_runs(runs: pd.DataFrame | None, total_steps: int) -> frozenset:
+    """The run_keys of the runs that reached total_steps."""
+    if runs is None:
+        return frozenset()
+    final = runs[runs["step"] == total_steps]
+    return frozenset(map(run_key, final["optimizer"], final["lr"], final["seed"]))
 
 
 # Overrides that do not change what a run is (which seeds, where, on what hardware).

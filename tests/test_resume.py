@@ -1,0 +1,224 @@
+"""Sweeps that survive interruption and never mix results: real `optbench` processes killed
+with SIGKILL or SIGINT and resumed, folders of other protocols refused, damaged files left
+untouched, Hydra's launchers writing into one sweep folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from optbench import results
+
+from conftest import OPTBENCH, run_cli
+
+# 3 optimizers x 2 seeds, 300 steps, a checkpoint every 20 steps: a few seconds of training
+JOB = (
+    "sweep",
+    "optimizers=[sgd,adam,rmsprop]",
+    "seeds=2",
+    "dataset.train_size=2000",
+    "train.steps=300",
+    "train.eval_every=20",
+    "threads=1",
+)
+
+
+def comparable(folder: Path) -> pd.DataFrame:
+    """runs.csv without wall_s, the one column that differs between two runs of a job."""
+    return pd.read_csv(folder / results.RUNS_CSV).drop(columns="wall_s")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir) -> Path:
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    done = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+def start_and_stop(folder: Path, sig: int, rng: random.Random) -> subprocess.CompletedProcess:
+    """Start the job, wait for its first checkpoint, then send `sig` a random moment later."""
+    process = subprocess.Popen(
+        [OPTBENCH, *JOB, f"hydra.run.dir={folder}"],
+        cwd=folder.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (folder / results.CHECKPOINT).exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint came"
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0, 1.5))
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def test_a_sweep_killed_at_a_random_moment_resumes_to_the_same_results(uninterrupted, tmp_path):
+    seed = random.randrange(10**6)
+    rng = random.Random(seed)
+    folder = tmp_path / "killed"
+    stopped = start_and_stop(folder, signal.SIGKILL, rng)
+    assert stopped.returncode == -signal.SIGKILL, f"random seed {seed}"
+    assert not (folder / results.RUNS_CSV).exists(), "the job ended before the kill"
+    resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from" in (folder / results.LOG).read_text()
+    pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+    assert not (folder / results.CHECKPOINT).exists()
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files"
+
+
+def test_ctrl_c_keeps_the_progress_and_says_how_to_resume(uninterrupted, tmp_path):
+    folder = tmp_path / "interrupted"
+    stopped = start_and_stop(folder, signal.SIGINT, random.Random())
+    assert stopped.returncode == 130, stopped.stderr
+    assert "run the same command again to resume" in stopped.stderr
+    assert (folder / results.CHECKPOINT).is_file()
+    resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+
+
+def test_the_same_command_again_trains_nothing_and_more_seeds_train_only_the_new(
+    uninterrupted, tmp_path
+):
+    folder = tmp_path / "growing"
+    job = [a for a in JOB if not a.startswith("seeds=")]
+    first = run_cli(*job, "seeds=[0]", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = digest(folder / results.RUNS_CSV)
+    again = run_cli(*job, "seeds=[0]", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to train" in (folder / results.LOG).read_text()
+    assert digest(folder / results.RUNS_CSV) == before
+    more = run_cli(*job, "seeds=2", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "Skipping the 3 runs already complete" in (folder / results.LOG).read_text()
+    pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+
+
+def test_resume_false_moves_the_old_results_aside(uninterrupted, tmp_path):
+    folder = tmp_path / "again"
+    folder.mkdir()
+    old = {p.name: digest(p) for p in uninterrupted.glob("*.csv")}
+    for name in old:
+        (folder / name).write_bytes((uninterrupted / name).read_bytes())
+    (folder / results.CONFIG_YAML).write_bytes((uninterrupted / results.CONFIG_YAML).read_bytes())
+    rerun = run_cli(*JOB, "resume=false", f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    (aside,) = folder.glob("replaced-*")
+    assert {p.name: digest(p) for p in aside.glob("*.csv")} == old
+    pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+
+
+def test_a_folder_of_another_protocol_is_refused_and_left_untouched(uninterrupted, tmp_path):
+    before = {p.name: digest(p) for p in uninterrupted.iterdir() if p.is_file()}
+    other = run_cli(*JOB, "train.batch_size=32", f"hydra.run.dir={uninterrupted}", cwd=tmp_path)
+    assert other.returncode == 2
+    assert "another protocol" in other.stderr and "train.batch_size (100 -> 32)" in other.stderr
+    after = {p.name: digest(p) for p in uninterrupted.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != results.LOG} == {
+        k: v for k, v in before.items() if k != results.LOG
+    }
+
+
+def test_a_damaged_runs_csv_is_reported_and_left_untouched(uninterrupted, tmp_path):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    text = (uninterrupted / results.RUNS_CSV).read_text()
+    (folder / results.RUNS_CSV).write_text(text[: len(text) // 2])  # cut in the middle of a row
+    (folder / results.CONFIG_YAML).write_bytes((uninterrupted / results.CONFIG_YAML).read_bytes())
+    before = digest(folder / results.RUNS_CSV)
+    resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert resumed.returncode == 2
+    assert "cannot be read as optbench results" in resumed.stderr
+    assert "left untouched" in resumed.stderr
+    assert digest(folder / results.RUNS_CSV) == before
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    failed = run_cli(*JOB, f"hydra.run.dir={blocker}/results", cwd=tmp_path)
+    assert failed.returncode == 2
+    assert f"Cannot write results to {blocker}/results" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_partial_one(tmp_path):
+    target = tmp_path / "runs.csv"
+    target.write_text("the complete old file\n")
+
+    def fails_midway(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write("half of the new ")
+            f.flush()
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        results.atomic_write(target, fails_midway)
+    assert target.read_text() == "the complete old file\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["runs.csv"]
+
+
+def test_compare_and_plot_refuse_to_mix_protocols_unless_told(uninterrupted, tmp_path):
+    other = tmp_path / "other"
+    done = run_cli(*JOB, "train.batch_size=32", f"hydra.run.dir={other}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for command in ("compare", "plot"):
+        mixed = run_cli(command, str(uninterrupted), str(other), "--out", "both", cwd=tmp_path)
+        assert mixed.returncode == 2, mixed.stderr
+        assert "different protocols" in mixed.stderr
+        assert "train.batch_size (100 -> 32)" in mixed.stderr
+        assert not (tmp_path / "both").exists()
+    allowed = run_cli(
+        "compare", str(uninterrupted), str(other), "--out", "both", "--allow-mixed", cwd=tmp_path
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert len(pd.read_csv(tmp_path / "both" / results.RUNS_CSV)) == 2 * len(
+        pd.read_csv(uninterrupted / results.RUNS_CSV)
+    )
+    twice = run_cli("compare", str(uninterrupted), str(uninterrupted), "--out", "x", cwd=tmp_path)
+    assert twice.returncode == 2 and "would count twice" in twice.stderr
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_hydra_launchers_write_one_sweep_folder_and_combine_every_job(launcher, tmp_path, data_dir):
+    """Each job (here one per optimizer) writes its own numbered folder; the end of the
+    multirun combines them all. submitit_local stands in for submitit_slurm."""
+    sweep = tmp_path / "sweep"
+    done = run_cli(
+        "run",
+        "-m",
+        f"hydra/launcher={launcher}",
+        "optimizer=sgd,adam",
+        "seeds=2",
+        "dataset.train_size=1000",
+        "train.steps=20",
+        "train.eval_every=10",
+        "threads=1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    jobs = sorted(p.parent.name for p in sweep.glob(f"*/{results.RUNS_CSV}"))
+    assert jobs == ["0", "1"]
+    combined = pd.read_csv(sweep / results.RUNS_CSV)
+    assert sorted(combined["optimizer"].unique()) == ["adam", "sgd"]
+    assert len(combined) == 2 * 2 * 2  # optimizers x seeds x evaluations
+    assert (sweep / "summary.csv").is_file()
+    assert os.listdir(sweep / "0") and (sweep / "0" / results.CONFIG_YAML).is_file()
