@@ -41,6 +41,9 @@ def run_key(optimizer: str, lr, seed) -> tuple[str, str, int]:
     return (str(optimizer), repr(lr), int(seed))
 
 
+TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,9 +56,6 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
 
 
 def remove_temporaries(folder: Path) -> None:
@@ -261,7 +261,8 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         )
     if "fingerprint" not in runs:  # written before each row carried its protocol's hash
         config_path = Path(results_dir) / CONFIG_YAML
-        provenance_info = OmegaConf.load(config_path).get("provenance", {})
+        recorded = OmegaConf.load(config_path) if config_path.is_file() else {}
+        provenance_info = recorded.get("provenance", {})
         runs["fingerprint"] = provenance_info.get("protocol_fingerprint", "unknown")
     return runs
 
