@@ -43,8 +43,8 @@ def _train_and_record(
     if not cfg.resume and (aside := results.move_aside(out_dir)):
         log.info("resume=false: the folder's earlier results are now in %s", aside)
     previous = results.previous_runs(out_dir, cfg)
-    n_train = cfg.dataset.train_size or data.TRAIN_SIZES[cfg.dataset.name]
-    done = results.complete_runs(previous, engine.make_schedule(cfg.train, n_train).total_steps)
+    schedule = engine.make_schedule(cfg.train, data.train_size(cfg.dataset))
+    done = results.complete_runs(previous, schedule.total_steps)
     wanted = {
         results.run_key(o.name, o.get("lr"), s) for o in trained_cfgs for s in seed_list(cfg.seeds)
     }
@@ -67,7 +67,7 @@ def _train_and_record(
         raise
     runs = results.merge_runs(previous, new)
     results.write_results(out_dir, runs)
-    recorded = results.recorded_optimizers(out_dir) | {
+    recorded = results.recorded_config(out_dir).get("optimizer_configs", {}) | {
         o.name: OmegaConf.to_container(o, resolve=True) for o in recorded_cfgs
     }
     results.write_config(out_dir / results.CONFIG_YAML, cfg, recorded, overrides or [], provenance)

@@ -234,7 +234,6 @@ def check_command_line(command: str, args: list[str]) -> None:
 
 def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig], command: str = "run") -> None:
     from optbench.benchmark import benchmark, tune
-    from optbench.results import ResultsError
 
     hydra_cfg = HydraConfig.get()
     try:
@@ -244,7 +243,7 @@ def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig], command: str = "run"
             Path(hydra_cfg.runtime.output_dir),
             overrides=list(hydra_cfg.overrides.task),
         )
-    except (ConfigError, ResultsError) as error:  # e.g. a results folder of another protocol
+    except ConfigError as error:  # e.g. a results folder of another protocol
         print(f"optbench: error: {error}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 
@@ -308,7 +307,7 @@ def _results_folder(options: argparse.Namespace):
         check_writable(options.out)
         results.write_results(options.out, runs)
         return options.out, runs
-    except (FileNotFoundError, results.ResultsError) as error:
+    except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
 
 

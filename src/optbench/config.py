@@ -132,7 +132,7 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     from optbench import data, models, optimizers  # torch is slow to import: after the cheap checks
 
     data.check_dataset_config(cfg.dataset)
-    n_train = cfg.dataset.train_size or data.TRAIN_SIZES[cfg.dataset.name]
+    n_train = data.train_size(cfg.dataset)
     if cfg.train.batch_size != "full" and cfg.train.batch_size > n_train:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "

@@ -91,6 +91,11 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(data_dir).expanduser() if data_dir else default_data_dir()
 
 
+def train_size(dataset: DictConfig) -> int:
+    """Examples a run trains on: dataset.train_size, or the whole training set."""
+    return dataset.train_size or TRAIN_SIZES[dataset.name]
+
+
 def check_dataset_config(dataset: DictConfig) -> None:
     if dataset.name not in DATASETS:
         raise ConfigError(

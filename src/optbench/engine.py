@@ -110,6 +110,13 @@ class Progress:
 
     COUNTERS = ("loss_sum", "loss_count", "last_loss", "grad_evals", "train_s", "diverged")
 
+    def start_counting(self, n_runs: int, device: torch.device) -> None:
+        self.loss_sum = torch.zeros(n_runs, device=device)  # batch losses since last evaluation
+        self.loss_count = 0
+        self.last_loss = torch.full((n_runs,), math.nan, device=device)
+        self.grad_evals = 0  # forward + backward passes so far
+        self.train_s = 0.0  # seconds spent in these runs' steps
+
     def counters(self) -> dict:
         return {name: getattr(self, name) for name in self.COUNTERS}
 
@@ -165,12 +172,7 @@ class Stack(Progress):
             optimizer = optimizers.build_optimizer(optimizer_cfg, views)
             self.optimizers.append((optimizer, views, rows))
         self.run_seeds = [seed for _, seed in runs]
-        self.image_shape = tuple(cfg.dataset.input_shape)
-        self.loss_sum = torch.zeros(len(runs), device=device)
-        self.loss_count = 0
-        self.last_loss = torch.full((len(runs),), math.nan, device=device)
-        self.grad_evals = 0
-        self.train_s = 0.0
+        self.start_counting(len(runs), device)
         # per run: None, or its grad_evals at the evaluation that found it diverged
         self.diverged: list[int | None] = [None] * len(runs)
 
@@ -181,7 +183,8 @@ class Stack(Progress):
         else:
             index = torch.stack([batches[seed] for seed in self.run_seeds])  # [R, B]
             images = tensors.train_x.flatten(1)  # a 2-D gather is 3x faster than a 4-D one
-            x = images.index_select(0, index.flatten()).view(*index.shape, *self.image_shape)
+            x = images.index_select(0, index.flatten())
+            x = x.view(*index.shape, *tensors.train_x.shape[1:])
             y = tensors.train_y.index_select(0, index.flatten()).view(index.shape)
             losses = self.batch_losses(self.params, x, y)
         for p in self.params.values():
@@ -281,11 +284,7 @@ class Run(Progress):
         # torch.optim's step(closure) evaluates the loss itself (L-BFGS several times);
         # a user's optimizer whose step takes no closure gets the gradient first.
         self.step_takes_closure = "closure" in inspect.signature(self.optimizer.step).parameters
-        self.loss_sum = torch.zeros((), device=device)  # summed batch losses since last evaluation
-        self.loss_count = 0
-        self.last_loss = torch.full((), math.nan, device=device)
-        self.grad_evals = 0  # forward + backward passes so far
-        self.train_s = 0.0  # seconds spent in this run's steps
+        self.start_counting(1, device)
         self.diverged = False  # set at the first evaluation that sees a NaN or infinite loss
 
     def step(self, tensors: data.TensorData, batches: dict[int, torch.Tensor | None]) -> None:
@@ -415,9 +414,10 @@ def train(
         for seed in seed_list(cfg.seeds)
         if results.run_key(optimizer_cfg.name, optimizer_cfg.get("lr"), seed) not in skip
     ]
-    stacked = [(o, s) for o, s in pairs if should_stack(cfg, o, device)]
+    stacks = {id(o): should_stack(cfg, o, device) for o in optimizer_cfgs}
+    stacked = [(o, s) for o, s in pairs if stacks[id(o)]]
     trainers = [Stack(stacked, cfg, device)] if stacked else []
-    trainers += [Run(o, s, cfg, device) for o, s in pairs if not should_stack(cfg, o, device)]
+    trainers += [Run(o, s, cfg, device) for o, s in pairs if not stacks[id(o)]]
     seeds = sorted({seed for _, seed in pairs})
     orders = {seed: DataOrder(seed, n_train, schedule.batch_size, device) for seed in seeds}
     position = {(id(o), s): i for i, (o, s) in enumerate(pairs)}  # rows in (optimizer, seed) order

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import optbench
 from optbench import stats
+from optbench.config import ConfigError
 
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
@@ -31,7 +32,7 @@ GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "step"]
 RUN_COLUMNS = GROUP_KEYS[:5] + ["seed", "step", "epoch"] + METRICS + ["diverged", "fingerprint"]
 
 
-class ResultsError(ValueError):
+class ResultsError(ConfigError):
     """A results folder that cannot be used as asked; the message says why and what to do."""
 
 
@@ -189,12 +190,29 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def recorded_optimizers(results_dir: Path) -> dict:
-    """The optimizer configs that results_dir's config.yaml records (empty if none)."""
+def recorded_config(results_dir: Path) -> dict:
+    """results_dir's config.yaml as a plain dict (empty when there is none)."""
     path = Path(results_dir) / CONFIG_YAML
-    if not path.is_file():
-        return {}
-    return OmegaConf.to_container(OmegaConf.load(path)).get("optimizer_configs", {})
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+
+
+def _recorded_protocol(results_dir: Path) -> dict | None:
+    """The protocol that results_dir's config.yaml records (None without one)."""
+    from optbench.config import protocol
+
+    recorded = recorded_config(results_dir)
+    return protocol(recorded) if recorded else None
+
+
+def _differences(a: Path, b: DictConfig | Path) -> str:
+    """The protocol keys that differ between folder a and config (or folder) b."""
+    from optbench.config import protocol, protocol_differences
+
+    first = _recorded_protocol(a)
+    second = _recorded_protocol(b) if isinstance(b, Path) else protocol(b)
+    if first is None or second is None:
+        return "(a folder has no config.yaml to compare)"
+    return "; ".join(protocol_differences(first, second)) or "(none recorded)"
 
 
 def write_config(
@@ -251,18 +269,13 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
     if "grad_evals" not in runs:  # written before L-BFGS: one forward + backward per step
         runs["grad_evals"] = runs["step"]
     if "lr" not in runs:  # written before the learning rate had its own column
-        lrs = {}
-        config_path = Path(results_dir) / CONFIG_YAML
-        if config_path.is_file():  # the job's config.yaml knows each optimizer's lr
-            configs = OmegaConf.load(config_path).get("optimizer_configs", {})
-            lrs = {name: float(c.get("lr", "nan")) for name, c in configs.items()}
+        configs = recorded_config(results_dir).get("optimizer_configs", {})
+        lrs = {name: float(c.get("lr", "nan")) for name, c in configs.items()}
         runs.insert(
             runs.columns.get_loc("optimizer") + 1, "lr", runs["optimizer"].map(lrs).astype(float)
         )
     if "fingerprint" not in runs:  # written before each row carried its protocol's hash
-        config_path = Path(results_dir) / CONFIG_YAML
-        recorded = OmegaConf.load(config_path) if config_path.is_file() else {}
-        provenance_info = recorded.get("provenance", {})
+        provenance_info = recorded_config(results_dir).get("provenance", {})
         runs["fingerprint"] = provenance_info.get("protocol_fingerprint", "unknown")
     return runs
 
@@ -282,21 +295,16 @@ def _damaged(path: Path, reason: str) -> str:
 def previous_runs(out_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
     """The complete runs already in out_dir (None if it holds none), after checking that
     they come from cfg's protocol: results of another protocol are never mixed in."""
-    from optbench.config import fingerprint, protocol, protocol_differences
+    from optbench.config import fingerprint
 
     if not (Path(out_dir) / RUNS_CSV).is_file():
         return None
     runs = read_runs(out_dir)
     theirs = sorted(set(runs["fingerprint"]))
     if theirs != [fingerprint(cfg)]:
-        config_path = Path(out_dir) / CONFIG_YAML
-        differences = ["(no config.yaml to compare)"]
-        if config_path.is_file():
-            old = protocol(OmegaConf.to_container(OmegaConf.load(config_path)))
-            differences = protocol_differences(old, protocol(cfg)) or ["(none recorded)"]
         raise ResultsError(
             f"{out_dir} holds results of another protocol (fingerprint {', '.join(theirs)}; "
-            f"this job's is {fingerprint(cfg)}); keys that differ: {'; '.join(differences)}. "
+            f"this job's is {fingerprint(cfg)}); keys that differ: {_differences(out_dir, cfg)}. "
             "optbench does not mix them: write elsewhere (hydra.run.dir=...), or use "
             "resume=false to move the old results aside into replaced-<time>/."
         )
@@ -307,21 +315,15 @@ def read_many(results_dirs: list[Path], allow_mixed: bool = False) -> pd.DataFra
     """The runs of several results folders in one frame. Folders of different protocols
     (sets of fingerprints) are refused unless allow_mixed, and so is a run that two
     folders both hold (it would count twice)."""
-    from optbench.config import protocol, protocol_differences
-
     frames = [read_runs(d) for d in results_dirs]
     kinds = [frozenset(f["fingerprint"]) for f in frames]
     if not allow_mixed and len(set(kinds)) > 1:
         other = next(i for i, kind in enumerate(kinds) if kind != kinds[0])
-        first, second = (Path(results_dirs[i]) / CONFIG_YAML for i in (0, other))
-        differences = ["(a folder has no config.yaml to compare)"]
-        if first.is_file() and second.is_file():
-            a, b = (protocol(OmegaConf.to_container(OmegaConf.load(p))) for p in (first, second))
-            differences = protocol_differences(a, b)
+        first, second = Path(results_dirs[0]), Path(results_dirs[other])
         raise ResultsError(
-            f"{results_dirs[0]} and {results_dirs[other]} hold results of different protocols "
+            f"{first} and {second} hold results of different protocols "
             f"(fingerprints {', '.join(sorted(kinds[0]))} and {', '.join(sorted(kinds[other]))}); "
-            f"keys that differ: {'; '.join(differences)}. Pass --allow-mixed to put them "
+            f"keys that differ: {_differences(first, second)}. Pass --allow-mixed to put them "
             "side by side anyway."
         )
     runs = pd.concat(frames, ignore_index=True)
