@@ -13,7 +13,6 @@ Evaluation points produce one flat row per run (a dict); `train` returns them as
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import inspect
 import logging
@@ -32,6 +31,10 @@ from optbench import data, models, optimizers, results
 from optbench.config import ConfigError, fingerprint, seed_list
 
 log = logging.getLogger("optbench")
+
+# The layout of the trainers' states in a checkpoint; a checkpoint of another layout (an
+# earlier optbench) is not resumed.
+CHECKPOINT_FORMAT = 2
 
 METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN once diverged
 
@@ -136,41 +139,40 @@ def run_row(optimizer_cfg: DictConfig, seed: int, **measured) -> dict:
 class Stack(Progress):
     """Runs of element-wise optimizers trained as one batched model.
 
-    Every parameter is one tensor with a leading run dimension, [R, ...], built with
-    torch.func.stack_module_state from the runs' own initial models; torch.func.vmap runs
-    the model once for all R runs (a batched matmul for the ffnn, a grouped convolution
-    for the LeNet). The summed loss gives each run exactly its own gradient.
+    Every parameter is one tensor with a leading run dimension, [R, ...], stacked from the
+    runs' own initial models, and one batched model computes all R runs' losses and
+    gradients at once (models.StackedFFNN for the ffnn, written out by hand; vmap for the
+    others). Each run gets exactly its own gradient.
 
     Each optimizer owns a block of rows: its parameters are views of those rows, so
     torch.optim updates the stacked tensors in place. That is exact only for optimizers
     whose update is element-wise (optimizer config `elementwise: true`); the others train
-    as `Run`s. A run gives the same numbers in a stack of any size, alone included
-    (tests/test_engine.py checks this bit for bit on the CPU).
+    as `Run`s. Where the optimizer has a fused kernel (optimizers.can_fuse) the stack uses
+    it, and gives it each run's rows as tensors of their own: the kernel splits every
+    tensor it is given into vector lanes and threads, so it then splits a run's numbers as
+    it would for the run alone. A run gives the same numbers in a stack of any size, alone
+    included (tests/test_engine.py checks this bit for bit on the CPU).
     """
 
     def __init__(self, runs: list[tuple[DictConfig, int]], cfg: DictConfig, device: torch.device):
         self.runs = runs
-        initial = [
-            models.build_model(cfg.model, cfg.dataset, stream_seed(seed, "init")).to(device)
-            for _, seed in runs
-        ]
-        self.params, _ = torch.func.stack_module_state(initial)  # name -> leaf [R, ...]
-        template = copy.deepcopy(initial[0]).to("meta")  # the computation, without weights
-
-        def loss(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(torch.func.functional_call(template, params, (x,)), y)
-
-        def logits(params: dict, x: torch.Tensor) -> torch.Tensor:
-            return torch.func.functional_call(template, params, (x,))
-
-        self.batch_losses = torch.func.vmap(loss)  # x [R, B, ...]: each run its own batch
-        self.full_batch_losses = torch.func.vmap(loss, in_dims=(0, None, None))  # shared x
-        self.logits = torch.func.vmap(logits, in_dims=(0, None))
-        self.optimizers = []  # (optimizer, its views of the parameters, its rows)
-        for optimizer_cfg, rows in _blocks(runs):
-            views = [p.detach()[rows] for p in self.params.values()]
-            optimizer = optimizers.build_optimizer(optimizer_cfg, views)
-            self.optimizers.append((optimizer, views, rows))
+        self.model = models.stacked(
+            [
+                models.build_model(cfg.model, cfg.dataset, stream_seed(seed, "init")).to(device)
+                for _, seed in runs
+            ]
+        )
+        self.params = self.model.params  # name -> [R, ...]
+        params = list(self.params.values())
+        # per optimizer: (optimizer, its views of the parameters, each view's (i, rows))
+        self.optimizers = []
+        for optimizer_cfg, block in _blocks(runs):
+            fused = optimizers.can_fuse(optimizer_cfg)
+            rows = range(block.start, block.stop) if fused else [block]  # see the docstring
+            parts = [(i, r) for r in rows for i in range(len(params))]
+            views = [params[i].detach()[r] for i, r in parts]
+            optimizer = optimizers.build_optimizer(optimizer_cfg, views, fused=fused)
+            self.optimizers.append((optimizer, views, parts))
         self.run_seeds = [seed for _, seed in runs]
         self.start_counting(len(runs), device)
         # per run: None, or its grad_evals at the evaluation that found it diverged
@@ -178,23 +180,19 @@ class Stack(Progress):
 
     def step(self, tensors: data.TensorData, batches: dict[int, torch.Tensor | None]) -> None:
         start = time.perf_counter()
-        if batches[self.run_seeds[0]] is None:  # full batch: every run sees the whole set
-            losses = self.full_batch_losses(self.params, tensors.train_x, tensors.train_y)
-        else:
+        if batches[self.run_seeds[0]] is None:  # full batch: one group of inputs for all runs
+            x, y = tensors.train_x.unsqueeze(0), tensors.train_y.unsqueeze(0)
+        else:  # a group per run: its own mini-batch
             index = torch.stack([batches[seed] for seed in self.run_seeds])  # [R, B]
             images = tensors.train_x.flatten(1)  # a 2-D gather is 3x faster than a 4-D one
             x = images.index_select(0, index.flatten())
             x = x.view(*index.shape, *tensors.train_x.shape[1:])
             y = tensors.train_y.index_select(0, index.flatten()).view(index.shape)
-            losses = self.batch_losses(self.params, x, y)
-        for p in self.params.values():
-            p.grad = None
-        losses.sum().backward()  # each run's rows of p.grad: its own gradient
-        for optimizer, views, rows in self.optimizers:
-            for view, p in zip(views, self.params.values(), strict=True):
-                view.grad = p.grad[rows]
+        losses, grads = self.model.losses_and_grads(x, y)  # each run's rows: its own gradient
+        for optimizer, views, parts in self.optimizers:
+            for view, (i, rows) in zip(views, parts, strict=True):
+                view.grad = grads[i][rows]
             optimizer.step()
-        losses = losses.detach()
         self.loss_sum += losses
         self.loss_count += 1
         self.last_loss = losses
@@ -223,7 +221,7 @@ class Stack(Progress):
         loss_sum = torch.zeros(n_runs, device=x.device, dtype=torch.float64)
         correct = torch.zeros(n_runs, device=x.device, dtype=torch.int64)
         for start in range(0, len(x), batch_size):
-            logits = self.logits(self.params, x[start : start + batch_size])  # [R, n, C]
+            logits = self.model.logits(x[start : start + batch_size].unsqueeze(0))  # [R, n, C]
             target = y[start : start + batch_size].expand(n_runs, -1)
             losses = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
             loss_sum += losses.sum(dim=1).double()
@@ -422,6 +420,7 @@ def train(
     orders = {seed: DataOrder(seed, n_train, schedule.batch_size, device) for seed in seeds}
     position = {(id(o), s): i for i, (o, s) in enumerate(pairs)}  # rows in (optimizer, seed) order
     job = {  # a checkpoint is resumed only by the job that wrote it
+        "format": CHECKPOINT_FORMAT,
         "fingerprint": fingerprint(cfg),
         "runs": [results.run_key(o.name, o.get("lr"), s) for o, s in pairs],
         "trainers": [(type(trainer).__name__, len(trainer.runs)) for trainer in trainers],
