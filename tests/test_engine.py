@@ -112,9 +112,10 @@ def test_every_elementwise_optimizer_gives_the_same_run_stacked_as_alone(data_di
 
 
 def test_stacked_and_run_by_run_training_agree_to_float_rounding(data_dir):
-    """The stack's batched matmul and a lone model's matmul are different kernels: their
-    sums round differently, by about 1e-7 relative after a step. (Over many steps such
-    differences grow, as they do between thread counts; each path is deterministic.)"""
+    """The stack's batched matmuls and a lone model's matmuls are different kernels, and so
+    are fused and default Adam: their sums round differently, by about 1e-7 relative after a
+    step. (Over many steps such differences grow, as they do between thread counts; each
+    path is deterministic.)"""
     overrides = ("optimizers=[sgd,adam,rmsprop]", "seeds=2", "train.steps=1", "train.eval_every=1")
     frames = []
     for mode in ("always", "never"):
@@ -128,6 +129,25 @@ def test_stacked_and_run_by_run_training_agree_to_float_rounding(data_dir):
             torch.tensor(stacked[column].to_numpy()),
             torch.tensor(alone[column].to_numpy()),
             rtol=1e-6,
+            atol=0,
+            msg=column,
+        )
+
+
+def test_stacked_lenets_agree_with_lenets_trained_alone(data_dir):
+    """The vmap path (models.VmappedModel: grouped convolutions), as a GPU takes it."""
+    overrides = ("model=lenet", "optimizers=[sgd,adam]", "seeds=2", "train.batch_size=50")
+    overrides += ("dataset.train_size=500", "train.steps=2", "train.eval_every=1")
+    frames = []
+    for mode in ("always", "never"):
+        cfg, optimizer_cfgs = compose_sweep(*overrides, f"stack_runs={mode}")
+        frames.append(engine.train(cfg, optimizer_cfgs, progress=False))
+    stacked, alone = frames
+    for column in RESULT_COLUMNS:
+        torch.testing.assert_close(
+            torch.tensor(stacked[column].to_numpy()),
+            torch.tensor(alone[column].to_numpy()),
+            rtol=1e-5,
             atol=0,
             msg=column,
         )

@@ -189,6 +189,9 @@ class Stack(Progress):
             x = x.view(*index.shape, *tensors.train_x.shape[1:])
             y = tensors.train_y.index_select(0, index.flatten()).view(index.shape)
         losses, grads = self.model.losses_and_grads(x, y)  # each run's rows: its own gradient
+        # torch 2.15's fused kernels read a gradient as if laid out like its parameter (a
+        # transposed one gives a wrong update), and vmap's can come out transposed
+        grads = [grad.contiguous() for grad in grads]
         for optimizer, views, parts in self.optimizers:
             for view, (i, rows) in zip(views, parts, strict=True):
                 view.grad = grads[i][rows]
