@@ -98,11 +98,11 @@ class StackedFFNN:
     gives all runs the same examples (the test set, a full batch) in one matrix product.
 
     Written out, the backward pass is a handful of batched matmuls and element-wise ops,
-    each producing its result in the layout the next one wants: 1.5x faster per step than
-    vmap with autograd, whose weight gradients come out transposed and are copied back.
-    A run's numbers depend on its own weights and inputs alone, whatever R is
-    (tests/test_engine.py checks that bit for bit); against autograd on one FFNN they agree
-    to float rounding (tests/test_models.py).
+    each producing its result in the layout the next one wants: forward and backward take
+    two thirds of the time of vmap with autograd, whose weight gradients come out
+    transposed and are copied back. A run's numbers depend on its own weights and inputs
+    alone, whatever R is (tests/test_models.py and tests/test_engine.py check that bit for
+    bit); against autograd on one FFNN they agree to float rounding (tests/test_models.py).
     """
 
     def __init__(self, params: dict[str, torch.Tensor]):
@@ -116,6 +116,8 @@ class StackedFFNN:
         x = x.reshape(groups, n, inputs)
         weights = self.w1.view(groups, -1, inputs)  # group g: its runs' [R/G*H, I] as one
         h = torch.baddbmm(self.b1.view(groups, 1, -1), x, weights.transpose(1, 2))
+        # [G, n, R/G*H] -> [R, n, H], copied into the same layout whatever G: sums over it
+        # then round the same for a run alone and in a stack
         h = h.view(groups, n, -1, hidden).transpose(1, 2).reshape(runs, n, hidden).contiguous()
         a = h.relu_()
         return x, a, torch.baddbmm(self.b2.unsqueeze(1), a, self.w2.transpose(1, 2))
@@ -142,6 +144,8 @@ class StackedFFNN:
         dh = torch.ops.aten.threshold_backward(torch.bmm(dz, self.w2), a, 0.0)  # [R, n, H]
         dh_by_group = dh.view(groups, -1, n, hidden).transpose(2, 3).reshape(groups, -1, n)
         grad_w1 = torch.bmm(dh_by_group, x).view(self.w1.shape)
+        # computed as its transpose [R, H, C]: MKL rounds a product with only C = 10 rows
+        # differently in a batch than alone
         grad_w2 = torch.bmm(a.transpose(1, 2), dz).transpose(1, 2).contiguous()
         return losses, [grad_w1, dh.sum(dim=1), grad_w2, dz.sum(dim=1)]
 
