@@ -111,46 +111,51 @@ def test_every_elementwise_optimizer_gives_the_same_run_stacked_as_alone(data_di
         pd.testing.assert_frame_equal(without_time(picked), without_time(alone), check_exact=True)
 
 
+def assert_stacked_agrees_with_run_by_run(*overrides: str, rtol: float) -> None:
+    """The same sweep with stack_runs=always and =never: every result within rtol."""
+    stacked, alone = (
+        engine.train(*compose_sweep(*overrides, f"stack_runs={mode}"), progress=False)
+        for mode in ("always", "never")
+    )
+    for column in RESULT_COLUMNS:
+        torch.testing.assert_close(
+            torch.tensor(stacked[column].to_numpy()),
+            torch.tensor(alone[column].to_numpy()),
+            rtol=rtol,
+            atol=0,
+            msg=column,
+        )
+
+
 def test_stacked_and_run_by_run_training_agree_to_float_rounding(data_dir):
     """The stack's batched matmuls and a lone model's matmuls are different kernels, and so
     are fused and default Adam: their sums round differently, by about 1e-7 relative after a
     step. (Over many steps such differences grow, as they do between thread counts; each
     path is deterministic.)"""
-    overrides = ("optimizers=[sgd,adam,rmsprop]", "seeds=2", "train.steps=1", "train.eval_every=1")
-    frames = []
-    for mode in ("always", "never"):
-        cfg, optimizer_cfgs = compose_sweep(
-            *overrides, "dataset.train_size=1000", f"stack_runs={mode}"
-        )
-        frames.append(engine.train(cfg, optimizer_cfgs, progress=False))
-    stacked, alone = frames
-    for column in RESULT_COLUMNS:
-        torch.testing.assert_close(
-            torch.tensor(stacked[column].to_numpy()),
-            torch.tensor(alone[column].to_numpy()),
-            rtol=1e-6,
-            atol=0,
-            msg=column,
-        )
+    assert_stacked_agrees_with_run_by_run(
+        "optimizers=[sgd,adam,rmsprop]",
+        "seeds=2",
+        "dataset.train_size=1000",
+        "train.steps=1",
+        "train.eval_every=1",
+        rtol=1e-6,
+    )
 
 
 def test_stacked_lenets_agree_with_lenets_trained_alone(data_dir):
-    """The vmap path (models.VmappedModel: grouped convolutions), as a GPU takes it."""
-    overrides = ("model=lenet", "optimizers=[sgd,adam]", "seeds=2", "train.batch_size=50")
-    overrides += ("dataset.train_size=500", "train.steps=2", "train.eval_every=1")
-    frames = []
-    for mode in ("always", "never"):
-        cfg, optimizer_cfgs = compose_sweep(*overrides, f"stack_runs={mode}")
-        frames.append(engine.train(cfg, optimizer_cfgs, progress=False))
-    stacked, alone = frames
-    for column in RESULT_COLUMNS:
-        torch.testing.assert_close(
-            torch.tensor(stacked[column].to_numpy()),
-            torch.tensor(alone[column].to_numpy()),
-            rtol=1e-5,
-            atol=0,
-            msg=column,
-        )
+    """The vmap path (models.VmappedModel: grouped convolutions), as a GPU takes it. Its
+    gradients come out transposed: a fused kernel handed them as they are (torch 2.15) gave
+    test accuracies of 0.087 against 0.121 after one step."""
+    assert_stacked_agrees_with_run_by_run(
+        "model=lenet",
+        "optimizers=[sgd,adam]",
+        "seeds=2",
+        "train.batch_size=50",
+        "dataset.train_size=500",
+        "train.steps=2",
+        "train.eval_every=1",
+        rtol=1e-5,
+    )
 
 
 def test_optimizers_that_are_not_elementwise_train_beside_a_stack(data_dir):
