@@ -48,6 +48,12 @@ def uninterrupted(tmp_path_factory, data_dir) -> Path:
     return folder
 
 
+def default_ctrl_c() -> None:
+    """Tests started from a background shell job inherit an ignored SIGINT, and so would the
+    job: give it Ctrl-C's default, as a terminal does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_stop(folder: Path, sig: int, rng: random.Random) -> subprocess.CompletedProcess:
     """Start the job, wait for its first checkpoint, then send `sig` a random moment later."""
     process = subprocess.Popen(
@@ -56,6 +62,7 @@ def start_and_stop(folder: Path, sig: int, rng: random.Random) -> subprocess.Com
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_ctrl_c,
     )
     deadline = time.monotonic() + 300
     while not (folder / results.CHECKPOINT).exists():
