@@ -162,8 +162,7 @@ class Stack(Progress):
                 for _, seed in runs
             ]
         )
-        self.params = self.model.params  # name -> [R, ...]
-        params = list(self.params.values())
+        params = list(self.model.params.values())  # each [R, ...]
         # per optimizer: (optimizer, its views of the parameters, each view's (i, rows))
         self.optimizers = []
         for optimizer_cfg, block in _blocks(runs):
@@ -203,13 +202,13 @@ class Stack(Progress):
         self.train_s += time.perf_counter() - start
 
     def state_dict(self) -> dict:
-        params = {name: p.detach() for name, p in self.params.items()}
+        params = {name: p.detach() for name, p in self.model.params.items()}
         optimizer_states = [optimizer.state_dict() for optimizer, _, _ in self.optimizers]
         return {"params": params, "optimizers": optimizer_states, **self.counters()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
-        for name, p in self.params.items():
+        for name, p in self.model.params.items():
             p.copy_(state["params"][name])  # in place: the optimizers' views stay valid
         for (optimizer, _, _), optimizer_state in zip(
             self.optimizers, state["optimizers"], strict=True

@@ -268,14 +268,16 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         runs["diverged"] = runs["train_loss"].isna()
     if "grad_evals" not in runs:  # written before L-BFGS: one forward + backward per step
         runs["grad_evals"] = runs["step"]
+    # older files: the job's config.yaml knows each optimizer's lr and the protocol's hash
+    recorded = recorded_config(results_dir) if {"lr", "fingerprint"} - set(runs) else {}
     if "lr" not in runs:  # written before the learning rate had its own column
-        configs = recorded_config(results_dir).get("optimizer_configs", {})
+        configs = recorded.get("optimizer_configs", {})
         lrs = {name: float(c.get("lr", "nan")) for name, c in configs.items()}
         runs.insert(
             runs.columns.get_loc("optimizer") + 1, "lr", runs["optimizer"].map(lrs).astype(float)
         )
     if "fingerprint" not in runs:  # written before each row carried its protocol's hash
-        provenance_info = recorded_config(results_dir).get("provenance", {})
+        provenance_info = recorded.get("provenance", {})
         runs["fingerprint"] = provenance_info.get("protocol_fingerprint", "unknown")
     return runs
 
