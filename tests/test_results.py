@@ -88,6 +88,23 @@ def test_combining_jobs_tells_apart_the_same_optimizer_with_other_hyperparameter
     assert len(combined) == 2 * len(sgd)
 
 
+def test_combining_jobs_pools_settings_outside_the_protocol(real_runs, tmp_path):
+    """Seeds, threads, stacking, resuming and TF32 do not change what a run is: the jobs'
+    rows keep the plain optimizer name, pooled."""
+    sgd = real_runs[real_runs.optimizer == "sgd"]
+    seeds = sorted(sgd.seed.unique())
+    settings = (["threads=1", "stack_runs=always"], ["allow_tf32=true", "resume=false"])
+    for job, (seed, overrides) in enumerate(zip(seeds, settings, strict=False)):
+        results.write_results(tmp_path / str(job), sgd[sgd.seed == seed])
+        OmegaConf.save(
+            {"provenance": {"overrides": [f"seeds=[{seed}]", *overrides]}},
+            tmp_path / str(job) / "config.yaml",
+        )
+    combined = results.combine_jobs(tmp_path)
+    assert combined.optimizer.unique().tolist() == ["sgd"]
+    assert sorted(combined.seed.unique()) == seeds[:2]
+
+
 def test_an_optimizer_with_several_learning_rates_gets_one_label_per_rate(real_runs):
     sgd = real_runs[real_runs.optimizer == "sgd"]
     both = pd.concat([sgd, sgd.assign(lr=0.01)], ignore_index=True)

@@ -382,14 +382,14 @@ def complete_runs(runs: pd.DataFrame | None, total_steps: int) -> frozenset:
     return frozenset(map(run_key, final["optimizer"], final["lr"], final["seed"]))
 
 
-# Overrides that do not change what a run is (which seeds, where, on what hardware).
-NEUTRAL_OVERRIDES = ("seeds", "data_dir", "device", "threads", "hydra.", "optimizer")
-
-
 def _is_neutral(override: str) -> bool:
+    """Whether an override leaves what a run is unchanged: a key outside the protocol
+    (config.NOT_PROTOCOL: which seeds, where, on what hardware), Hydra's own, or
+    optimizer.lr (runs.csv has an lr column, see with_labels)."""
+    from optbench.config import NOT_PROTOCOL
+
     key = override.split("=", 1)[0].lstrip("+~")
-    # optimizer.lr needs no label either: runs.csv has an lr column (see with_labels)
-    return key in NEUTRAL_OVERRIDES or key.startswith("hydra.") or key == "optimizer.lr"
+    return key in NOT_PROTOCOL or key.startswith("hydra.") or key == "optimizer.lr"
 
 
 def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
