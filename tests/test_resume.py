@@ -147,7 +147,8 @@ def test_a_damaged_runs_csv_is_reported_and_left_untouched(uninterrupted, tmp_pa
     folder = tmp_path / "damaged"
     folder.mkdir()
     text = (uninterrupted / results.RUNS_CSV).read_text()
-    (folder / results.RUNS_CSV).write_text(text[: len(text) // 2])  # cut in the middle of a row
+    middle_of_a_row = text.index("\n", len(text) // 2) + 5
+    (folder / results.RUNS_CSV).write_text(text[:middle_of_a_row])
     (folder / results.CONFIG_YAML).write_bytes((uninterrupted / results.CONFIG_YAML).read_bytes())
     before = digest(folder / results.RUNS_CSV)
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)

@@ -258,6 +258,8 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         runs = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ResultsError(_damaged(path, " ".join(str(error).split()))) from None
+    if not _ends_with_line_end(path):  # cut short: its last row may still parse, wrongly
+        raise ResultsError(_damaged(path, "its last row is incomplete"))
     missing = [c for c in ["optimizer", "seed", "step", "train_loss"] if c not in runs]
     if missing:
         raise ResultsError(_damaged(path, f"no column {', '.join(missing)}"))
@@ -280,6 +282,13 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         provenance_info = recorded.get("provenance", {})
         runs["fingerprint"] = provenance_info.get("protocol_fingerprint", "unknown")
     return runs
+
+
+def _ends_with_line_end(path: Path) -> bool:
+    """Every file optbench writes ends with a line end; one cut short most likely does not."""
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
 
 
 def _damaged(path: Path, reason: str) -> str:
