@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 import torchvision
 from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
 from torch import nn
 
 from optbench.cli import sweep_optimizer_configs
@@ -49,8 +50,6 @@ from optbench.data import default_data_dir, prepare
 from optbench.optimizers import build_optimizer
 
 OPTBENCH = str(Path(sys.executable).with_name("optbench"))
-WIZARD_OPTIMIZERS = ["sgd", "momentum", "nesterov", "adam", "adagrad", "adadelta", "adamax"]
-WIZARD_OPTIMIZERS += ["rmsprop"]
 
 
 class FeedforwardNeuralNetModel(nn.Module):  # the tutorial's model, verbatim in spirit
@@ -147,14 +146,18 @@ def memory_bytes_per_second(threads: int) -> float:
     return 2 * source.nbytes / _best_time(lambda: target.copy_(source))
 
 
-def optimizer_traffic_bytes(seeds: int = 5) -> float:
+def wizard_optimizer_configs() -> list[DictConfig]:
+    """The optimizer configs `optbench sweep experiment=wizard_ffnn` trains."""
+    with initialize_config_module("optbench.configs", version_base="1.3"):
+        overrides = ["experiment=wizard_ffnn"]
+        return sweep_optimizer_configs(compose("config", overrides), overrides)
+
+
+def optimizer_traffic_bytes(optimizer_cfgs: list[DictConfig], seeds: int) -> float:
     """Bytes the wizard_ffnn sweep's optimizer updates must move at least: per step, each
     run's parameters and gradients read, its parameters written, and each of its optimizer's
     parameter-sized states (momentum, moments...) read and written; float32 throughout. The
     states are counted on torch.optim itself, after a step of each configured optimizer."""
-    with initialize_config_module("optbench.configs", version_base="1.3"):
-        overrides = ["experiment=wizard_ffnn"]
-        optimizer_cfgs = sweep_optimizer_configs(compose("config", overrides), overrides)
     passes = 0
     for optimizer_cfg in optimizer_cfgs:
         p = torch.zeros(16, requires_grad=True)
@@ -163,7 +166,7 @@ def optimizer_traffic_bytes(seeds: int = 5) -> float:
         optimizer.step()
         states = sum(torch.is_tensor(v) and v.shape == p.shape for v in optimizer.state[p].values())
         passes += 3 + 2 * states
-    params = 784 * 100 + 100 + 100 * 10 + 10
+    params = sum(p.numel() for p in FeedforwardNeuralNetModel(28 * 28, 100, 10).parameters())
     return 3000 * seeds * params * 4 * passes
 
 
@@ -209,17 +212,21 @@ def main() -> None:
             seeds,
             [["run", *common, "optimizer=sgd", f"seeds={seeds}"]],
         )
-    sweep = ["sweep", *common, "seeds=5"]
-    halves = [WIZARD_OPTIMIZERS[::2], WIZARD_OPTIMIZERS[1::2]]
+    optimizer_cfgs, sweep_seeds = wizard_optimizer_configs(), 5
+    names = [optimizer_cfg.name for optimizer_cfg in optimizer_cfgs]
+    sweep = ["sweep", *common, f"seeds={sweep_seeds}"]
+    halves = [names[::2], names[1::2]]
     layouts = {"1 process x 2 threads": [[*sweep, "threads=2"]]}
     if not options.quick:
         layouts["1 process x 1 thread"] = [[*sweep, "threads=1"]]
         layouts["2 processes x 1 thread"] = [
             [*sweep, "threads=1", f"optimizers=[{','.join(half)}]"] for half in halves
         ]
-    n_runs = len(WIZARD_OPTIMIZERS) * 5
+    n_runs = len(names) * sweep_seeds
     for layout, commands in layouts.items():
-        jobs[f"optbench sweep, wizard_ffnn, 8 optimizers x 5 seeds, {layout}"] = (n_runs, commands)
+        label = f"optbench sweep, wizard_ffnn, {len(names)} optimizers x {sweep_seeds} seeds"
+        label += f", {layout}"
+        jobs[label] = (n_runs, commands)
 
     tutorial = "tutorial loop, sgd, 1 seed"
     fastest = {tutorial: math.inf} | {label: math.inf for label in jobs}  # seconds per run
@@ -255,7 +262,8 @@ def main() -> None:
         f"with 2 threads at the sweep's own shapes ({n_runs} x [100,784] @ [784,100]): "
         f"{flops / 1e12:.2f} TFLOP / {rate / 1e9:.0f} GFLOP/s = {matmul_s:.1f} s"
     )
-    traffic, bandwidth = optimizer_traffic_bytes(), memory_bytes_per_second(2)
+    traffic = optimizer_traffic_bytes(optimizer_cfgs, sweep_seeds)
+    bandwidth = memory_bytes_per_second(2)
     traffic_s = traffic / bandwidth
     print(
         f"optimizer updates, 2 threads: {traffic / 1e9:.0f} GB read and written at least / "

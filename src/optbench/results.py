@@ -18,7 +18,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import optbench
 from optbench import stats
-from optbench.config import ConfigError
+from optbench.config import (
+    NOT_PROTOCOL,
+    ConfigError,
+    fingerprint,
+    git_revision,
+    protocol,
+    protocol_differences,
+)
 
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
@@ -101,10 +108,10 @@ def by_protocol(runs: pd.DataFrame):
     """Yield (protocol, its runs, file-name suffix) for every protocol in runs. The suffix is
     empty when there is one protocol, else "_<experiment>_<dataset>_<model>"."""
     protocols = runs[PROTOCOL_KEYS].drop_duplicates()
-    for protocol in protocols.itertuples(index=False):
-        mask = (runs[PROTOCOL_KEYS] == list(protocol)).all(axis=1)
-        suffix = "" if len(protocols) == 1 else "_" + "_".join(map(str, protocol))
-        yield protocol, runs[mask], suffix
+    for names in protocols.itertuples(index=False):  # (experiment, dataset, model)
+        mask = (runs[PROTOCOL_KEYS] == list(names)).all(axis=1)
+        suffix = "" if len(protocols) == 1 else "_" + "_".join(map(str, names))
+        yield names, runs[mask], suffix
 
 
 def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
@@ -167,8 +174,6 @@ def provenance() -> dict:
     import torch
     import torchvision
 
-    from optbench.config import git_revision
-
     return {
         "optbench_version": optbench.__version__,
         "git_revision": git_revision(),
@@ -198,16 +203,12 @@ def recorded_config(results_dir: Path) -> dict:
 
 def _recorded_protocol(results_dir: Path) -> dict | None:
     """The protocol that results_dir's config.yaml records (None without one)."""
-    from optbench.config import protocol
-
     recorded = recorded_config(results_dir)
     return protocol(recorded) if recorded else None
 
 
 def _differences(a: Path, b: DictConfig | Path) -> str:
     """The protocol keys that differ between folder a and config (or folder) b."""
-    from optbench.config import protocol, protocol_differences
-
     first = _recorded_protocol(a)
     second = _recorded_protocol(b) if isinstance(b, Path) else protocol(b)
     if first is None or second is None:
@@ -225,8 +226,6 @@ def write_config(
     """config.yaml: the resolved config, the hyperparameters of every optimizer in the
     folder's runs (name -> config), the command-line overrides, and provenance (taken now
     unless given)."""
-    from optbench.config import fingerprint
-
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     document["optimizer_configs"] = optimizer_configs
     document["provenance"] = {
@@ -306,8 +305,6 @@ def _damaged(path: Path, reason: str) -> str:
 def previous_runs(out_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
     """The complete runs already in out_dir (None if it holds none), after checking that
     they come from cfg's protocol: results of another protocol are never mixed in."""
-    from optbench.config import fingerprint
-
     if not (Path(out_dir) / RUNS_CSV).is_file():
         return None
     runs = read_runs(out_dir)
@@ -395,8 +392,6 @@ def _is_neutral(override: str) -> bool:
     """Whether an override leaves what a run is unchanged: a key outside the protocol
     (config.NOT_PROTOCOL: which seeds, where, on what hardware), Hydra's own, or
     optimizer.lr (runs.csv has an lr column, see with_labels)."""
-    from optbench.config import NOT_PROTOCOL
-
     key = override.split("=", 1)[0].lstrip("+~")
     return key in NOT_PROTOCOL or key.startswith("hydra.") or key == "optimizer.lr"
 
