@@ -19,7 +19,7 @@ RESUME ?= false
 TRAIN_ARGS = resume=$(RESUME) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data sweep reproduce regimes test lint format bench constraints clean
+.PHONY: help install data sweep rerun-check gpu-bundle gpu-check reproduce regimes test lint format bench constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -36,8 +36,14 @@ data: $(DATA_STAMP) ## prepare MNIST under data/ (torchvision download, else the
 $(DATA_STAMP): | $(STAMP)
 	$(BIN)/optbench data prepare mnist
 
-sweep: install data ## every optimizer of EXPERIMENT (default wizard_ffnn), SEEDS seeds (default 5) -> results/EXPERIMENT/
+sweep: install data ## every optimizer of EXPERIMENT (default wizard_ffnn), SEEDS seeds (default 5) -> results/EXPERIMENT/, then the rerun check
 	$(BIN)/optbench sweep experiment=$(EXPERIMENT) seeds=$(SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/$(EXPERIMENT)
+	@if [ "$(RESUME)" = false ]; then $(MAKE) --no-print-directory rerun-check; fi
+
+rerun-check: install ## does results/EXPERIMENT reproduce the results it replaced (its newest replaced-*/)?
+	@replaced=$$(ls -d results/$(EXPERIMENT)/replaced-* 2>/dev/null | sort | tail -n 1); \
+	if [ -z "$$replaced" ]; then echo "rerun check: results/$(EXPERIMENT) replaced nothing"; \
+	else $(BIN)/optbench compare "$$replaced" results/$(EXPERIMENT); fi
 
 reproduce: install data ## the three tutorials' protocols with many seeds -> results/<preset>/, then the regimes
 	$(BIN)/optbench sweep experiment=wizard_ffnn seeds=$(SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/wizard_ffnn
@@ -65,6 +71,12 @@ format: install ## format the code with ruff
 
 bench: install data ## time the tutorial loop against optbench run and sweep (scripts/bench.py)
 	$(BIN)/python scripts/bench.py
+
+gpu-bundle: install data ## gather into gpu-bundle/ what `make gpu-check` needs on a GPU machine without a network
+	$(BIN)/python scripts/gpu_check.py gather
+
+gpu-check: ## on a machine with CUDA: the device tests, stacked vs alone, wizard_ffnn and examples_cnn (10 seeds) timed
+	python3 scripts/gpu_check.py check
 
 constraints: install ## pin the installed versions into constraints.txt
 	$(BIN)/pip freeze --exclude-editable | grep -v '^optbench' > constraints.txt

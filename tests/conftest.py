@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
@@ -29,6 +30,17 @@ def compose_sweep(*overrides: str) -> tuple[DictConfig, list[DictConfig]]:
     with initialize_config_module("optbench.configs", version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
         return cfg, sweep_optimizer_configs(cfg, list(overrides))
+
+
+# Tests that train on a device run on every device there is: the CPU always, CUDA when
+# present (`make gpu-check` runs the CUDA ones on a GPU machine).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """The device override of a test that runs on every device: device=cpu, device=cuda."""
+    return f"device={request.param}"
 
 
 @pytest.fixture(scope="session")

@@ -69,55 +69,26 @@ def test_hidden_width_is_configurable():
     assert model.fc1.out_features == 128
 
 
-def _ffnns(count: int, input_shape=(1, 28, 28), hidden: int = 100) -> list[models.FFNN]:
+@pytest.mark.parametrize(("hidden", "batch"), [(100, 100), (128, 64), (7, 1)])
+def test_the_written_out_ffnn_gives_autograds_loss_and_gradients(hidden, batch):
+    """Independent reference: the same FFNN through F.cross_entropy and autograd."""
     torch.manual_seed(0)
-    return [models.FFNN(input_shape, 10, hidden) for _ in range(count)]
+    net = models.FFNN((1, 28, 28), 10, hidden)
+    x = torch.rand(batch, 1, 28, 28) * (torch.rand(batch, 1, 28, 28) > 0.8)  # MNIST-like
+    y = torch.randint(0, 10, (batch,))
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    expected = torch.autograd.grad(loss, list(net.parameters()))
+    written = models.ffnn_loss_and_grads(net, x, y)
+    torch.testing.assert_close(written, loss.detach(), rtol=1e-6, atol=0)
+    for p, reference in zip(net.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, reference, rtol=1e-5, atol=1e-7)
 
 
-def _sparse_images(*shape: int) -> torch.Tensor:
-    """Like MNIST: about 20% of the pixels non-zero, in [0, 1]."""
-    return torch.rand(*shape) * (torch.rand(*shape) > 0.8)
-
-
-@pytest.mark.parametrize("shared", [False, True], ids=["a batch per run", "one batch for all"])
-@pytest.mark.parametrize("hidden", [100, 128])
-def test_stacked_ffnn_gives_each_run_its_autograd_loss_and_gradient(shared, hidden):
-    """Independent reference: each FFNN on its own, F.cross_entropy and autograd."""
-    nets = _ffnns(6, hidden=hidden)
-    stacked = models.stacked(nets)
-    groups = 1 if shared else 6
-    x, y = _sparse_images(groups, 32, 1, 28, 28), torch.randint(0, 10, (groups, 32))
-    losses, grads = stacked.losses_and_grads(x, y)
-    logits = stacked.logits(x)
-    for r, net in enumerate(nets):
-        g = 0 if shared else r
-        loss = torch.nn.functional.cross_entropy(net(x[g]), y[g])
-        expected = torch.autograd.grad(loss, list(net.parameters()))
-        torch.testing.assert_close(losses[r], loss.detach(), rtol=1e-6, atol=0)
-        torch.testing.assert_close(logits[r], net(x[g]).detach(), rtol=1e-5, atol=1e-6)
-        for grad, reference in zip(grads, expected, strict=True):
-            torch.testing.assert_close(grad[r], reference, rtol=1e-5, atol=1e-7)
-
-
-def test_stacked_ffnn_gives_a_run_the_same_numbers_in_any_stack():
-    """Bit for bit: runs of a stack of 50 against the same runs alone or 5 together."""
-    nets = _ffnns(50)
-    stacked = models.stacked(nets)
-    x, y = _sparse_images(50, 100, 1, 28, 28), torch.randint(0, 10, (50, 100))
-    all_losses, all_grads = stacked.losses_and_grads(x, y)
-    all_logits = stacked.logits(x[:1])  # the test set's way: one batch for all runs
-    for part in (slice(0, 1), slice(7, 8), slice(49, 50), slice(5, 10), slice(45, 50)):
-        some = models.stacked(nets[part])
-        losses, grads = some.losses_and_grads(x[part], y[part])
-        assert torch.equal(losses, all_losses[part])
-        assert all(torch.equal(g, a[part]) for g, a in zip(grads, all_grads, strict=True))
-        assert torch.equal(some.logits(x[:1]), all_logits[part])
-
-
-def test_vmapped_models_give_each_run_its_autograd_gradient():
-    """The path for models without a written-out backward (the LeNet)."""
+@pytest.mark.parametrize("model", ["ffnn", "lenet"])
+def test_vmapped_models_give_each_run_its_autograd_gradient(model):
+    """The stacked path a GPU takes, against each model on its own with autograd."""
     torch.manual_seed(0)
-    nets = [models.LeNet((1, 28, 28), 10) for _ in range(3)]
+    nets = [models.MODELS[model]((1, 28, 28), 10) for _ in range(3)]
     stacked = models.stacked(nets)
     assert isinstance(stacked, models.VmappedModel)
     x, y = torch.rand(3, 8, 1, 28, 28), torch.randint(0, 10, (3, 8))

@@ -1,8 +1,9 @@
-"""The three presets against the reference protocols, and the published-number comparison
-against a hand computation."""
+"""The three presets against the reference protocols (tests/reference_protocols.py), and the
+published-number comparison against a hand computation."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from importlib.resources import files
 from pathlib import Path
@@ -11,13 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optbench import published
+from optbench import data, published
 from optbench.engine import make_schedule
 from optbench.optimizers import optimizer_class, optimizer_kwargs
 
-from conftest import ROOT, compose_sweep
-
-REFERENCE = ROOT.parent / "shared" / "reference"
+from conftest import compose_sweep
+from reference_protocols import PROTOCOLS, PUBLISHED_SHA256
 
 
 def torch_defaults(optimizer_cfg) -> dict:
@@ -25,91 +25,45 @@ def torch_defaults(optimizer_cfg) -> dict:
     return {k: p.default for k, p in signature.parameters.items() if k != "params"}
 
 
-def hyperparameters(optimizer_cfg) -> dict:
-    return {"_target_": optimizer_cfg._target_, **optimizer_kwargs(optimizer_cfg)}
+@pytest.mark.parametrize("experiment", sorted(PROTOCOLS))
+def test_every_preset_matches_the_reference_protocol(experiment):
+    """The preset, composed as `optbench sweep` composes it, against the independent table
+    in tests/reference_protocols.py."""
+    reference = PROTOCOLS[experiment]
+    cfg, optimizers = compose_sweep(f"experiment={experiment}")
+    assert cfg.dataset.name == reference["dataset"]
+    normalize = cfg.dataset.normalize
+    if reference["normalize"] is None:
+        assert normalize is None
+    else:
+        assert (list(normalize.mean), list(normalize.std)) == tuple(
+            map(list, reference["normalize"])
+        )
+    assert data.train_size(cfg.dataset) == reference["train_size"]
+    model, model_keys = reference["model"]
+    assert cfg.model.name == model
+    assert {key: cfg.model[key] for key in model_keys} == model_keys
+    schedule = make_schedule(cfg.train, reference["train_size"])
+    assert schedule.batch_size == reference["batch_size"]
+    assert schedule.total_steps == reference["total_steps"]
+    assert schedule.eval_steps == reference["eval_steps"]
+    assert cfg.train.test_batch_size == reference["test_batch_size"]
+    assert sorted(o.name for o in optimizers) == sorted(reference["optimizers"])
+    for optimizer in optimizers:
+        target, changed = reference["optimizers"][optimizer.name]
+        assert optimizer._target_ == target, optimizer.name
+        expected = {**torch_defaults(optimizer), **changed}
+        for key, value in optimizer_kwargs(optimizer).items():
+            assert value == expected[key], (optimizer.name, key, value)
 
 
-def check_at_defaults_except(optimizer_cfg, **protocol) -> None:
-    expected = {**torch_defaults(optimizer_cfg), **protocol}
-    for key, value in optimizer_kwargs(optimizer_cfg).items():
-        assert value == expected[key], (optimizer_cfg.name, key, value)
-
-
-# The protocol values below are transcribed from shared/reference/README.md.
-
-
-def test_wizard_ffnn_matches_the_reference():
-    cfg, optimizers = compose_sweep("experiment=wizard_ffnn")
-    assert (cfg.dataset.name, cfg.dataset.normalize, cfg.dataset.train_size) == (
-        "mnist",
-        None,
-        None,
-    )
-    assert (cfg.model.name, cfg.model.hidden) == ("ffnn", 100)
-    schedule = make_schedule(cfg.train, 60000)
-    assert (schedule.batch_size, schedule.steps_per_epoch, schedule.total_steps) == (100, 600, 3000)
-    assert schedule.eval_steps == [500, 1000, 1500, 2000, 2500, 3000]
-    assert cfg.train.test_batch_size == 10000  # the whole test set
-    by_name = {o.name: o for o in optimizers}
-    assert by_name["sgd"]._target_ == "torch.optim.SGD"
-    check_at_defaults_except(by_name["sgd"], lr=0.1)
-    check_at_defaults_except(by_name["momentum"], lr=0.1, momentum=0.9)
-    check_at_defaults_except(by_name["nesterov"], lr=0.1, momentum=0.9, nesterov=True)
-    for name in ("adam", "adagrad", "adadelta", "adamax", "rmsprop"):
-        check_at_defaults_except(by_name[name])
-    if REFERENCE.is_dir():  # the tutorial's own list of optimizers
-        listed = pd.read_csv(REFERENCE / "wizard_ffnn.csv").optimizer.unique()
-        assert sorted(by_name) == sorted(listed)
-
-
-def test_examples_cnn_matches_the_reference():
-    cfg, optimizers = compose_sweep("experiment=examples_cnn")
-    assert cfg.dataset.name == "mnist"
-    assert (list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std)) == (
-        [0.1307],
-        [0.3081],
-    )
-    assert (
-        cfg.model.name,
-        cfg.model.conv1_channels,
-        cfg.model.conv2_channels,
-        cfg.model.hidden,
-    ) == ("lenet", 20, 50, 500)
-    schedule = make_schedule(cfg.train, 60000)
-    assert (schedule.batch_size, schedule.total_steps) == (64, 10 * 938)
-    assert schedule.eval_steps == [938 * e for e in range(1, 11)]  # after every epoch
-    assert cfg.train.test_batch_size == 1000
-    by_name = {o.name: o for o in optimizers}
-    check_at_defaults_except(by_name["sgd"], lr=0.01, momentum=0.5)
-    check_at_defaults_except(by_name["amsgrad"], amsgrad=True)
-    assert by_name["amsgrad"]._target_ == "torch.optim.Adam"
-    assert by_name["adadelta"].lr == 1.0
-    for name in ("adagrad", "adadelta", "rmsprop", "adam", "adamw", "adamax", "asgd"):
-        check_at_defaults_except(by_name[name])
-    if REFERENCE.is_dir():  # rprop diverged in the tutorial; it joins with issue 5's optimizers
-        listed = set(pd.read_csv(REFERENCE / "examples_cnn.csv").optimizer) - {"rprop"}
-        assert set(by_name) == listed
-
-
-def test_simple_nn_matches_the_reference():
-    cfg, optimizers = compose_sweep("experiment=simple_nn")
-    assert (list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std)) == ([0.5], [0.5])
-    assert (cfg.model.name, cfg.model.hidden) == ("ffnn", 128)
-    schedule = make_schedule(cfg.train, 60000)
-    assert (schedule.batch_size, schedule.total_steps, len(schedule.eval_steps)) == (64, 5 * 938, 5)
-    assert cfg.train.test_batch_size == 64
-    assert [(o.name, o.lr) for o in optimizers] == [
-        ("sgd", 0.01),
-        ("adam", 0.001),
-        ("rmsprop", 0.001),
-    ]
-
-
-@pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/reference is not beside the checkout")
-@pytest.mark.parametrize("experiment", ["wizard_ffnn", "examples_cnn"])
-def test_shipped_numbers_are_the_references_verbatim(experiment):
+@pytest.mark.parametrize("experiment", sorted(PUBLISHED_SHA256))
+def test_shipped_numbers_are_the_tutorials_tables(experiment):
     shipped = files("optbench").joinpath(f"published/{experiment}.csv").read_bytes()
-    assert shipped == (REFERENCE / f"{experiment}.csv").read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == PUBLISHED_SHA256[experiment]
+    listed = pd.read_csv(files("optbench").joinpath(f"published/{experiment}.csv").open())
+    # the tutorial's own optimizers; rprop diverged in examples_cnn and is not a preset
+    assert set(listed.optimizer) - {"rprop"} == set(PROTOCOLS[experiment]["optimizers"])
 
 
 def test_published_rows():

@@ -55,6 +55,7 @@ def _train_and_record(
         log.info("Skipping the %d runs already complete in %s.", len(done & wanted), out_dir)
     checkpoint = out_dir / results.CHECKPOINT
     provenance = results.provenance()  # the code as it was when training started
+    provenance |= engine.layout(cfg, trained_cfgs)
     try:
         new = engine.train(cfg, trained_cfgs, progress=progress, skip=done, checkpoint=checkpoint)
     except KeyboardInterrupt:

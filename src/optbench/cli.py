@@ -55,6 +55,8 @@ commands:
                            rank the optimizers with paired tests (ranking.csv, .md), set
                            the tutorial's published numbers beside ours (comparison.csv,
                            .md: wizard_ffnn, examples_cnn) and write report.md/.html
+  compare A B              does B reproduce A? bit-identical, consistent (last digits
+                           differ, no optimizer significantly) or inconsistent (exit 1)
   data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
                            in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
 
@@ -63,6 +65,7 @@ same command again skips the runs already complete there and resumes an interrup
 from its last evaluation point; resume=false moves the old results aside first.
 """
 
+EXIT_INCONSISTENT = 1  # `optbench compare A B`: B does not reproduce A
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 
@@ -348,6 +351,8 @@ def _compare(args: list[str]) -> int:
     )
     _results_arguments(parser)
     options = parser.parse_args(args)
+    if len(options.results_dirs) == 2 and options.out is None:
+        return _rerun_check(*options.results_dirs)
     from optbench.benchmark import write_analysis
 
     folder, runs = _results_folder(options)
@@ -355,6 +360,18 @@ def _compare(args: list[str]) -> int:
     for path in written:
         print(path)
     return 0
+
+
+def _rerun_check(first: Path, second: Path) -> int:
+    """Print whether `second` reproduces `first`; exit 1 when they are inconsistent."""
+    from optbench import rerun
+
+    try:
+        verdict = rerun.compare(first, second)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    print(rerun.report(first, second, verdict), end="")
+    return EXIT_INCONSISTENT if verdict.verdict == "inconsistent" else 0
 
 
 def _data(args: list[str]) -> int:

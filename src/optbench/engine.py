@@ -1,7 +1,11 @@
 """The training engine: every (optimizer, seed) run of a job advances in one step loop.
 
-The runs of element-wise optimizers train together as one batched model (`Stack`); the
-others, each on its own (`Run`). Both give a run the same numbers whatever trains beside it.
+On the CPU every run is a `Run`: its own model, computed with its own tensors through
+single-threaded kernels, the runs spread over worker threads (`Workers`); the runs of one
+element-wise optimizer share one optimizer call (`OptimizerGroup`). So a run gives the same
+numbers bit for bit whatever trains beside it and whatever the number of threads, by how
+the computation is laid out. On a GPU the runs of element-wise optimizers train as one
+batched model (`Stack`), which agrees with a lone run to float rounding.
 
 A run's randomness comes from its seed alone: the initial weights from one stream, the
 order of the mini-batches from another. So a seed gives the same run whatever other seeds
@@ -18,7 +22,9 @@ import inspect
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +40,7 @@ log = logging.getLogger("optbench")
 
 # The layout of the trainers' states in a checkpoint; a checkpoint of another layout (an
 # earlier optbench) is not resumed.
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 
 METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN once diverged
 
@@ -137,21 +143,20 @@ def run_row(optimizer_cfg: DictConfig, seed: int, **measured) -> dict:
 
 
 class Stack(Progress):
-    """Runs of element-wise optimizers trained as one batched model.
+    """Runs of element-wise optimizers trained as one batched model: where a GPU trains the
+    runs (stack_runs=auto on CUDA, or stack_runs=always).
 
     Every parameter is one tensor with a leading run dimension, [R, ...], stacked from the
-    runs' own initial models, and one batched model computes all R runs' losses and
-    gradients at once (models.StackedFFNN for the ffnn, written out by hand; vmap for the
-    others). Each run gets exactly its own gradient.
+    runs' own initial models, and torch.func.vmap computes all R runs' losses and gradients
+    at once (models.VmappedModel: batched matmuls, grouped convolutions). Each run gets its
+    own gradient, up to float rounding: a batched kernel sums in another order than a lone
+    run's kernel, so a stacked run agrees with the same run trained alone to a stated
+    tolerance, not bit for bit (tests/test_engine.py).
 
-    Each optimizer owns a block of rows: its parameters are views of those rows, so
+    Each optimizer owns a block of rows: its parameters are views of each run's rows, so
     torch.optim updates the stacked tensors in place. That is exact only for optimizers
     whose update is element-wise (optimizer config `elementwise: true`); the others train
-    as `Run`s. Where the optimizer has a fused kernel (optimizers.can_fuse) the stack uses
-    it, and gives it each run's rows as tensors of their own: the kernel splits every
-    tensor it is given into vector lanes and threads, so it then splits a run's numbers as
-    it would for the run alone. A run gives the same numbers in a stack of any size, alone
-    included (tests/test_engine.py checks this bit for bit on the CPU).
+    as `Run`s.
     """
 
     def __init__(self, runs: list[tuple[DictConfig, int]], cfg: DictConfig, device: torch.device):
@@ -163,14 +168,13 @@ class Stack(Progress):
             ]
         )
         params = list(self.model.params.values())  # each [R, ...]
-        # per optimizer: (optimizer, its views of the parameters, each view's (i, rows))
+        # per optimizer: (optimizer, its views of the parameters, each view's (i, row))
         self.optimizers = []
         for optimizer_cfg, block in _blocks(runs):
-            fused = optimizers.can_fuse(optimizer_cfg)
-            rows = range(block.start, block.stop) if fused else [block]  # see the docstring
-            parts = [(i, r) for r in rows for i in range(len(params))]
+            parts = [(i, r) for r in range(block.start, block.stop) for i in range(len(params))]
             views = [params[i].detach()[r] for i, r in parts]
-            optimizer = optimizers.build_optimizer(optimizer_cfg, views, fused=fused)
+            implementation = optimizers.implementation(optimizer_cfg)
+            optimizer = optimizers.build_optimizer(optimizer_cfg, views, implementation)
             self.optimizers.append((optimizer, views, parts))
         self.run_seeds = [seed for _, seed in runs]
         self.start_counting(len(runs), device)
@@ -268,27 +272,49 @@ def _blocks(runs: list[tuple[DictConfig, int]]) -> list[tuple[DictConfig, slice]
 
 
 class Run(Progress):
-    """One (optimizer, seed) run trained on its own: for optimizers that are not
-    element-wise (L-BFGS, a user's optimizer that has not declared itself element-wise),
-    models that cannot be stacked (the sparse-input ffnn), the LeNet on the CPU, and
-    stack_runs=never (see should_stack)."""
+    """One (optimizer, seed) run: its own model, and its own optimizer unless the runs of
+    its (element-wise) optimizer share one (OptimizerGroup). Each run computes with its own
+    tensors through the same kernel calls whatever trains beside it, so its numbers depend
+    on its own weights, batches and optimizer alone."""
 
-    def __init__(self, optimizer_cfg: DictConfig, seed: int, cfg: DictConfig, device: torch.device):
+    def __init__(
+        self,
+        optimizer_cfg: DictConfig,
+        seed: int,
+        cfg: DictConfig,
+        device: torch.device,
+        own_optimizer: bool = True,
+    ):
         self.optimizer_cfg, self.seed = optimizer_cfg, seed
         self.runs = [(optimizer_cfg, seed)]
         self.model = models.build_model(cfg.model, cfg.dataset, stream_seed(seed, "init"))
         # Convolution weights in channels-last layout: oneDNN's fast path on the CPU, about
-        # 1.8x faster for the LeNet than the default layout (a no-op for the ffnn).
-        self.model.to(device, memory_format=torch.channels_last)
-        self.optimizer = optimizers.build_optimizer(optimizer_cfg, self.model.parameters())
+        # 1.8x faster for the LeNet than the default layout (a no-op for the ffnn). Not for
+        # optimizers that may flatten a gradient with view(-1) (L-BFGS does): that needs
+        # the default layout.
+        elementwise = optimizer_cfg.get("elementwise", False)
+        memory_format = torch.channels_last if elementwise else torch.contiguous_format
+        self.model.to(device, memory_format=memory_format)
+        self.optimizer = None  # stepped by its OptimizerGroup
+        if own_optimizer:
+            self.optimizer = optimizers.build_optimizer(optimizer_cfg, self.model.parameters())
         # torch.optim's step(closure) evaluates the loss itself (L-BFGS several times);
         # a user's optimizer whose step takes no closure gets the gradient first.
-        self.step_takes_closure = "closure" in inspect.signature(self.optimizer.step).parameters
+        self.step_takes_closure = self.optimizer is not None and (
+            "closure" in inspect.signature(self.optimizer.step).parameters
+        )
+        # the ffnn's forward and backward written out, where no optimizer needs autograd's
+        # graph (a differentiable optimizer does)
+        self.written_out = type(self.model) is models.FFNN and not optimizer_cfg.get(
+            "differentiable", False
+        )
         self.start_counting(1, device)
         self.diverged = False  # set at the first evaluation that sees a NaN or infinite loss
 
     def step(self, tensors: data.TensorData, batches: dict[int, torch.Tensor | None]) -> None:
+        """One optimizer step; for a run of an OptimizerGroup, its gradient only."""
         if self.diverged:
+            self.model.zero_grad(set_to_none=True)  # its group's optimizer skips it
             return
         start = time.perf_counter()
         index = batches[self.seed]
@@ -298,13 +324,17 @@ class Run(Progress):
             x, y = tensors.train_x.index_select(0, index), tensors.train_y.index_select(0, index)
 
         def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.grad_evals += 1
+            if self.written_out:
+                return models.ffnn_loss_and_grads(self.model, x, y)
+            self.model.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.model(x), y)
             loss.backward()
-            self.grad_evals += 1
             return loss
 
-        if self.step_takes_closure:
+        if self.optimizer is None:
+            loss = closure()
+        elif self.step_takes_closure:
             loss = self.optimizer.step(closure)  # the loss before this step's update
         else:
             loss = closure()
@@ -316,12 +346,13 @@ class Run(Progress):
         self.train_s += time.perf_counter() - start
 
     def state_dict(self) -> dict:
-        model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
-        return {"model": model, "optimizer": optimizer, **self.counters()}
+        optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
+        return {"model": self.model.state_dict(), "optimizer": optimizer, **self.counters()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.load_counters(state)
 
     def evaluation_rows(self, step: int, tensors: data.TensorData, test_batch_size: int):
@@ -348,6 +379,61 @@ class Run(Progress):
         return [row]
 
 
+class OptimizerGroup:
+    """The runs of one element-wise optimizer, stepped by one optimizer over all their
+    parameters: one call a step instead of one a run.
+
+    Exact: an element-wise update of a tensor depends on that tensor's own gradient and
+    state alone, and the group's optimizer updates each run's tensors as separate tensors,
+    with the same kernel whatever the number of runs (the fused kernel where
+    optimizers.can_fuse, else the foreach implementation, which updates tensor by tensor on
+    the CPU). A lone run of such an optimizer is a group of one."""
+
+    def __init__(self, optimizer_cfg: DictConfig, runs: list[Run]):
+        self.runs = runs
+        params = [p for run in runs for p in run.model.parameters()]
+        self.implementation = optimizers.implementation(optimizer_cfg)
+        self.optimizer = optimizers.build_optimizer(
+            optimizer_cfg, params, implementation=self.implementation
+        )
+
+    def step(self) -> None:
+        start = time.perf_counter()
+        self.optimizer.step()  # a diverged run's parameters have no gradient: skipped
+        share = (time.perf_counter() - start) / len(self.runs)
+        for run in self.runs:
+            run.train_s += share
+
+
+class Workers:
+    """The threads that train a job's runs on the CPU.
+
+    Every kernel runs on one thread (torch.set_num_threads(1) in each worker), and the
+    runs are spread over the workers instead. So a run's numbers do not depend on the
+    number of threads either: whichever worker computes it, it goes through the same
+    single-threaded kernels. On a GPU the tasks run one after another in the calling
+    thread."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.pool = None
+        if count > 1:
+            self.pool = ThreadPoolExecutor(count, initializer=torch.set_num_threads, initargs=(1,))
+
+    def map(self, tasks: list) -> list:
+        """Call every task (a function of no argument); their results in order."""
+        if self.pool is None:
+            return [task() for task in tasks]
+        # one chunk of tasks a worker (a task queued on its own costs more than a small step)
+        chunks = [tasks[k :: self.count] for k in range(self.count)]
+        done = list(self.pool.map(lambda chunk: [task() for task in chunk], chunks))
+        return [done[i % self.count][i // self.count] for i in range(len(tasks))]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
@@ -366,18 +452,71 @@ def evaluate(
 
 
 def should_stack(cfg: DictConfig, optimizer_cfg: DictConfig, device: torch.device) -> bool:
-    """Whether a run trains in a stack (see Stack) or on its own (Run).
+    """Whether a run trains in a Stack (one batched model) or as a Run.
 
-    stack_runs=auto stacks element-wise optimizers, except the LeNet on the CPU: there a
-    grouped convolution over stacked runs is slower than one channels-last convolution
-    per run (measured 21-26 ms against 16 ms per run-step, scripts/bench.py's notes).
-    """
+    stack_runs=auto stacks the element-wise optimizers' runs on a GPU, where one batched
+    model keeps it busy; on the CPU every run trains as a Run, bit for bit the same
+    whatever trains beside it (see Workers)."""
     mode = cfg.stack_runs.value if hasattr(cfg.stack_runs, "value") else cfg.stack_runs
     if mode == "never" or not optimizer_cfg.get("elementwise", False):
         return False
     if cfg.model.get("sparse_input", False):  # EmbeddingBag's sparse gradients: no vmap
         return False
-    return mode == "always" or not (cfg.model.name == "lenet" and device.type == "cpu")
+    return mode == "always" or device.type == "cuda"
+
+
+def in_group(cfg: DictConfig, optimizer_cfg: DictConfig) -> bool:
+    """Whether a Run's optimizer is shared with the other runs of its optimizer config."""
+    return optimizer_cfg.get("elementwise", False) and not cfg.model.get("sparse_input", False)
+
+
+def worker_count(cfg: DictConfig, device: torch.device) -> int:
+    """Threads that train runs side by side: `threads`, else torch's default (the physical
+    cores); one on a GPU."""
+    if device.type == "cuda":
+        return 1
+    return cfg.threads if cfg.threads is not None else torch.get_num_threads()
+
+
+def layout(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> dict:
+    """What decides a job's last digits besides its config, for config.yaml: the device,
+    torch's CPU capability (the vector instructions its kernels use), the worker threads
+    and the threads per kernel, and which kernel updates each optimizer's tensors."""
+    device = resolve_device(cfg.device.value if hasattr(cfg.device, "value") else cfg.device)
+    kernels = {}
+    for optimizer_cfg in optimizer_cfgs:
+        grouped = should_stack(cfg, optimizer_cfg, device) or in_group(cfg, optimizer_cfg)
+        kernels[optimizer_cfg.name] = (
+            optimizers.implementation(optimizer_cfg) if grouped else "default"
+        )
+    return {
+        "device": device.type,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "worker_threads": worker_count(cfg, device),
+        "threads_per_kernel": 1 if device.type == "cpu" else None,
+        "optimizer_kernels": kernels,
+    }
+
+
+def build_trainers(
+    cfg: DictConfig, pairs: list[tuple[DictConfig, int]], device: torch.device
+) -> tuple[list, list[OptimizerGroup]]:
+    """The trainers of a job's (optimizer config, seed) pairs: one Stack of the stacked
+    pairs, a Run per other pair; and the OptimizerGroups of the grouped Runs."""
+    stacked = [(o, s) for o, s in pairs if should_stack(cfg, o, device)]
+    alone = [(o, s) for o, s in pairs if not should_stack(cfg, o, device)]
+    trainers: list = [Stack(stacked, cfg, device)] if stacked else []
+    groups = []
+    for optimizer_cfg, block in _blocks(alone):
+        grouped = in_group(cfg, optimizer_cfg)
+        runs = [
+            Run(optimizer_cfg, seed, cfg, device, own_optimizer=not grouped)
+            for _, seed in alone[block]
+        ]
+        trainers += runs
+        if grouped:
+            groups.append(OptimizerGroup(optimizer_cfg, runs))
+    return trainers, groups
 
 
 def train(
@@ -401,8 +540,18 @@ def train(
     left there by this same job is resumed from: the rows come out as if never stopped.
     """
     device = resolve_device(cfg.device.value if hasattr(cfg.device, "value") else cfg.device)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    workers = Workers(worker_count(cfg, device))
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # every kernel on one thread: see Workers
+    try:
+        return _train(cfg, optimizer_cfgs, device, workers, progress, skip, checkpoint)
+    finally:
+        workers.close()
+        torch.set_num_threads(threads_before)
+
+
+def _train(cfg, optimizer_cfgs, device, workers, progress, skip, checkpoint) -> pd.DataFrame:
     torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32  # torch's default: off
     torch.backends.cudnn.allow_tf32 = cfg.allow_tf32  # torch's default: on
     tensors = data.load(cfg.dataset, data.resolve_data_dir(cfg.data_dir), device)
@@ -414,10 +563,7 @@ def train(
         for seed in seed_list(cfg.seeds)
         if results.run_key(optimizer_cfg.name, optimizer_cfg.get("lr"), seed) not in skip
     ]
-    stacks = {id(o): should_stack(cfg, o, device) for o in optimizer_cfgs}
-    stacked = [(o, s) for o, s in pairs if stacks[id(o)]]
-    trainers = [Stack(stacked, cfg, device)] if stacked else []
-    trainers += [Run(o, s, cfg, device) for o, s in pairs if not stacks[id(o)]]
+    trainers, groups = build_trainers(cfg, pairs, device)
     seeds = sorted({seed for _, seed in pairs})
     orders = {seed: DataOrder(seed, n_train, schedule.batch_size, device) for seed in seeds}
     position = {(id(o), s): i for i, (o, s) in enumerate(pairs)}  # rows in (optimizer, seed) order
@@ -426,6 +572,7 @@ def train(
         "fingerprint": fingerprint(cfg),
         "runs": [results.run_key(o.name, o.get("lr"), s) for o, s in pairs],
         "trainers": [(type(trainer).__name__, len(trainer.runs)) for trainer in trainers],
+        "groups": [len(group.runs) for group in groups],
     }
     rows, done_steps = [], 0
     if checkpoint is not None and checkpoint.is_file():
@@ -433,6 +580,8 @@ def train(
         if state["job"] == job:
             for trainer, trainer_state in zip(trainers, state["trainers"], strict=True):
                 trainer.load_state_dict(trainer_state)
+            for group, group_state in zip(groups, state["groups"], strict=True):
+                group.optimizer.load_state_dict(group_state)
             for seed, order in orders.items():
                 order.load_state_dict(state["orders"][seed])
             rows, done_steps = state["rows"], state["step"]
@@ -457,16 +606,21 @@ def train(
     next_eval = next(evaluations, None)
     for step in range(done_steps + 1, schedule.total_steps + 1):
         batches = {seed: order.next_batch() for seed, order in orders.items()}
-        for trainer in trainers:
-            trainer.step(tensors, batches)
+        workers.map([partial(trainer.step, tensors, batches) for trainer in trainers])
+        workers.map([group.step for group in groups])
         bar.update(len(pairs))
         if step != next_eval:
             continue
         epoch = step / schedule.steps_per_epoch
         evaluated = [{}] * len(pairs)
-        for trainer in trainers:
-            trainer_rows = trainer.evaluation_rows(step, tensors, cfg.train.test_batch_size)
-            for (optimizer_cfg, seed), row in zip(trainer.runs, trainer_rows, strict=True):
+        trainer_rows = workers.map(
+            [
+                partial(trainer.evaluation_rows, step, tensors, cfg.train.test_batch_size)
+                for trainer in trainers
+            ]
+        )
+        for trainer, its_rows in zip(trainers, trainer_rows, strict=True):
+            for (optimizer_cfg, seed), row in zip(trainer.runs, its_rows, strict=True):
                 evaluated[position[(id(optimizer_cfg), seed)]] = row
         rows += [{**context, **row, "epoch": epoch} for row in evaluated]
         if checkpoint is not None:
@@ -475,6 +629,7 @@ def train(
                 "step": step,
                 "rows": rows,
                 "trainers": [trainer.state_dict() for trainer in trainers],
+                "groups": [group.optimizer.state_dict() for group in groups],
                 "orders": {seed: order.state_dict() for seed, order in orders.items()},
             }
             results.atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))

@@ -26,6 +26,34 @@ class FFNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
+@torch.no_grad()
+def ffnn_loss_and_grads(model: FFNN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The ffnn's mean cross-entropy on (x, y), its gradients left in each parameter's .grad
+    as autograd would leave them (to float rounding: tests/test_models.py).
+
+    Written out, forward and backward are six matrix products and a few element-wise ops,
+    each result in the layout the next one wants: the ffnn's step takes about two thirds
+    of autograd's time."""
+    w1, b1, w2, b2 = (
+        p.detach() for p in (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias)
+    )
+    x = x.flatten(1)
+    a = torch.addmm(b1, x, w1.t()).relu_()  # the hidden layer after the ReLU [n, H]
+    log_p = torch.addmm(b2, a, w2.t()).log_softmax(dim=1)  # [n, C]
+    target = y.unsqueeze(1)
+    loss = -log_p.gather(1, target).mean()
+    dz = log_p.exp_()  # d(mean loss)/d(logits) = (softmax - one-hot) / n
+    dz.scatter_add_(1, target, torch.full_like(dz[:, :1], -1.0)).div_(len(x))
+    # ReLU's backward as autograd's: the gradient where the output is > 0, else 0
+    dh = torch.ops.aten.threshold_backward(dz.mm(w2), a, 0.0)
+    grads = (dh.t().mm(x), dh.sum(dim=0), dz.t().mm(a), dz.sum(dim=0))
+    for p, grad in zip(
+        (model.fc1.weight, model.fc1.bias, model.fc2.weight, model.fc2.bias), grads, strict=True
+    ):
+        p.grad = grad
+    return loss
+
+
 class SparseInputFFNN(nn.Module):
     """The ffnn with a first layer that yields sparse gradients, for SparseAdam.
 
@@ -88,71 +116,13 @@ class LeNet(nn.Module):
         return self.fc2(x)
 
 
-class StackedFFNN:
-    """R runs of the ffnn computed as one, forward and backward written out.
-
-    Its weights are the stacked tensors of R FFNNs (torch.func.stack_module_state):
-    fc1.weight [R, H, I], fc1.bias [R, H], fc2.weight [R, C, H], fc2.bias [R, C]. Inputs
-    come in G groups of n examples, x [G, n, ...] and y [G, n]; group g feeds the R/G
-    consecutive runs from g*R/G. So G = R gives every run its own mini-batch, and G = 1
-    gives all runs the same examples (the test set, a full batch) in one matrix product.
-
-    Written out, the backward pass is a handful of batched matmuls and element-wise ops,
-    each producing its result in the layout the next one wants: forward and backward take
-    two thirds of the time of vmap with autograd, whose weight gradients come out
-    transposed and are copied back. A run's numbers depend on its own weights and inputs
-    alone, whatever R is (tests/test_models.py and tests/test_engine.py check that bit for
-    bit); against autograd on one FFNN they agree to float rounding (tests/test_models.py).
-    """
-
-    def __init__(self, params: dict[str, torch.Tensor]):
-        self.params = params
-        self.w1, self.b1, self.w2, self.b2 = (p.detach() for p in params.values())
-
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """x as [G, n, I]; the hidden layer [R, n, H] after the ReLU; the logits [R, n, C]."""
-        runs, hidden, inputs = self.w1.shape
-        groups, n = x.shape[:2]
-        x = x.reshape(groups, n, inputs)
-        weights = self.w1.view(groups, -1, inputs)  # group g: its runs' [R/G*H, I] as one
-        h = torch.baddbmm(self.b1.view(groups, 1, -1), x, weights.transpose(1, 2))
-        # [G, n, R/G*H] -> [R, n, H], copied into the same layout whatever G: sums over it
-        # then round the same for a run alone and in a stack
-        h = h.view(groups, n, -1, hidden).transpose(1, 2).reshape(runs, n, hidden).contiguous()
-        a = h.relu_()
-        return x, a, torch.baddbmm(self.b2.unsqueeze(1), a, self.w2.transpose(1, 2))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x [G, n, ...] -> every run's logits [R, n, C]."""
-        return self._forward(x)[-1]
-
-    def losses_and_grads(
-        self, x: torch.Tensor, y: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Each run's mean cross-entropy [R], and its gradients as autograd gives them for
-        F.cross_entropy of that run alone: fc1.weight, fc1.bias, fc2.weight, fc2.bias."""
-        runs, hidden, _ = self.w1.shape
-        groups, n = y.shape
-        x, a, logits = self._forward(x)
-        target = y.view(groups, 1, n, 1).expand(groups, runs // groups, n, 1)
-        target = target.reshape(runs, n, 1)
-        log_p = logits.log_softmax(dim=2)
-        losses = -log_p.gather(2, target).squeeze(2).mean(dim=1)
-        dz = log_p.exp_()  # d(mean loss)/d(logits) = (softmax - one-hot) / n
-        dz.scatter_add_(2, target, torch.full_like(dz[:, :, :1], -1.0)).div_(n)
-        # ReLU's backward as autograd's: the gradient where the output is > 0, else 0
-        dh = torch.ops.aten.threshold_backward(torch.bmm(dz, self.w2), a, 0.0)  # [R, n, H]
-        dh_by_group = dh.view(groups, -1, n, hidden).transpose(2, 3).reshape(groups, -1, n)
-        grad_w1 = torch.bmm(dh_by_group, x).view(self.w1.shape)
-        # computed as its transpose [R, H, C]: MKL rounds a product with only C = 10 rows
-        # differently in a batch than alone
-        grad_w2 = torch.bmm(a.transpose(1, 2), dz).transpose(1, 2).contiguous()
-        return losses, [grad_w1, dh.sum(dim=1), grad_w2, dz.sum(dim=1)]
-
-
 class VmappedModel:
-    """R runs of any model computed as one by torch.func.vmap, gradients by autograd (for
-    the LeNet, a grouped convolution); the same interface as StackedFFNN."""
+    """R runs of a model computed as one by torch.func.vmap, gradients by autograd: batched
+    matmuls for the ffnn, grouped convolutions for the LeNet.
+
+    Inputs come in G groups of n examples, x [G, n, ...] and y [G, n]: G = R gives every
+    run its own mini-batch, G = 1 gives all runs the same examples (the test set, a full
+    batch)."""
 
     def __init__(self, template: nn.Module, params: dict[str, torch.Tensor]):
         self.params = params
@@ -180,11 +150,9 @@ class VmappedModel:
         return losses.detach(), list(grads)
 
 
-def stacked(modules: list[nn.Module]) -> StackedFFNN | VmappedModel:
+def stacked(modules: list[nn.Module]) -> VmappedModel:
     """The runs' models as one: their parameters stacked along a new first dimension."""
     params, _ = torch.func.stack_module_state(modules)
-    if type(modules[0]) is FFNN:
-        return StackedFFNN(params)
     return VmappedModel(modules[0], params)
 
 

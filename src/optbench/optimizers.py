@@ -4,7 +4,8 @@ every other key but `name` and `elementwise` is passed to it. The registry is th
 
 `elementwise: true` declares that the update of every parameter element depends on that
 element's own gradient and state alone (no norms or dot products over a whole tensor):
-then the engine may train several runs as one stacked tensor (engine.Stack). L-BFGS and
+then one optimizer may update several runs' tensors (engine.OptimizerGroup), and a GPU
+may train the runs as one stacked model (engine.Stack). L-BFGS and
 any optimizer that does not declare it train run by run."""
 
 from __future__ import annotations
@@ -44,22 +45,25 @@ def optimizer_class(optimizer: DictConfig) -> type[torch.optim.Optimizer]:
 
 
 def build_optimizer(
-    optimizer: DictConfig, params: Iterable[torch.Tensor], fused: bool = False
+    optimizer: DictConfig, params: Iterable[torch.Tensor], implementation: str = "default"
 ) -> torch.optim.Optimizer:
-    """fused=True: with the class's fused kernel (only where can_fuse(optimizer))."""
-    kwargs = optimizer_kwargs(optimizer) | ({"fused": True} if fused else {})
-    return optimizer_class(optimizer)(params, **kwargs)
+    """implementation: "fused" or "foreach" (as implementation(optimizer) chose), or
+    "default": whatever the config and torch.optim choose."""
+    chosen = {"fused": {"fused": True}, "foreach": {"foreach": True}}.get(implementation, {})
+    return optimizer_class(optimizer)(params, **optimizer_kwargs(optimizer), **chosen)
 
 
-def can_fuse(optimizer: DictConfig) -> bool:
-    """Whether the optimizer has a fused kernel (SGD, Adam, AdamW, Adagrad: one pass over
-    the tensors instead of up to ten) and its config leaves the implementation to us (no
-    `fused`, `foreach` or `differentiable`). Fused SGD computes what the default
-    implementation computes, bit for bit; fused Adam and Adagrad differ from it by float
-    rounding (a unit in the last place)."""
-    takes_fused = "fused" in inspect.signature(optimizer_class(optimizer).__init__).parameters
-    chosen = {"fused", "foreach", "differentiable"} & set(optimizer.keys())
-    return takes_fused and not chosen
+def implementation(optimizer: DictConfig) -> str:
+    """The kernel that updates a run's tensors when the engine chooses: "fused" where the
+    class has a fused kernel (SGD, Adam, AdamW, Adagrad: one pass over a tensor instead of
+    up to ten), else "foreach" where it has that option, else "default". Where the config
+    itself sets `fused`, `foreach` or `differentiable`, "default": the config decides."""
+    options = inspect.signature(optimizer_class(optimizer).__init__).parameters
+    if {"fused", "foreach", "differentiable"} & set(optimizer.keys()):
+        return "default"
+    if "fused" in options:
+        return "fused"
+    return "foreach" if "foreach" in options else "default"
 
 
 def expand_lr_grid(optimizer_cfgs: list[DictConfig], lr_grid) -> list[DictConfig]:

@@ -1,0 +1,148 @@
+"""Does a rerun agree with the original? `optbench compare A B` and the end of `make sweep`.
+
+Two folders of one protocol are compared run by run. The verdict is one of:
+
+- bit-identical: every row equal in every column but wall_s (the same machine, the same
+  threads and kernels give this);
+- consistent: some numbers differ in their last digits (another CPU's vector instructions,
+  another number of threads), and no optimizer's final test accuracy differs
+  significantly: Welch's t-test per optimizer, Holm-corrected over the optimizers, every
+  adjusted p >= ALPHA;
+- inconsistent: at least one optimizer's final test accuracy differs significantly.
+
+Welch's t-test, not a paired one: on another machine a seed's run starts from the same
+weights and batches, but rounding differences grow over training until the two runs are
+in effect independent draws from the seed distribution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from optbench import results, stats
+
+ALPHA = 0.05
+IDENTITY = ["fingerprint", "optimizer", "lr", "seed", "step"]
+TEST = "Welch's t-test on the final test accuracy, Holm-corrected over the optimizers"
+
+
+@dataclass
+class Verdict:
+    verdict: str  # "bit-identical", "consistent" or "inconsistent"
+    table: pd.DataFrame  # per optimizer: n, means, difference, p, p_holm, identical, flagged
+    differing_runs: int  # runs (optimizer, lr, seed) with any differing value
+    runs: int  # runs in both folders
+
+
+def welch_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value of Welch's t-test; 1 for two equal constant samples, 0 for two
+    different constant samples, NaN below two values on a side."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return 1.0 if a[0] == b[0] else 0.0
+    return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def compare(first_dir: Path, second_dir: Path) -> Verdict:
+    """The verdict for two results folders; ResultsError if they are not of one protocol
+    or share no run."""
+    first, second = results.read_runs(first_dir), results.read_runs(second_dir)
+    if set(first["fingerprint"]) != set(second["fingerprint"]):
+        raise results.ResultsError(
+            f"{first_dir} and {second_dir} hold results of different protocols (fingerprints "
+            f"{', '.join(sorted(set(first['fingerprint'])))} and "
+            f"{', '.join(sorted(set(second['fingerprint'])))}): a rerun is the same protocol. "
+            "Compare two folders of one protocol."
+        )
+    first, second = (
+        results.with_labels(f).set_index(IDENTITY).sort_index() for f in (first, second)
+    )
+    common = first.index.intersection(second.index)
+    if common.empty:
+        raise results.ResultsError(
+            f"{first_dir} and {second_dir} share no run (optimizer, lr, seed): nothing to compare."
+        )
+    columns = [c for c in first.columns if c != "wall_s" and c in second.columns]
+    a, b = first.loc[common, columns], second.loc[common, columns]
+    numeric = a.select_dtypes("number").columns
+    same = (a[numeric] == b[numeric]) | (a[numeric].isna() & b[numeric].isna())
+    other = [c for c in columns if c not in numeric]
+    same = same.join((a[other] == b[other]) if other else pd.DataFrame(index=a.index))
+    row_same = same.all(axis=1).groupby(level=["optimizer", "lr", "seed"]).all()
+    identical = bool(row_same.all()) and len(first) == len(second)
+
+    rows = []
+    for optimizer, mine in row_same.groupby(level="optimizer"):
+        finals = []
+        for frame in (first, second):
+            runs = frame.xs(optimizer, level="optimizer").reset_index()
+            last = runs[runs["step"] == runs["step"].max()]
+            finals.append(last.loc[~last["diverged"].astype(bool), "test_accuracy"].to_numpy())
+        p = welch_p(*finals)
+        rows.append(
+            {
+                "optimizer": optimizer,
+                "n_first": len(finals[0]),
+                "n_second": len(finals[1]),
+                "mean_first": finals[0].mean() if len(finals[0]) else math.nan,
+                "mean_second": finals[1].mean() if len(finals[1]) else math.nan,
+                "identical_runs": int(mine.sum()),
+                "runs": len(mine),
+                "p": p,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["difference"] = table["mean_second"] - table["mean_first"]
+    tested = table["p"].notna()
+    table["p_holm"] = math.nan
+    if tested.any():
+        table.loc[tested, "p_holm"] = stats.holm(table.loc[tested, "p"].tolist())
+    table["flagged"] = table["p_holm"] < ALPHA
+    if identical:
+        verdict = "bit-identical"
+    else:
+        verdict = "inconsistent" if table["flagged"].any() else "consistent"
+    return Verdict(verdict, table, int((~row_same).sum()), len(row_same))
+
+
+def report(first_dir: Path, second_dir: Path, verdict: Verdict) -> str:
+    """The verdict as a few lines and a table, for the terminal."""
+    lines = [f"Rerun check: {second_dir} against {first_dir}"]
+    if verdict.verdict == "bit-identical":
+        lines.append(f"BIT-IDENTICAL: all {verdict.runs} runs equal in every column but wall_s.")
+        return "\n".join(lines) + "\n"
+    lines.append(
+        f"{verdict.differing_runs} of {verdict.runs} runs differ in some digits. Test: {TEST}."
+    )
+    lines.append("")
+    lines.append(
+        f"{'optimizer':<24} {'first':>16} {'second':>16} {'difference':>11} {'p':>8} "
+        f"{'p (Holm)':>9}"
+    )
+    for r in verdict.table.itertuples():
+        lines.append(
+            f"{r.optimizer:<24} {r.mean_first:>11.4f} (n={r.n_first}) "
+            f"{r.mean_second:>11.4f} (n={r.n_second}) {r.difference:>+11.4f} {r.p:>8.3g} "
+            f"{r.p_holm:>9.3g}{'  FLAGGED' if r.flagged else ''}"
+        )
+    lines.append("")
+    if verdict.verdict == "consistent":
+        lines.append(
+            f"CONSISTENT: the numbers differ in their last digits, but no optimizer's final "
+            f"test accuracy differs significantly (every Holm-adjusted p >= {ALPHA})."
+        )
+    else:
+        flagged = ", ".join(verdict.table.loc[verdict.table["flagged"], "optimizer"])
+        lines.append(
+            f"INCONSISTENT: the final test accuracy of {flagged} differs significantly "
+            f"(Holm-adjusted p < {ALPHA}). Check that both folders ran the same code "
+            "(config.yaml, provenance) before trusting either."
+        )
+    return "\n".join(lines) + "\n"
