@@ -16,14 +16,14 @@ from optbench.results import atomic_write, write_csv
 
 SOURCES = {
     "wizard_ffnn": (
-        "wizard_ffnn.csv: the feed-forward-net tutorial's one-seed tables, as copied in "
-        "optbench's docs/protocols.md: the last mini-batch's loss and "
+        "wizard_ffnn.csv: the feed-forward-net tutorial's one-seed tables (optbench's "
+        "docs/protocols.md): the last mini-batch's loss and "
         "the test accuracy every 500 iterations (printed as truncated integer percents, except "
         "adadelta's with two decimals), and the summary list of final accuracies (two decimals)."
     ),
     "examples_cnn": (
-        "examples_cnn.csv: the 2019 PyTorch MNIST example run once with each optimizer, as "
-        "copied in optbench's docs/protocols.md: test loss and "
+        "examples_cnn.csv: the 2019 PyTorch MNIST example run once with each optimizer "
+        "(optbench's docs/protocols.md): test loss and "
         "test accuracy after every epoch (four decimals)."
     ),
 }

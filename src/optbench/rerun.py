@@ -61,9 +61,9 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
             f"{', '.join(sorted(set(second['fingerprint'])))}): a rerun is the same protocol. "
             "Compare two folders of one protocol."
         )
-    first, second = (
-        results.with_labels(f).set_index(IDENTITY).sort_index() for f in (first, second)
-    )
+    first, second = (results.with_labels(f) for f in (first, second))
+    order = list(dict.fromkeys(first["optimizer"]))  # the table follows the first folder
+    first, second = (f.set_index(IDENTITY).sort_index() for f in (first, second))
     common = first.index.intersection(second.index)
     if common.empty:
         raise results.ResultsError(
@@ -99,6 +99,8 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
             }
         )
     table = pd.DataFrame(rows)
+    table = table.set_index("optimizer").loc[[o for o in order if o in set(table["optimizer"])]]
+    table = table.reset_index()
     table["difference"] = table["mean_second"] - table["mean_first"]
     tested = table["p"].notna()
     table["p_holm"] = math.nan
