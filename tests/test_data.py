@@ -22,7 +22,7 @@ from conftest import compose_config
 
 def test_prepared_mnist_files_are_byte_identical_to_the_originals(data_dir):
     raw = data_dir / "MNIST" / "raw"
-    assert data._idx_problems("mnist", raw) == []
+    assert data._idx_problems("mnist", raw) == {}
     assert torchvision.datasets.MNIST(str(data_dir), train=True).data.shape == (60000, 28, 28)
 
 
@@ -64,12 +64,11 @@ def test_a_corrupted_file_is_detected_and_prepared_again(data_dir, tmp_path):
     shutil.copytree(data_dir / "MNIST", tmp_path / "MNIST")
     labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-100])  # truncated
-    assert data._idx_problems("mnist", labels.parent) == [
-        "t10k-labels-idx1-ubyte fails its MD5 check (corrupted or truncated)"
-    ]
+    problem = "t10k-labels-idx1-ubyte fails its MD5 check (corrupted or truncated)"
+    assert data._idx_problems("mnist", labels.parent) == {"t10k-labels-idx1-ubyte": problem}
     messages = []
     data.prepare("mnist", tmp_path, log=messages.append)
-    assert data._idx_problems("mnist", labels.parent) == []
+    assert data._idx_problems("mnist", labels.parent) == {}
     assert any("preparing it again" in m for m in messages)
 
 

@@ -84,6 +84,8 @@ def synthetic_runs(accuracies: dict[str, list[float]], step: int = 3000) -> pd.D
             "dataset": "mnist",
             "model": "ffnn",
             "optimizer": name,
+            "lr": 0.1,
+            "hyperparameters": '{"lr":0.1}',
             "seed": seed,
             "step": step,
             "epoch": 5.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,21 +72,28 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["runs.csv"]
 
 
+def with_setting(runs: pd.DataFrame, **changed) -> list[str]:
+    """The runs' hyperparameters column as it reads with some hyperparameters changed."""
+    return [
+        json.dumps(json.loads(text) | changed, sort_keys=True, separators=(",", ":"))
+        for text in runs["hyperparameters"]
+    ]
+
+
 def test_combining_jobs_tells_apart_the_same_optimizer_with_other_hyperparameters(
     real_runs, tmp_path
 ):
     sgd = real_runs[real_runs.optimizer == "sgd"]
     for job, momentum in ((0, 0.9), (1, 0.5)):
-        results.write_results(tmp_path / str(job), sgd)
+        runs = sgd.assign(hyperparameters=with_setting(sgd, momentum=momentum))
+        results.write_results(tmp_path / str(job), runs)
         OmegaConf.save(
             {"provenance": {"overrides": ["seeds=3", f"optimizer.momentum={momentum}"]}},
             tmp_path / str(job) / "config.yaml",
         )
     combined = results.combine_jobs(tmp_path)
-    assert sorted(combined.optimizer.unique()) == [
-        "sgd [optimizer.momentum=0.5]",
-        "sgd [optimizer.momentum=0.9]",
-    ]
+    labelled = results.with_labels(combined)
+    assert sorted(labelled.optimizer.unique()) == ["sgd momentum=0.5", "sgd momentum=0.9"]
     assert len(combined) == 2 * len(sgd)
 
 
@@ -107,7 +116,8 @@ def test_combining_jobs_pools_settings_outside_the_protocol(real_runs, tmp_path)
 
 def test_an_optimizer_with_several_learning_rates_gets_one_label_per_rate(real_runs):
     sgd = real_runs[real_runs.optimizer == "sgd"]
-    both = pd.concat([sgd, sgd.assign(lr=0.01)], ignore_index=True)
+    slower = sgd.assign(lr=0.01, hyperparameters=with_setting(sgd, lr=0.01))
+    both = pd.concat([sgd, slower], ignore_index=True)
     labelled = results.with_labels(both)
     assert sorted(labelled.optimizer.unique()) == ["sgd lr=0.01", "sgd lr=0.1"]
     summary = results.summarize(both)
@@ -128,15 +138,21 @@ def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp
     assert results.combine_jobs(tmp_path / "empty") is None
 
 
-def test_results_written_before_the_lr_and_divergence_columns_still_read(real_runs, tmp_path):
-    old = real_runs.drop(columns=["lr", "grad_evals", "diverged"])
-    old.to_csv(tmp_path / "runs.csv", index=False)
-    OmegaConf.save(
-        {"optimizer_configs": {"sgd": {"lr": 0.1}, "adam": {"lr": 0.001}}}, tmp_path / "config.yaml"
-    )
-    runs = results.read_runs(tmp_path)
-    assert runs.groupby("optimizer")["lr"].first().to_dict() == {"adam": 0.001, "sgd": 0.1}
-    assert (runs["grad_evals"] == runs["step"]).all() and not runs["diverged"].any()
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda runs: runs.drop(columns=["hyperparameters"]), "no column hyperparameters"),
+        (lambda runs: pd.concat([runs, runs.iloc[[3]]]), "line 20 repeats line 5"),
+        (lambda runs: runs.iloc[:-1], "lacks its evaluations at step 12"),
+    ],
+    ids=["an earlier optbench's columns", "a repeated row", "a run missing a row"],
+)
+def test_a_damaged_runs_csv_is_refused_with_its_line(real_runs, tmp_path, damage, message):
+    damage(real_runs).to_csv(tmp_path / "runs.csv", index=False)
+    before = (tmp_path / "runs.csv").read_bytes()
+    with pytest.raises(results.ResultsError, match=message):
+        results.read_runs(tmp_path)
+    assert (tmp_path / "runs.csv").read_bytes() == before
 
 
 def test_plots_keep_their_axis_labels(real_runs):

@@ -46,6 +46,7 @@ def runs_from(finals: dict[str, list[float]]) -> pd.DataFrame:
                 "model": "ffnn",
                 "optimizer": name,
                 "lr": 0.1,
+                "hyperparameters": '{"lr":0.1}',
                 "seed": seed,
                 "step": 100,
                 "epoch": 1.0,

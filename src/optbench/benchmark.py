@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from optbench import data, engine, plots, published, report, results, stats, tuning
-from optbench.config import check_config, seed_list
+from optbench.config import check_config, hyperparameters, run_key, seed_list
 
 log = logging.getLogger("optbench")
 
@@ -26,13 +26,14 @@ def prepare_data(cfg: DictConfig) -> None:
 def _train_and_record(
     cfg: DictConfig,
     trained_cfgs: list[DictConfig],
-    recorded_cfgs: list[DictConfig],
+    recorded_cfgs: list[DictConfig] | None,
     out_dir: Path,
     overrides: list[str] | None,
     progress: bool,
 ) -> pd.DataFrame:
     """Check, prepare the data, train trained_cfgs and write runs.csv, summary.csv and
-    config.yaml (listing recorded_cfgs); what comes after differs between sweep and tune.
+    config.yaml (listing recorded_cfgs, or with None every optimizer setting in the
+    folder's runs); what comes after differs between sweep and tune.
 
     The runs already complete in out_dir are skipped (and kept), a checkpoint left there
     by this same job is resumed, and a folder of another protocol is refused."""
@@ -42,11 +43,11 @@ def _train_and_record(
     results.remove_temporaries(out_dir)
     if not cfg.resume and (aside := results.move_aside(out_dir)):
         log.info("resume=false: the folder's earlier results are now in %s", aside)
-    previous = results.previous_runs(out_dir, cfg)
     schedule = engine.make_schedule(cfg.train, data.train_size(cfg.dataset))
+    previous = results.previous_runs(out_dir, cfg, schedule.eval_steps)
     done = results.complete_runs(previous, schedule.total_steps)
     wanted = {
-        results.run_key(o.name, o.get("lr"), s) for o in trained_cfgs for s in seed_list(cfg.seeds)
+        run_key(o.name, hyperparameters(o), s) for o in trained_cfgs for s in seed_list(cfg.seeds)
     }
     if wanted <= done:
         log.info("All %d runs are already complete in %s; nothing to train.", len(wanted), out_dir)
@@ -58,19 +59,27 @@ def _train_and_record(
     provenance |= engine.layout(cfg, trained_cfgs)
     try:
         new = engine.train(cfg, trained_cfgs, progress=progress, skip=done, checkpoint=checkpoint)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.Terminated)
+        kept = [
+            f"{path} keeps {what}"
+            for path, what in (
+                (out_dir / results.RUNS_CSV, "the complete runs"),
+                (checkpoint, "the training state at the last evaluation point"),
+            )
+            if path.is_file()
+        ]
         log.warning(
-            "Interrupted. %s keeps the complete runs, and %s the training state at the last "
-            "evaluation point: run the same command again to resume from there.",
-            out_dir / results.RUNS_CSV,
-            checkpoint,
+            "%s. %s: run the same command again to resume.",
+            "Stopped by SIGTERM" if type(stop).__name__ == "Terminated" else "Interrupted",
+            "; ".join(kept) or "Nothing was complete yet",
         )
         raise
     runs = results.merge_runs(previous, new)
     results.write_results(out_dir, runs)
-    recorded = results.recorded_config(out_dir).get("optimizer_configs", {}) | {
-        o.name: OmegaConf.to_container(o, resolve=True) for o in recorded_cfgs
-    }
+    if recorded_cfgs is None:  # every setting the folder's runs were trained with
+        recorded = results.optimizer_configs(runs)
+    else:
+        recorded = {o.name: OmegaConf.to_container(o, resolve=True) for o in recorded_cfgs}
     results.write_config(out_dir / results.CONFIG_YAML, cfg, recorded, overrides or [], provenance)
     checkpoint.unlink(missing_ok=True)
     return runs
@@ -87,7 +96,7 @@ def benchmark(
     runs.csv, summary.csv, config.yaml, the comparison plots, ranking.csv/.md, report.md/.html
     and, for a preset with published numbers, comparison.csv/.md. Returns the runs."""
     with results.exclusive(out_dir):
-        runs = _train_and_record(cfg, optimizer_cfgs, optimizer_cfgs, out_dir, overrides, progress)
+        runs = _train_and_record(cfg, optimizer_cfgs, None, out_dir, overrides, progress)
         write_analysis(Path(out_dir), runs)
     log.info("Results in %s", Path(out_dir).resolve())
     return runs

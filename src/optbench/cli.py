@@ -15,6 +15,8 @@ written.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -28,10 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from optbench import config as optbench_config
-from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError
+from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError, ResourceError
 
 USAGE = """\
-usage: optbench COMMAND [ARGS]
+usage: optbench COMMAND [ARGS]     (optbench --version: optbench's and torch's versions)
 
 Benchmark PyTorch optimizers over many seeds.
 
@@ -67,7 +69,17 @@ from its last evaluation point; resume=false moves the old results aside first.
 
 EXIT_INCONSISTENT = 1  # `optbench compare A B`: B does not reproduce A
 EXIT_BAD_INPUT = 2
+EXIT_RESOURCE = 74  # sysexits' EX_IOERR: a resource failed (a full disk), not the input
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+EXIT_TERMINATED = 143  # the shell's code for SIGTERM (what SLURM sends at a time limit)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the job stops at once and resumes from its checkpoint."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 # ---------------------------------------------------------------------------------------
@@ -79,10 +91,9 @@ def sweep_optimizer_configs(cfg: DictConfig, overrides: list[str]) -> list[DictC
     hyperparameters and its experiment's protocol values (experiment_optimizer/...).
     Needs an initialised Hydra (inside a Hydra app, or `initialize_config_module`)."""
     if not cfg.optimizers:
-        raise ConfigError(
-            f"Experiment {cfg.experiment_name!r} lists no optimizers to sweep; give some with "
-            "optimizers=[sgd,adam]."
-        )
+        given = any(o.split("=", 1)[0].lstrip("+~") == "optimizers" for o in overrides)
+        whose = "optimizers=[] lists" if given else f"Experiment {cfg.experiment_name!r} lists"
+        raise ConfigError(f"{whose} no optimizer to sweep; give some with optimizers=[sgd,adam].")
     kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == "optimizer"]
     configs = []
     for name in cfg.optimizers:
@@ -107,6 +118,12 @@ def job_optimizers(command: str, cfg: DictConfig, overrides: list[str]) -> list[
     list; each at every multiple of lr_grid when one is given."""
     from optbench.optimizers import expand_lr_grid
 
+    if command == "tune" and cfg.lr_grid is not None:
+        raise ConfigError(
+            f"lr_grid={list(cfg.lr_grid)} does not apply to `optbench tune`, which draws every "
+            "trial's lr itself (log-uniform over two decades either side); drop lr_grid, or "
+            "use it with `optbench sweep`."
+        )
     key = (command, tuple(o for o in overrides if not o.lstrip("+~").startswith("hydra")))
     if key not in _composed:
         chosen = [cfg.optimizer] if command == "run" else sweep_optimizer_configs(cfg, overrides)
@@ -202,7 +219,9 @@ def _output_root(args: list[str]) -> Path:
     return Path(given[-1] if given else ("multirun" if multirun else "outputs"))
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(
+    folder: Path, way_out: str = "hydra.run.dir=DIR (hydra.sweep.dir=DIR for -m)"
+) -> None:
     """Fail now, not after training, when folder cannot be created or written. Probes with
     a temporary folder inside its deepest existing ancestor, and leaves nothing behind."""
     existing = folder.absolute()
@@ -215,7 +234,7 @@ def check_writable(folder: Path) -> None:
     except OSError as error:
         raise ConfigError(
             f"Cannot write results to {folder} ({' '.join(str(error).split())}). Choose a "
-            "folder you can write with hydra.run.dir=DIR (hydra.sweep.dir=DIR for -m)."
+            f"folder you can write with {way_out}."
         ) from None
 
 
@@ -256,7 +275,21 @@ def _job(cfg: DictConfig, optimizer_cfgs: list[DictConfig], command: str = "run"
         )
     except ConfigError as error:  # e.g. a results folder of another protocol
         print(f"optbench: error: {error}", file=sys.stderr)
+        _discard_if_empty(Path(hydra_cfg.runtime.output_dir))
         sys.exit(EXIT_BAD_INPUT)
+    except ResourceError as error:  # e.g. a full disk
+        print(f"optbench: error: {error.strerror}", file=sys.stderr)
+        _discard_if_empty(Path(hydra_cfg.runtime.output_dir))
+        sys.exit(EXIT_RESOURCE)
+
+
+def _discard_if_empty(folder: Path) -> None:
+    """Remove a job's folder that holds nothing but the empty log Hydra opened in it."""
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    if [e.name for e in entries] == ["optbench.log"] and entries[0].stat().st_size == 0:
+        with contextlib.suppress(OSError):  # e.g. a mount point: it stays
+            entries[0].unlink()
+            folder.rmdir()
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
@@ -315,7 +348,7 @@ def _results_folder(options: argparse.Namespace):
         if options.out is None:
             raise ConfigError(f"Several folders ({', '.join(map(str, dirs))}) need --out DIR.")
         runs = results.read_many(dirs, allow_mixed=options.allow_mixed)
-        check_writable(options.out)
+        check_writable(options.out, way_out="--out DIR")
         results.write_results(options.out, runs)
         return options.out, runs
     except FileNotFoundError as error:
@@ -395,13 +428,31 @@ def _data(args: list[str]) -> int:
     return 0
 
 
+def version() -> str:
+    """optbench's version and torch's, without importing torch (which takes seconds)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from optbench import __version__
+
+    try:
+        torch = installed("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"optbench {__version__} (torch {torch})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in a pipe
+    signal.signal(signal.SIGTERM, _raise_terminated)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
     command, rest = args[0], args[1:]
+    if "--version" in args[:2] or command == "-V":  # `optbench run --version` too, not Hydra's
+        print(version())
+        return 0
     try:
         if command in ("run", "sweep", "tune"):
             check_command_line(command, rest)
@@ -421,13 +472,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"optbench: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except ResourceError as error:
+        print(f"optbench: error: {error.strerror}", file=sys.stderr)
+        return EXIT_RESOURCE
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
         print(
-            "optbench: interrupted; run the same command again to resume (complete runs "
-            "are skipped, unfinished ones continue from their last evaluation point).",
+            f"optbench: {'stopped by SIGTERM' if terminated else 'interrupted'}; run the same "
+            "command again to resume (complete runs are skipped, unfinished ones continue "
+            "from their last evaluation point).",
             file=sys.stderr,
         )
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

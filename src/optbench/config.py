@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
+import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,11 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 class ConfigError(ValueError):
     """Bad input: the message names the bad value and the valid choices."""
+
+
+class ResourceError(OSError):
+    """A fault of something optbench needs, not of its input (a full disk): the message
+    names the resource and the way out."""
 
 
 class Device(enum.Enum):
@@ -81,19 +88,25 @@ CONFIG_PACKAGE = "optbench.configs"
 CONFIG_NAME = "config"
 
 
+MAX_SEED = 2**32 - 1  # seeds are stored as 64-bit integers in runs.csv; this leaves room
+
+
 def seed_list(seeds: Any) -> list[int]:
     """`seeds=5` means seeds 0..4; `seeds=[3,7,11]` means exactly those."""
     if isinstance(seeds, bool):
         raise ConfigError(_seed_message(seeds))
     if isinstance(seeds, int):
-        if seeds < 1:
+        if not 1 <= seeds <= MAX_SEED + 1:
             raise ConfigError(_seed_message(seeds))
         return list(range(seeds))
     if isinstance(seeds, (list, tuple, ListConfig)):
         values = list(seeds)
         if (
             not values
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED
+                for s in values
+            )
             or len(set(values)) != len(values)
         ):
             raise ConfigError(_seed_message(values))
@@ -104,7 +117,7 @@ def seed_list(seeds: Any) -> list[int]:
 def _seed_message(seeds: Any) -> str:
     return (
         f"Invalid seeds={seeds!r}: give a positive count (seeds=5 runs seeds 0..4) "
-        "or a non-empty list of distinct non-negative integers (seeds=[3,7,11])."
+        f"or a non-empty list of distinct integers from 0 to {MAX_SEED} (seeds=[3,7,11])."
     )
 
 
@@ -144,19 +157,48 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     _positive_int("tuning.trials", cfg.tuning.trials)
     if cfg.lr_grid is not None and (
         not cfg.lr_grid
-        or any(m <= 0 for m in cfg.lr_grid)
+        or not all(math.isfinite(m) and m > 0 for m in cfg.lr_grid)
         or len(set(cfg.lr_grid)) != len(cfg.lr_grid)
     ):
         raise ConfigError(
-            f"Invalid lr_grid={list(cfg.lr_grid)}: give distinct positive multiples of each "
+            f"Invalid lr_grid={list(cfg.lr_grid)}: give distinct positive finite multiples of each "
             "optimizer's lr, e.g. lr_grid=[0.01,0.1,1,10,100], or null."
         )
-    names = [(o.name, o.get("lr")) for o in optimizer_cfgs]
+    names = [(o.name, hyperparameters(o)) for o in optimizer_cfgs]
     if len(set(names)) != len(names):
-        raise ConfigError(f"Each optimizer and lr may be trained once per job; got {names}.")
+        repeated = sorted({name for name, _ in names if names.count((name, _)) > 1})
+        raise ConfigError(
+            f"Optimizer {', '.join(repeated)} is listed twice with the same hyperparameters; "
+            "each setting of an optimizer may be trained once per job."
+        )
     model = models.build_model(cfg.model, cfg.dataset, seed=0)  # a throwaway copy
     for optimizer_cfg in optimizer_cfgs:
         optimizers.check_optimizer_config(optimizer_cfg, model)
+
+
+# ---------------------------------------------------------------------------------------
+# What is "the same run": the same protocol (fingerprint), the same optimizer with the same
+# hyperparameters (name and hyperparameters), the same seed. Defined here, used everywhere.
+
+RUN_IDENTITY = ["fingerprint", "optimizer", "hyperparameters", "seed"]
+
+
+def hyperparameters(optimizer: DictConfig | dict) -> str:
+    """Everything of an optimizer config that decides its numbers, as canonical JSON: every
+    key but `name` (the class, each hyperparameter, `elementwise`), sorted. runs.csv
+    carries it in every row, so that two settings of one optimizer are two runs."""
+    container = (
+        optimizer
+        if isinstance(optimizer, dict)
+        else OmegaConf.to_container(optimizer, resolve=True)
+    )
+    kept = {key: value for key, value in container.items() if key != "name"}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"))
+
+
+def run_key(optimizer: str, hyperparameters_json: str, seed) -> tuple[str, str, int]:
+    """A run within one protocol: its optimizer's name and hyperparameters, its seed."""
+    return (str(optimizer), str(hyperparameters_json), int(seed))
 
 
 # Not part of a protocol: which runs, where, on what hardware and how. (threads, device,

@@ -158,16 +158,25 @@ def _digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-def _idx_problems(name: str, raw: Path) -> list[str]:
-    """Files of the dataset that are missing or whose MD5 differs from the original's."""
-    problems = []
+def _idx_problems(name: str, raw: Path) -> dict[str, str]:
+    """The dataset's files that are missing or whose MD5 differs from the original's, each
+    with what is wrong with it."""
+    problems = {}
     for filename, md5 in IDX_MD5[name].items():
         path = raw / filename
         if not path.is_file():
-            problems.append(f"{filename} is missing")
+            problems[filename] = f"{filename} is missing"
         elif _digest(path, "md5") != md5:
-            problems.append(f"{filename} fails its MD5 check (corrupted or truncated)")
+            problems[filename] = f"{filename} fails its MD5 check (corrupted or truncated)"
     return problems
+
+
+def _unusable(data_dir: Path, error: OSError) -> ConfigError:
+    return ConfigError(
+        f"The data folder {data_dir} cannot be used ({_one_line(error)}). Point data_dir=DIR "
+        "(or OPTBENCH_DATA_DIR) at a folder you can write, or at one that already holds the "
+        "dataset in torchvision's layout."
+    )
 
 
 def _prepare_idx(name: str, data_dir: Path, log) -> None:
@@ -175,11 +184,15 @@ def _prepare_idx(name: str, data_dir: Path, log) -> None:
     problems = _idx_problems(name, raw)
     if not problems:
         return
-    if any("MD5" in p for p in problems):
-        log(f"{name}: {'; '.join(problems)}; preparing it again.")
-    raw.mkdir(parents=True, exist_ok=True)
-    for filename in IDX_MD5[name]:  # a corrupted file would make torchvision skip the download
-        (raw / filename).unlink(missing_ok=True)
+    damaged = [filename for filename, problem in problems.items() if "MD5" in problem]
+    if damaged:
+        log(f"{name}: {'; '.join(problems.values())}; preparing it again.")
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        for filename in damaged:  # a damaged file would make torchvision skip the download
+            (raw / filename).unlink()
+    except OSError as error:
+        raise _unusable(data_dir, error) from None
     errors = []
     try:
         log(f"{name}: trying torchvision's download into {data_dir} ...")
@@ -194,13 +207,16 @@ def _prepare_idx(name: str, data_dir: Path, log) -> None:
                 _fashion_mnist_from_debian(raw, log)
         except Exception as offline_error:
             errors.append(f"the offline source failed ({_one_line(offline_error)})")
-    problems = _idx_problems(name, raw)
-    if problems:
+    still = _idx_problems(name, raw)
+    if still:
+        kept = [f for f in IDX_MD5[name] if f not in still]
         raise ConfigError(
-            f"Dataset {name!r} is missing from {raw} and could not be prepared: "
-            f"{'; '.join(errors + problems)}. Check the network or the offline source, or point "
-            f"data_dir=... (or OPTBENCH_DATA_DIR) at a folder that holds {name} in torchvision's "
-            f"layout, then run `optbench data prepare {name}` again."
+            f"Dataset {name!r} could not be prepared in {raw}: {'; '.join(problems.values())}, "
+            f"and {'; '.join(errors) or 'its sources gave no intact copy'}."
+            + (f" The intact files are kept ({', '.join(kept)})." if kept else "")
+            + " Check the network or the offline source, or point data_dir=... (or "
+            f"OPTBENCH_DATA_DIR) at a folder that holds {name} in torchvision's layout, then "
+            f"run `optbench data prepare {name}` again."
         )
     log(f"{name}: ready in {raw} (MD5 of all four files verified).")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import logging
 import math
 import time
@@ -34,7 +35,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from optbench import data, models, optimizers, results
-from optbench.config import ConfigError, fingerprint, seed_list
+from optbench.config import ConfigError, fingerprint, hyperparameters, run_key, seed_list
 
 log = logging.getLogger("optbench")
 
@@ -139,7 +140,9 @@ def run_row(optimizer_cfg: DictConfig, seed: int, **measured) -> dict:
     (step, train_loss, last_batch_loss, test_loss, test_accuracy, grad_evals, wall_s,
     diverged)."""
     lr = float(optimizer_cfg.get("lr", math.nan))
-    return {"optimizer": optimizer_cfg.name, "lr": lr, "seed": seed, **measured}
+    settings = hyperparameters(optimizer_cfg)
+    identity = {"optimizer": optimizer_cfg.name, "lr": lr, "hyperparameters": settings}
+    return {**identity, "seed": seed, **measured}
 
 
 class Stack(Progress):
@@ -519,6 +522,38 @@ def build_trainers(
     return trainers, groups
 
 
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write the training state atomically; serialised in memory first, so that a full disk
+    is an OSError that says so (torch.save's own stream error does not)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    results.atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """The training state saved at path; None when there is none. A checkpoint that cannot
+    be read (damaged, truncated, not optbench's) is set aside beside it, never loaded
+    unsafely, and training starts from the beginning."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or "job" not in state:
+            raise ValueError("not an optbench checkpoint")
+        return state
+    except Exception as error:
+        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(aside)
+        log.warning(
+            "%s cannot be read (%s); it is set aside as %s, and training starts from the "
+            "beginning.",
+            path,
+            type(error).__name__,
+            aside.name,
+        )
+        return None
+
+
 def train(
     cfg: DictConfig,
     optimizer_cfgs: list[DictConfig],
@@ -535,7 +570,7 @@ def train(
     wall_s (seconds of this run's training so far, evaluation excluded; a stacked run's
     share of its stack's time), diverged.
 
-    Pairs whose results.run_key is in `skip` are not trained. With `checkpoint`, the whole
+    Pairs whose config.run_key is in `skip` are not trained. With `checkpoint`, the whole
     training state is saved there (atomically) at every evaluation point, and a checkpoint
     left there by this same job is resumed from: the rows come out as if never stopped.
     """
@@ -561,7 +596,7 @@ def _train(cfg, optimizer_cfgs, device, workers, progress, skip, checkpoint) -> 
         (optimizer_cfg, seed)
         for optimizer_cfg in optimizer_cfgs
         for seed in seed_list(cfg.seeds)
-        if results.run_key(optimizer_cfg.name, optimizer_cfg.get("lr"), seed) not in skip
+        if run_key(optimizer_cfg.name, hyperparameters(optimizer_cfg), seed) not in skip
     ]
     trainers, groups = build_trainers(cfg, pairs, device)
     seeds = sorted({seed for _, seed in pairs})
@@ -570,13 +605,13 @@ def _train(cfg, optimizer_cfgs, device, workers, progress, skip, checkpoint) -> 
     job = {  # a checkpoint is resumed only by the job that wrote it
         "format": CHECKPOINT_FORMAT,
         "fingerprint": fingerprint(cfg),
-        "runs": [results.run_key(o.name, o.get("lr"), s) for o, s in pairs],
+        "runs": [run_key(o.name, hyperparameters(o), s) for o, s in pairs],
         "trainers": [(type(trainer).__name__, len(trainer.runs)) for trainer in trainers],
         "groups": [len(group.runs) for group in groups],
     }
     rows, done_steps = [], 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    state = load_checkpoint(checkpoint, device) if checkpoint is not None else None
+    if state is not None:
         if state["job"] == job:
             for trainer, trainer_state in zip(trainers, state["trainers"], strict=True):
                 trainer.load_state_dict(trainer_state)
@@ -597,10 +632,12 @@ def _train(cfg, optimizer_cfgs, device, workers, progress, skip, checkpoint) -> 
     bar = tqdm(
         total=schedule.total_steps * len(pairs),
         initial=done_steps * len(pairs),
-        desc=f"{cfg.experiment_name}: {len(pairs)} runs",
+        desc=f"{len(pairs)} runs",
         unit="step",
         disable=None if progress else True,  # None: no bar when output is not a terminal
         dynamic_ncols=True,
+        # the accuracy first (in desc), so a narrow terminal still shows it
+        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
     )
     evaluations = iter([step for step in schedule.eval_steps if step > done_steps])
     next_eval = next(evaluations, None)
@@ -632,11 +669,13 @@ def _train(cfg, optimizer_cfgs, device, workers, progress, skip, checkpoint) -> 
                 "groups": [group.optimizer.state_dict() for group in groups],
                 "orders": {seed: order.state_dict() for seed, order in orders.items()},
             }
-            results.atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+            save_checkpoint(checkpoint, state)
         healthy = [r["test_accuracy"] for r in evaluated if not r["diverged"]]
         mean_accuracy = sum(healthy) / len(healthy) if healthy else math.nan
         diverged = len(pairs) - len(healthy)
-        bar.set_postfix(step=step, test_accuracy=f"{mean_accuracy:.4f}", diverged=diverged)
+        bar.set_description_str(
+            f"{len(pairs)} runs, accuracy {mean_accuracy:.4f}, {diverged} diverged", refresh=False
+        )
         if bar.disable:  # no progress bar (output is not a terminal): one log line instead
             log.info(
                 "step %d/%d: mean test accuracy %.4f over %d runs (%d diverged)",

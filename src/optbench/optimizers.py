@@ -10,11 +10,12 @@ any optimizer that does not declare it train run by run."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import math
 from collections.abc import Iterable
 
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from optbench.config import ConfigError
@@ -29,12 +30,15 @@ def optimizer_kwargs(optimizer: DictConfig) -> dict:
 
 
 def optimizer_class(optimizer: DictConfig) -> type[torch.optim.Optimizer]:
+    module, _, name = str(optimizer._target_).rpartition(".")
     try:
-        cls = get_class(optimizer._target_)
-    except Exception as error:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(
             f"Optimizer {optimizer.name!r}: cannot import optimizer._target_="
-            f"{optimizer._target_!r} ({' '.join(str(error).split())})."
+            f"{optimizer._target_!r} ({type(error).__name__}: {' '.join(str(error).split())}); "
+            "give the full import path of a torch.optim.Optimizer subclass, e.g. "
+            "torch.optim.Adam or my_package.MyOptimizer."
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError(
@@ -102,6 +106,7 @@ def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> Non
             f"Optimizer {optimizer.name!r}: elementwise={optimizer.elementwise!r} must be true "
             "(every element's update depends on its own gradient and state only) or false."
         )
+    _check_numbers(optimizer)
     try:
         build_optimizer(optimizer, model.parameters())
     except ConfigError:
@@ -112,6 +117,30 @@ def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> Non
             f"Optimizer {optimizer.name!r} refuses this configuration ({given}): "
             f"{' '.join(str(error).split())}."
         ) from None
+
+
+def _check_numbers(optimizer: DictConfig) -> None:
+    """Refuse a hyperparameter that is NaN or infinite, or text where the optimizer's
+    default is a number, naming the key (torch.optim's own checks would let NaN through)."""
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(optimizer_class(optimizer)).parameters.items()
+    }
+    for key, value in optimizer_kwargs(optimizer).items():
+        values = value if isinstance(value, tuple) else (value,)
+        default = defaults.get(key)
+        number_expected = isinstance(default, (int, float, tuple)) and not isinstance(default, bool)
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(
+                    f"Invalid optimizer.{key}={value!r} for {optimizer.name!r}: it must be a "
+                    "finite number."
+                )
+            if isinstance(item, str) and number_expected:
+                raise ConfigError(
+                    f"Invalid optimizer.{key}={value!r} for {optimizer.name!r}: it must be a "
+                    f"number (torch.optim's default is {default!r})."
+                )
 
 
 class SparseAdamWithAdam(torch.optim.Optimizer):

@@ -126,7 +126,17 @@ def curve_figure(
             labelled.add(kind)
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(label)
-    if metric.endswith("loss"):
+    means = summary[f"{metric}_mean"]
+    if means.isna().all():
+        ax.text(
+            0.5,
+            0.5,
+            "every run diverged: nothing to draw",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+        )
+    elif metric.endswith("loss") and (means > 0).any():
         ax.set_yscale("log")
     positive = summary[X_COLUMNS[x]][summary[X_COLUMNS[x]] > 0]
     if len(positive) and positive.max() / positive.min() > 300:  # e.g. batch 1 beside full batch

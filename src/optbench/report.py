@@ -12,7 +12,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from optbench import published, stats
-from optbench.results import CONFIG_YAML, atomic_write, read_runs, summarize
+from optbench.results import CONFIG_YAML, atomic_write, read_runs, summarize, with_labels
 
 PLOTS = [  # file, caption
     ("test_accuracy.png", "Test accuracy against step (mean ± std over seeds)"),
@@ -25,8 +25,9 @@ PLOTS = [  # file, caption
 
 
 def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The last evaluation of every optimizer; "—" where every seed diverged."""
     final = summary[summary["step"] == summary.groupby("optimizer")["step"].transform("max")]
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "optimizer": final["optimizer"],
             "step": final["step"],
@@ -57,6 +58,27 @@ def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
             "training s": [f"{w:.1f}" for w in final["wall_s_mean"]],
         }
     )
+    measured = ["test accuracy: mean ± std", "95% CI", "median [IQR]", "test loss", "training s"]
+    table.loc[(final["n"] == 0).to_numpy(), measured] = "—"
+    return table
+
+
+def _diverged_text(runs: pd.DataFrame) -> str:
+    """Which runs diverged, and from which evaluation on; empty when none did."""
+    runs = with_labels(runs)  # one label per optimizer setting
+    bad = runs[runs["diverged"].astype(bool)]
+    if bad.empty:
+        return ""
+    first = bad.groupby(["optimizer", "seed"], sort=False)["step"].min().reset_index()
+    total = runs[["optimizer", "seed"]].drop_duplicates().shape[0]
+    parts = [
+        f"{optimizer} " + ", ".join(f"seed {r.seed} from step {r.step}" for r in g.itertuples())
+        for optimizer, g in first.groupby("optimizer", sort=False)
+    ]
+    return (
+        f"{len(first)} of {total} runs diverged (a NaN or infinite training loss) and are left "
+        f"out of every mean, interval, test and plot: {'; '.join(parts)}."
+    )
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -80,7 +102,7 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
         (
             "Runs",
             "text",
-            f"{runs['optimizer'].nunique()} optimizers × {len(seeds)} seeds "
+            f"{with_labels(runs)['optimizer'].nunique()} optimizer settings × {len(seeds)} seeds "
             f"({', '.join(map(str, seeds))}); {len(runs)} evaluations in runs.csv.",
         )
     ]
@@ -106,6 +128,9 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
             )
         )
     sections.append(("Final results", "table", _final_table(summary)))
+    diverged = _diverged_text(runs)
+    if diverged:
+        sections.append(("Diverged runs", "text", diverged))
     table = None
     if (results_dir / stats.RANKING_CSV).is_file():  # written just before by write_ranking
         table = pd.read_csv(results_dir / stats.RANKING_CSV)

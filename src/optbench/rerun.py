@@ -26,9 +26,10 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from optbench import results, stats
+from optbench.config import RUN_IDENTITY
 
 ALPHA = 0.05
-IDENTITY = ["fingerprint", "optimizer", "lr", "seed", "step"]
+IDENTITY = [*RUN_IDENTITY, "step"]
 TEST = "Welch's t-test on the final test accuracy, Holm-corrected over the optimizers"
 
 
@@ -67,7 +68,8 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
     common = first.index.intersection(second.index)
     if common.empty:
         raise results.ResultsError(
-            f"{first_dir} and {second_dir} share no run (optimizer, lr, seed): nothing to compare."
+            f"{first_dir} and {second_dir} share no run (optimizer, hyperparameters, seed): "
+            "nothing to compare."
         )
     columns = [c for c in first.columns if c != "wall_s" and c in second.columns]
     a, b = first.loc[common, columns], second.loc[common, columns]
@@ -75,7 +77,7 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
     same = (a[numeric] == b[numeric]) | (a[numeric].isna() & b[numeric].isna())
     other = [c for c in columns if c not in numeric]
     same = same.join((a[other] == b[other]) if other else pd.DataFrame(index=a.index))
-    row_same = same.all(axis=1).groupby(level=["optimizer", "lr", "seed"]).all()
+    row_same = same.all(axis=1).groupby(level=["optimizer", "hyperparameters", "seed"]).all()
     identical = bool(row_same.all()) and len(first) == len(second)
 
     rows = []

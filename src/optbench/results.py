@@ -5,7 +5,9 @@ temporary file in the same folder, then renamed, so a reader never sees half a f
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import json
 import os
 import platform
 import tempfile
@@ -20,11 +22,14 @@ import optbench
 from optbench import stats
 from optbench.config import (
     NOT_PROTOCOL,
+    RUN_IDENTITY,
     ConfigError,
+    ResourceError,
     fingerprint,
     git_revision,
     protocol,
     protocol_differences,
+    run_key,
 )
 
 RUNS_CSV = "runs.csv"
@@ -35,18 +40,12 @@ LOG = "optbench.log"  # written by Hydra while the job runs
 
 METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
-GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "step"]
-RUN_COLUMNS = GROUP_KEYS[:5] + ["seed", "step", "epoch"] + METRICS + ["diverged", "fingerprint"]
+GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "hyperparameters", "step"]
+RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch"] + METRICS + ["diverged", "fingerprint"]
 
 
 class ResultsError(ConfigError):
     """A results folder that cannot be used as asked; the message says why and what to do."""
-
-
-def run_key(optimizer: str, lr, seed) -> tuple[str, str, int]:
-    """What identifies a run within one protocol: optimizer name, learning rate, seed."""
-    lr = float("nan") if lr is None else float(lr)
-    return (str(optimizer), repr(lr), int(seed))
 
 
 TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
@@ -55,15 +54,35 @@ TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY}", dir=path.parent)
+    except OSError as error:
+        raise _out_of_space(path, error) if _no_space(error) else error from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are for sharing
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _no_space(error):
+            raise _out_of_space(path, error) from None
         raise
+
+
+def _no_space(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(path: Path, error: OSError) -> ResourceError:
+    return ResourceError(
+        error.errno,
+        f"The disk that holds {path.parent} is out of space ({os.strerror(error.errno)}): "
+        f"{path.name} could not be written. Nothing partial was left, and the folder's "
+        "earlier files are as they were. Free some space (or write elsewhere with "
+        "hydra.run.dir=DIR) and run the same command again: it resumes from the last "
+        "checkpoint.",
+    )
 
 
 def remove_temporaries(folder: Path) -> None:
@@ -115,19 +134,43 @@ def by_protocol(runs: pd.DataFrame):
 
 
 def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs whose `optimizer` names one run setting each: an optimizer trained with several
-    learning rates (lr_grid, or a multirun over optimizer.lr) becomes "adam lr=0.01", ..."""
-    if "lr" not in runs or runs.empty:
+    """Runs whose `optimizer` names one setting each: an optimizer trained with several
+    settings in one frame gets the hyperparameters that tell them apart in its label,
+    "adam lr=0.01", "adam betas=[0.5, 0.9]"; an optimizer with one setting keeps its name."""
+    if "hyperparameters" not in runs or runs.empty:
         return runs
-    several = runs.groupby("optimizer")["lr"].nunique(dropna=False) > 1
-    names = set(several[several].index)
-    if not names:
-        return runs
-    label = [
-        f"{name} lr={lr:g}" if name in names else name
-        for name, lr in zip(runs["optimizer"], runs["lr"], strict=True)
-    ]
+    labels = {}
+    for name, settings in runs.groupby("optimizer", sort=False)["hyperparameters"]:
+        labels |= {(name, text): label for text, label in setting_labels(name, settings).items()}
+    label = [labels[pair] for pair in zip(runs["optimizer"], runs["hyperparameters"], strict=True)]
     return runs.assign(optimizer=label)
+
+
+def setting_labels(name: str, settings) -> dict[str, str]:
+    """Each distinct hyperparameters JSON of one optimizer -> its label: the name alone when
+    there is one setting, else the name and the keys whose values differ."""
+    distinct = list(dict.fromkeys(settings))
+    if len(distinct) == 1:
+        return {distinct[0]: name}
+    parsed = [json.loads(text) for text in distinct]
+    keys = sorted({key for p in parsed for key in p if len({repr(q.get(key)) for q in parsed}) > 1})
+    return {
+        text: name + " " + " ".join(f"{key}={_short(p.get(key))}" for key in keys)
+        for text, p in zip(distinct, parsed, strict=True)
+    }
+
+
+def optimizer_configs(runs: pd.DataFrame) -> dict[str, dict]:
+    """Every optimizer setting in runs, by its label (see with_labels): for config.yaml."""
+    configs = {}
+    for name, settings in runs.groupby("optimizer", sort=False)["hyperparameters"]:
+        for text, label in setting_labels(name, settings).items():
+            configs[label] = {"name": name, **json.loads(text)}
+    return configs
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -156,6 +199,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.Series(columns)
 
     described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[METRICS].apply(describe)
+    # every column even where every run diverged (NaN there)
+    columns = [f"{m}_{k}" for m in METRICS for k in ("mean", "std", *stats.DESCRIBED)]
+    described = described.reindex(columns=columns)
     summary = counts.join(described).reset_index()
     summary.insert(summary.columns.get_loc("seeds"), "n", summary["seeds"] - summary["n_diverged"])
     summary["n_diverged"] = summary["n_diverged"].astype(int)
@@ -240,6 +286,7 @@ def write_config(
 def write_results(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Write runs.csv and summary.csv; return the summary."""
     summary = summarize(runs)
+    _check_rows(out_dir / RUNS_CSV, runs.reset_index(drop=True))  # never write what read refuses
     write_csv(runs[RUN_COLUMNS], out_dir / RUNS_CSV)
     write_csv(summary, out_dir / SUMMARY_CSV)
     return summary
@@ -259,28 +306,51 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
         raise ResultsError(_damaged(path, " ".join(str(error).split()))) from None
     if not _ends_with_line_end(path):  # cut short: its last row may still parse, wrongly
         raise ResultsError(_damaged(path, "its last row is incomplete"))
-    missing = [c for c in ["optimizer", "seed", "step", "train_loss"] if c not in runs]
+    missing = [c for c in RUN_COLUMNS if c not in runs]
     if missing:
-        raise ResultsError(_damaged(path, f"no column {', '.join(missing)}"))
+        raise ResultsError(
+            _damaged(
+                path, f"no column {', '.join(missing)}; an earlier optbench may have written it"
+            )
+        )
     identity = runs[["seed", "step"]]
     if identity.isna().any().any() or not all(map(pd.api.types.is_integer_dtype, identity.dtypes)):
         raise ResultsError(_damaged(path, "rows with a missing or non-integer seed or step"))
-    if "diverged" not in runs:  # written before optbench recorded divergence
-        runs["diverged"] = runs["train_loss"].isna()
-    if "grad_evals" not in runs:  # written before L-BFGS: one forward + backward per step
-        runs["grad_evals"] = runs["step"]
-    # older files: the job's config.yaml knows each optimizer's lr and the protocol's hash
-    recorded = recorded_config(results_dir) if {"lr", "fingerprint"} - set(runs) else {}
-    if "lr" not in runs:  # written before the learning rate had its own column
-        configs = recorded.get("optimizer_configs", {})
-        lrs = {name: float(c.get("lr", "nan")) for name, c in configs.items()}
-        runs.insert(
-            runs.columns.get_loc("optimizer") + 1, "lr", runs["optimizer"].map(lrs).astype(float)
-        )
-    if "fingerprint" not in runs:  # written before each row carried its protocol's hash
-        provenance_info = recorded.get("provenance", {})
-        runs["fingerprint"] = provenance_info.get("protocol_fingerprint", "unknown")
+    _check_rows(path, runs)
     return runs
+
+
+def _check_rows(path: Path, runs: pd.DataFrame) -> None:
+    """No row twice, and every run with every evaluation of its protocol: runs.csv holds
+    complete runs only, so anything else is damage (a file cut or edited by hand)."""
+    line = runs.index + 2  # the header is line 1
+    keys = RUN_IDENTITY + ["step"]
+    repeated = runs.duplicated(keys, keep="first")
+    if repeated.any():
+        row = runs[repeated].iloc[0]
+        first = line[(runs[keys] == row[keys]).all(axis=1)][0]
+        raise ResultsError(
+            _damaged(
+                path,
+                f"line {line[repeated][0]} repeats line {first} (optimizer {row['optimizer']}, "
+                f"seed {row['seed']}, step {row['step']})",
+            )
+        )
+    for _, protocol_runs in runs.groupby("fingerprint", sort=False):
+        every_step = set(protocol_runs["step"])
+        for _, run in protocol_runs.groupby(RUN_IDENTITY, sort=False):
+            lacking = sorted(every_step - set(run["step"]))
+            if lacking:
+                raise ResultsError(_damaged(path, _lacking(run, lacking)))
+
+
+def _lacking(run: pd.DataFrame, steps: list[int]) -> str:
+    lines = run.index + 2  # the header is line 1
+    where = f"line {lines.min()}" if len(lines) == 1 else f"lines {lines.min()}-{lines.max()}"
+    return (
+        f"the run on {where} (optimizer {run['optimizer'].iloc[0]}, "
+        f"seed {run['seed'].iloc[0]}) lacks its evaluations at step {', '.join(map(str, steps))}"
+    )
 
 
 def _ends_with_line_end(path: Path) -> bool:
@@ -302,12 +372,17 @@ def _damaged(path: Path, reason: str) -> str:
 # Resuming: what a results folder already holds
 
 
-def previous_runs(out_dir: Path, cfg: DictConfig) -> pd.DataFrame | None:
+def previous_runs(out_dir: Path, cfg: DictConfig, eval_steps: list[int]) -> pd.DataFrame | None:
     """The complete runs already in out_dir (None if it holds none), after checking that
-    they come from cfg's protocol: results of another protocol are never mixed in."""
+    they come from cfg's protocol, whose evaluations are at eval_steps: results of another
+    protocol are never mixed in, and a run without all its evaluations is damage."""
     if not (Path(out_dir) / RUNS_CSV).is_file():
         return None
     runs = read_runs(out_dir)
+    for _, run in runs.groupby(RUN_IDENTITY, sort=False):
+        lacking = sorted(set(eval_steps) - set(run["step"]))
+        if lacking:
+            raise ResultsError(_damaged(Path(out_dir) / RUNS_CSV, _lacking(run, lacking)))
     theirs = sorted(set(runs["fingerprint"]))
     if theirs != [fingerprint(cfg)]:
         raise ResultsError(
@@ -335,18 +410,19 @@ def read_many(results_dirs: list[Path], allow_mixed: bool = False) -> pd.DataFra
             "side by side anyway."
         )
     runs = pd.concat(frames, ignore_index=True)
-    identity = ["fingerprint", "optimizer", "lr", "seed", "step"]
+    identity = RUN_IDENTITY + ["step"]
     repeated = runs[runs.duplicated(identity, keep=False)]
     if not repeated.empty:
         row = repeated.iloc[0]
         holders = [
             str(d)
             for d, f in zip(results_dirs, frames, strict=True)
-            if ((f[identity[1:]] == row[identity[1:]].to_list()).all(axis=1)).any()
+            if ((f[identity] == row[identity].to_list()).all(axis=1)).any()
         ]
         raise ResultsError(
-            f"Run {row['optimizer']} lr={row['lr']:g} seed {row['seed']} appears in more than "
-            f"one folder ({', '.join(holders)}); it would count twice. Leave one of them out."
+            f"Run {row['optimizer']} seed {row['seed']} (the same hyperparameters) appears in "
+            f"more than one folder ({', '.join(holders)}); it would count twice. Leave one of "
+            "them out."
         )
     return runs
 
@@ -374,7 +450,7 @@ def merge_runs(previous: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame
     first appearance), then seed."""
     runs = pd.concat([f for f in (previous, new) if f is not None and not f.empty])
     runs = runs.reset_index(drop=True)
-    labels = runs["optimizer"] + " " + runs["lr"].map(repr)
+    labels = runs["optimizer"] + " " + runs["hyperparameters"]
     rank = labels.map({label: i for i, label in enumerate(labels.unique())})
     order = pd.DataFrame({"step": runs["step"], "rank": rank, "seed": runs["seed"]})
     return runs.loc[order.sort_values(["step", "rank", "seed"], kind="stable").index]
@@ -385,15 +461,15 @@ def complete_runs(runs: pd.DataFrame | None, total_steps: int) -> frozenset:
     if runs is None:
         return frozenset()
     final = runs[runs["step"] == total_steps]
-    return frozenset(map(run_key, final["optimizer"], final["lr"], final["seed"]))
+    return frozenset(map(run_key, final["optimizer"], final["hyperparameters"], final["seed"]))
 
 
 def _is_neutral(override: str) -> bool:
-    """Whether an override leaves what a run is unchanged: a key outside the protocol
-    (config.NOT_PROTOCOL: which seeds, where, on what hardware), Hydra's own, or
-    optimizer.lr (runs.csv has an lr column, see with_labels)."""
+    """Whether an override needs no place in a label: a key outside the protocol
+    (config.NOT_PROTOCOL: which seeds, where, on what hardware), Hydra's own, or an
+    optimizer's hyperparameter (runs.csv carries them all, see with_labels)."""
     key = override.split("=", 1)[0].lstrip("+~")
-    return key in NOT_PROTOCOL or key.startswith("hydra.") or key == "optimizer.lr"
+    return key in NOT_PROTOCOL or key.startswith(("hydra.", "optimizer."))
 
 
 def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
@@ -419,7 +495,7 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
             overrides = list(OmegaConf.load(config_path).provenance.overrides)
         jobs.append((read_runs(job_dir), overrides))
     shared = set.intersection(*(set(overrides) for _, overrides in jobs))
-    protocol = ["experiment", "dataset", "model", "optimizer", "lr"]
+    protocol = ["experiment", "dataset", "model", "optimizer", "hyperparameters"]
     jobs_per_key: dict[tuple, int] = {}
     for runs, _ in jobs:
         for key in runs[protocol].drop_duplicates().itertuples(index=False):

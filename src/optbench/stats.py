@@ -29,6 +29,9 @@ def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[floa
     return mean - half_width, mean + half_width
 
 
+DESCRIBED = ("ci_low", "ci_high", "median", "q25", "q75", "iqr")  # describe's keys
+
+
 def describe(values: pd.Series) -> dict[str, float]:
     """The extra summary columns of one metric: 95% t-interval, median, quartiles, IQR."""
     values = values.dropna().to_numpy(dtype=float)
@@ -75,7 +78,8 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def final_values(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
     """One column per optimizer, one row per seed: the metric at each optimizer's last step,
-    for the seeds every optimizer has and none diverged on."""
+    for the seeds every optimizer has and none diverged on (an optimizer whose every seed
+    diverged is left out)."""
     from optbench.results import with_labels
 
     runs = with_labels(runs)
@@ -83,7 +87,7 @@ def final_values(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFr
     if "diverged" in runs:
         runs = runs[~runs["diverged"].astype(bool)]
     table = runs.pivot_table(index="seed", columns="optimizer", values=metric, aggfunc="first")
-    return table.dropna()
+    return table.dropna(axis=1, how="all").dropna()  # an optimizer whose every seed diverged
 
 
 def ranking(

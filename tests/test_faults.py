@@ -1,0 +1,290 @@
+"""Faults and bad input, table-driven: each case sets a fault up for real, runs the console
+script, and checks the exit code, one fragment of its one-paragraph message, and the files
+afterwards (nothing lost, mixed or left half-written)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import OPTBENCH, run_cli
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["dataset.train_size=1000", "train.steps=40", "train.eval_every=20"]
+
+
+def mount_tmpfs(folder: Path, options: str) -> None:
+    """A real small or read-only filesystem; skips the case where mounting is not allowed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+
+
+def unmount(folder: Path) -> None:
+    subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def train_first(*args: str) -> Callable[[Path], None]:
+    """A setup step: a real job into out/ before the command under test."""
+
+    def setup(tmp_path: Path) -> None:
+        done = run_cli("run", *args, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+
+    return setup
+
+
+def cut_last_lines(count: int) -> Callable[[Path], None]:
+    def setup(tmp_path: Path) -> None:
+        train_first("seeds=3", *SMALL)(tmp_path)
+        runs = tmp_path / "out" / "runs.csv"
+        lines = runs.read_text().splitlines(keepends=True)
+        runs.write_text("".join(lines[:-count]))
+
+    return setup
+
+
+def garbage_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "checkpoint.pt").write_bytes(os.urandom(5000))
+
+
+def truncated_checkpoint(tmp_path: Path) -> None:
+    """A real torch.save file, cut in half (a copy interrupted, a disk that failed)."""
+    import torch
+
+    (tmp_path / "out").mkdir()
+    path = tmp_path / "out" / "checkpoint.pt"
+    torch.save({"job": {}, "weights": torch.zeros(10_000)}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def truncated_mnist(tmp_path: Path) -> None:
+    from optbench.data import default_data_dir
+
+    shutil.copytree(default_data_dir() / "MNIST", tmp_path / "data" / "MNIST")
+    labels = tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-100])
+
+
+# pip cannot reach any index: the offline source of MNIST fails too
+NO_INDEX = {
+    "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_FIND_LINKS": "",
+    "PIP_RETRIES": "0",
+    "PIP_TIMEOUT": "2",
+}
+
+
+@dataclass
+class Fault:
+    args: list[str]
+    exit_code: int
+    message: str  # in stderr, or in the job's log for a warning
+    setup: Callable[[Path], None] | None = None
+    check: Callable[[Path], None] | None = None
+    env: dict = field(default_factory=dict)
+    mount: tuple[str, str] | None = None  # (folder, tmpfs options): a full or read-only disk
+
+
+def runs_of(tmp_path: Path) -> pd.DataFrame:
+    return pd.read_csv(tmp_path / "out" / "runs.csv")
+
+
+def two_settings_kept_apart(tmp_path: Path) -> None:
+    runs = runs_of(tmp_path)
+    assert runs["hyperparameters"].nunique() == 2 and len(runs) == 2 * 2 * 2
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert sorted(summary["optimizer"].unique()) == [
+        "adam betas=[0.5, 0.9]",
+        "adam betas=[0.9, 0.999]",
+    ]
+    assert "betas=[0.5, 0.9]" in (tmp_path / "out" / "report.md").read_text()
+
+
+def file_untouched(tmp_path: Path) -> None:
+    lines = (tmp_path / "out" / "runs.csv").read_text().splitlines()
+    assert len(lines) == 1 + 3 * 2 - 4  # as the setup left it
+
+
+def every_file_and_the_divergence_said(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for name in ("runs.csv", "summary.csv", "report.md", "report.html", "test_accuracy.png"):
+        assert (out / name).is_file(), name
+    assert "2 of 2 runs diverged" in (out / "report.md").read_text()
+    assert runs_of(tmp_path)["diverged"].all()
+
+
+def nothing_partial(tmp_path: Path) -> None:
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert not (tmp_path / "out" / "runs.csv").exists()
+
+
+def checkpoint_set_aside(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert len(list(out.glob("checkpoint.pt.unreadable-*"))) == 1
+    assert len(runs_of(tmp_path)) == 2 * 2
+
+
+def intact_files_kept(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == [
+        "t10k-images-idx3-ubyte",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
+
+
+FAULTS = {
+    "changed hyperparameters are another run": Fault(
+        ["optimizer=adam", "optimizer.betas=[0.5,0.9]", "seeds=2", *SMALL],
+        0,
+        "",
+        setup=train_first("optimizer=adam", "seeds=2", *SMALL),
+        check=two_settings_kept_apart,
+    ),
+    "runs.csv missing whole rows": Fault(
+        ["seeds=3", *SMALL],
+        2,
+        "lacks its evaluations",
+        setup=cut_last_lines(4),
+        check=file_untouched,
+    ),
+    "every run diverges": Fault(
+        ["optimizer.lr=1e8", "seeds=2", *SMALL], 0, "", check=every_file_and_the_divergence_said
+    ),
+    "a full disk": Fault(
+        ["seeds=2", *SMALL],
+        74,
+        "is out of space",
+        mount=("out", "size=200k"),
+        check=nothing_partial,
+    ),
+    "a damaged checkpoint": Fault(
+        ["seeds=2", *SMALL],
+        0,
+        "set aside as checkpoint.pt.unreadable",
+        setup=garbage_checkpoint,
+        check=checkpoint_set_aside,
+    ),
+    "a truncated checkpoint": Fault(
+        ["seeds=2", *SMALL],
+        0,
+        "set aside as checkpoint.pt.unreadable",
+        setup=truncated_checkpoint,
+        check=checkpoint_set_aside,
+    ),
+    "an empty read-only data folder": Fault(
+        ["data_dir=data", *SMALL],
+        2,
+        "data cannot be used (",
+        mount=("data", "ro,size=1m"),
+        check=lambda tmp_path: not (tmp_path / "out").exists(),
+    ),
+    "a failed re-prepare": Fault(
+        ["data_dir=data", *SMALL],
+        2,
+        "t10k-labels-idx1-ubyte fails its MD5 check",
+        setup=truncated_mnist,
+        check=intact_files_kept,
+        env=NO_INDEX,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(FAULTS), ids=list(FAULTS))
+def test_a_fault_gets_its_exit_code_and_message_and_loses_nothing(case, tmp_path, data_dir):
+    fault = FAULTS[case]
+    if fault.setup:
+        fault.setup(tmp_path)
+    if fault.mount:
+        mount_tmpfs(tmp_path / fault.mount[0], fault.mount[1])
+    try:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **fault.env}
+        done = subprocess.run(
+            [OPTBENCH, "run", *fault.args, f"hydra.run.dir={tmp_path / 'out'}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        log = tmp_path / "out" / "optbench.log"
+        said = done.stderr + (log.read_text() if log.is_file() else "")
+        assert done.returncode == fault.exit_code, said
+        assert fault.message in said
+        assert "Traceback" not in done.stderr
+        if fault.exit_code != 0:  # one paragraph
+            assert done.stderr.strip().count("\n") == 0, done.stderr
+        if fault.check:
+            fault.check(tmp_path)
+    finally:
+        if fault.mount:
+            unmount(tmp_path / fault.mount[0])
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_same_command_resumes(tmp_path, data_dir):
+    """What SLURM sends at a time limit. The job is long (20,000 steps); it is stopped as
+    soon as its first checkpoint exists, so it is mid-run by construction."""
+    args = [
+        OPTBENCH,
+        "run",
+        "seeds=2",
+        "train.steps=20000",
+        "train.eval_every=100",
+        "dataset.train_size=1000",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]
+    job = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    checkpoint = tmp_path / "out" / "checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.is_file() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.is_file()
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143
+    assert "stopped by SIGTERM; run the same command again to resume" in stderr
+    assert "Stopped by SIGTERM" in (tmp_path / "out" / "optbench.log").read_text()
+    assert checkpoint.is_file()
+
+
+def test_version():
+    done = subprocess.run([OPTBENCH, "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("optbench 0.1.0 (torch ")
+    hydra_flag = subprocess.run([OPTBENCH, "run", "--version"], capture_output=True, text=True)
+    assert hydra_flag.stdout == done.stdout
+
+
+def test_a_multirun_whose_job_diverges_everywhere_still_combines(tmp_path, data_dir):
+    done = run_cli(
+        "run",
+        "-m",
+        "optimizer.lr=0.1,1e8",
+        "seeds=2",
+        *SMALL,
+        f"hydra.sweep.dir={tmp_path / 'm'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "2 of 4 runs diverged" in report and "sgd lr=1e+08 seed 0 from step 20" in report
+    summary = pd.read_csv(tmp_path / "m" / "summary.csv").set_index("optimizer")
+    assert summary.loc["sgd lr=0.1", "n"].max() == 2
+    assert summary.loc["sgd lr=1e+08", "n"].max() == 0
