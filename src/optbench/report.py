@@ -63,6 +63,13 @@ def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _optimizer_count(runs: pd.DataFrame) -> str:
+    """ "8 optimizers", or "1 optimizer in 2 settings" where one was trained with several."""
+    names, settings = runs["optimizer"].nunique(), with_labels(runs)["optimizer"].nunique()
+    counted = f"{names} optimizer{'s' if names > 1 else ''}"
+    return counted if settings == names else f"{counted} in {settings} settings"
+
+
 def _diverged_text(runs: pd.DataFrame) -> str:
     """Which runs diverged, and from which evaluation on; empty when none did."""
     runs = with_labels(runs)  # one label per optimizer setting
@@ -102,7 +109,7 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
         (
             "Runs",
             "text",
-            f"{with_labels(runs)['optimizer'].nunique()} optimizer settings × {len(seeds)} seeds "
+            f"{_optimizer_count(runs)} × {len(seeds)} seeds "
             f"({', '.join(map(str, seeds))}); {len(runs)} evaluations in runs.csv.",
         )
     ]
