@@ -445,7 +445,6 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once in a pipe
-    signal.signal(signal.SIGTERM, _raise_terminated)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
@@ -453,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--version" in args[:2] or command == "-V":  # `optbench run --version` too, not Hydra's
         print(version())
         return 0
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if command in ("run", "sweep", "tune"):
             check_command_line(command, rest)
@@ -484,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":

@@ -475,10 +475,12 @@ def _is_neutral(override: str) -> bool:
 def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
     """Concatenate the runs.csv of every job folder of a Hydra multirun.
 
-    When several jobs train the same optimizer on the same protocol but with other settings
-    (`-m optimizer.lr=0.1,0.01`, `-m train.batch_size=full,1,100`), each job's own overrides
-    join the optimizer label, "sgd [optimizer.lr=0.1]", so their rows stay apart. Jobs that
-    differ only in seeds, paths or hardware keep the plain name and are pooled.
+    Jobs that train one optimizer with other hyperparameters (`-m optimizer.lr=0.1,0.01`)
+    are told apart by their runs' hyperparameters column (with_labels: "sgd lr=0.1"). Jobs
+    that train it on other protocols (`-m train.batch_size=full,1,100`) get their own
+    overrides in the optimizer label, "sgd [train.batch_size=full]", so their rows stay
+    apart. Jobs that differ only in seeds, paths or hardware keep the plain name and are
+    pooled.
     """
     sweep_dir = Path(sweep_dir)
     job_dirs = sorted(
