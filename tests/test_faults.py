@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import OPTBENCH, run_cli
+from conftest import OPTBENCH, ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -288,3 +288,47 @@ def test_a_multirun_whose_job_diverges_everywhere_still_combines(tmp_path, data_
     summary = pd.read_csv(tmp_path / "m" / "summary.csv").set_index("optimizer")
     assert summary.loc["sgd lr=0.1", "n"].max() == 2
     assert summary.loc["sgd lr=1e+08", "n"].max() == 0
+
+
+def test_plot_into_a_folder_it_cannot_write_names_the_out_option(tmp_path):
+    from optbench import results
+
+    runs = results.read_runs(ROOT / "results" / "wizard_ffnn")
+    for seed in (0, 1):
+        results.write_results(tmp_path / str(seed), runs[runs.seed == seed])
+    done = run_cli(
+        "plot", str(tmp_path / "0"), str(tmp_path / "1"), "--out", "/proc/x", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "Cannot write results to /proc/x" in done.stderr and "--out DIR" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux for a real terminal")
+def test_a_60_column_terminal_still_shows_the_accuracy(tmp_path, data_dir):
+    """The finished progress bar stays on the screen: read it there, 60 columns wide."""
+    command = f"{OPTBENCH} run seeds=2 {' '.join(SMALL)} hydra.run.dir={tmp_path / 'out'}"
+    session = f"optbench-{os.getpid()}"
+    subprocess.run(
+        [
+            "tmux",
+            "new-session",
+            "-d",
+            "-x",
+            "60",
+            "-y",
+            "5",
+            "-s",
+            session,
+            f"{command}; tmux wait-for -S {session}; sleep 60",
+        ],
+        check=True,
+    )
+    try:
+        subprocess.run(["tmux", "wait-for", session], timeout=300, check=True)
+        screen = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+        ).stdout
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    bar = next(line for line in screen.splitlines() if "runs, accuracy" in line)
+    assert "2 runs, accuracy 0." in bar and "0 diverged" in bar and len(bar.rstrip()) <= 60
