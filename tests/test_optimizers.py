@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from optbench import engine, models, results
-from optbench.config import ConfigError, check_config
+from optbench.checks import check_config
+from optbench.config import ConfigError
 
 from conftest import ROOT, compose_config, compose_sweep, run_cli
 

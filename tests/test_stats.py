@@ -103,10 +103,10 @@ def test_summary_csv_intervals_and_quartiles_equal_scipy_and_numpy(tmp_path):
 
 def test_ranking_files(tmp_path):
     runs = runs_from({"a": [0.90, 0.93, 0.91], "b": [0.5, 0.7, 0.6]})
-    written = stats.write_ranking(tmp_path, runs)
+    written = results.write_ranking(tmp_path, runs)
     assert sorted(p.name for p in written) == ["ranking.csv", "ranking.md", "ranking_pairs.csv"]
     assert "| 1 | a |" in (tmp_path / "ranking.md").read_text()
-    assert stats.write_ranking(tmp_path / "one", runs[runs.optimizer == "a"]) == []
+    assert results.write_ranking(tmp_path / "one", runs[runs.optimizer == "a"]) == []
 
 
 def test_the_html_report_is_self_contained(tmp_path):

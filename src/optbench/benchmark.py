@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from optbench import data, engine, plots, published, report, results, stats, tuning
-from optbench.config import check_config, hyperparameters, run_key, seed_list
+from optbench import data, engine, plots, published, report, results, tuning
+from optbench.checks import check_config
+from optbench.config import hyperparameters, run_key, seed_list
 
 log = logging.getLogger("optbench")
 
@@ -107,7 +108,7 @@ def write_analysis(out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True) -
     published numbers), the paired ranking, the plots (unless draw_plots is False) and the
     report."""
     written = published.write_comparison(out_dir, runs)
-    written += stats.write_ranking(out_dir, runs)
+    written += results.write_ranking(out_dir, runs)
     if draw_plots:
         written += plots.plot_all(out_dir)
     written += report.write_report(out_dir)

@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from optbench import config as optbench_config
+from optbench.checks import check_config
 from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError, ResourceError
 
 USAGE = """\
@@ -249,7 +249,7 @@ def check_command_line(command: str, args: list[str]) -> None:
                 optimizer_cfgs = job_optimizers(command, cfg, overrides)
             except (HydraException, OmegaConfBaseException, ValueError) as error:
                 raise ConfigError(_one_paragraph(error, overrides)) from None
-            optbench_config.check_config(cfg, optimizer_cfgs)
+            check_config(cfg, optimizer_cfgs)
             datasets.add((cfg.dataset.name, cfg.data_dir))
     check_writable(_output_root(args))
     from optbench import data

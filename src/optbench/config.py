@@ -2,7 +2,7 @@
 
 Hydra composes `configs/config.yaml` on top of the `Config` schema registered here, so a
 misspelt key (`train.epoch=3`) or a wrong type (`train.epochs=abc`) fails at composition.
-`check_config` then catches the values a schema cannot express (seeds=0, lr<0, ...).
+`checks.check_config` then catches the values a schema cannot express (seeds=0, lr<0, ...).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,44 +135,6 @@ def check_train(train: DictConfig) -> None:
         _positive_int("train.steps", train.steps, " (or null to train for train.epochs)")
     if train.eval_every is not None:
         _positive_int("train.eval_every", train.eval_every, " (or null: once per epoch)")
-
-
-def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
-    """Raise ConfigError for any value that would fail later; no data, no training."""
-    seed_list(cfg.seeds)
-    check_train(cfg.train)
-    from optbench import data, models, optimizers  # torch is slow to import: after the cheap checks
-
-    data.check_dataset_config(cfg.dataset)
-    n_train = data.train_size(cfg.dataset)
-    if cfg.train.batch_size != "full" and cfg.train.batch_size > n_train:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} is larger than the training set "
-            f"({n_train} examples); use at most that, or train.batch_size=full."
-        )
-    models.check_model_config(cfg.model)
-    if cfg.threads is not None:
-        _positive_int("threads", cfg.threads, " (or null for torch's default)")
-    _positive_int("tuning.trials", cfg.tuning.trials)
-    if cfg.lr_grid is not None and (
-        not cfg.lr_grid
-        or not all(math.isfinite(m) and m > 0 for m in cfg.lr_grid)
-        or len(set(cfg.lr_grid)) != len(cfg.lr_grid)
-    ):
-        raise ConfigError(
-            f"Invalid lr_grid={list(cfg.lr_grid)}: give distinct positive finite multiples of each "
-            "optimizer's lr, e.g. lr_grid=[0.01,0.1,1,10,100], or null."
-        )
-    names = [(o.name, hyperparameters(o)) for o in optimizer_cfgs]
-    if len(set(names)) != len(names):
-        repeated = sorted({name for name, _ in names if names.count((name, _)) > 1})
-        raise ConfigError(
-            f"Optimizer {', '.join(repeated)} is listed twice with the same hyperparameters; "
-            "each setting of an optimizer may be trained once per job."
-        )
-    model = models.build_model(cfg.model, cfg.dataset, seed=0)  # a throwaway copy
-    for optimizer_cfg in optimizer_cfgs:
-        optimizers.check_optimizer_config(optimizer_cfg, model)
 
 
 # ---------------------------------------------------------------------------------------

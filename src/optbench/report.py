@@ -12,7 +12,14 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from optbench import published, stats
-from optbench.results import CONFIG_YAML, atomic_write, read_runs, summarize, with_labels
+from optbench.results import (
+    CONFIG_YAML,
+    RANKING_CSV,
+    atomic_write,
+    read_runs,
+    summarize,
+    with_labels,
+)
 
 PLOTS = [  # file, caption
     ("test_accuracy.png", "Test accuracy against step (mean ± std over seeds)"),
@@ -139,10 +146,10 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
     if diverged:
         sections.append(("Diverged runs", "text", diverged))
     table = None
-    if (results_dir / stats.RANKING_CSV).is_file():  # written just before by write_ranking
-        table = pd.read_csv(results_dir / stats.RANKING_CSV)
-    elif runs["optimizer"].nunique() > 1 and len(protocol) == 1:
-        table, _ = stats.ranking(runs)
+    if (results_dir / RANKING_CSV).is_file():  # written just before by write_ranking
+        table = pd.read_csv(results_dir / RANKING_CSV)
+    elif with_labels(runs)["optimizer"].nunique() > 1 and len(protocol) == 1:
+        table, _ = stats.ranking(with_labels(runs))
     if table is not None:
         table = table.assign(
             **{"≈ best": table["tied_with_best"].map({True: "≈", False: ""})}

@@ -513,3 +513,29 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
             )
         relabelled.append(runs)
     return pd.concat(relabelled, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The ranking's files (stats computes it)
+
+RANKING_CSV = "ranking.csv"
+
+
+def write_ranking(results_dir: Path, runs: pd.DataFrame, metric: str = "test_accuracy") -> list:
+    """ranking.csv, ranking_pairs.csv (every pair's tests) and ranking.md for every protocol
+    in runs with two or more optimizer settings; return the files written."""
+    results_dir = Path(results_dir)
+    written = []
+    for _, mine, suffix in by_protocol(with_labels(runs)):
+        if mine["optimizer"].nunique() < 2 or stats.final_values(mine, metric).empty:
+            continue
+        table, pairs = stats.ranking(mine, metric)
+        csv_path = results_dir / f"ranking{suffix}.csv"
+        pairs_path = results_dir / f"ranking_pairs{suffix}.csv"
+        md_path = results_dir / f"ranking{suffix}.md"
+        write_csv(table, csv_path)
+        write_csv(pairs, pairs_path)
+        text = stats.ranking_markdown(table, pairs, metric)
+        atomic_write(md_path, lambda tmp, text=text: tmp.write_text(text))
+        written += [csv_path, pairs_path, md_path]
+    return written

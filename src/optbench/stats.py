@@ -79,10 +79,8 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def final_values(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
     """One column per optimizer, one row per seed: the metric at each optimizer's last step,
     for the seeds every optimizer has and none diverged on (an optimizer whose every seed
-    diverged is left out)."""
-    from optbench.results import with_labels
-
-    runs = with_labels(runs)
+    diverged is left out). Runs of several settings of one optimizer come labelled apart
+    (results.with_labels)."""
     runs = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
     if "diverged" in runs:
         runs = runs[~runs["diverged"].astype(bool)]
@@ -181,31 +179,3 @@ def ranking_markdown(
             f"| {'significant' if r.significant else ''} |"
         )
     return "\n".join(lines) + "\n"
-
-
-RANKING_CSV = "ranking.csv"
-RANKING_MD = "ranking.md"
-
-
-def write_ranking(results_dir, runs: pd.DataFrame, metric: str = "test_accuracy") -> list:
-    """ranking.csv, ranking_pairs.csv (every pair's tests) and ranking.md for every protocol
-    in runs with two or more optimizers; return the files written."""
-    from pathlib import Path
-
-    from optbench.results import atomic_write, by_protocol, write_csv
-
-    results_dir = Path(results_dir)
-    written = []
-    for _, mine, suffix in by_protocol(runs):
-        if mine["optimizer"].nunique() < 2 or final_values(mine, metric).empty:
-            continue
-        table, pairs = ranking(mine, metric)
-        csv_path = results_dir / f"ranking{suffix}.csv"
-        pairs_path = results_dir / f"ranking_pairs{suffix}.csv"
-        md_path = results_dir / f"ranking{suffix}.md"
-        write_csv(table, csv_path)
-        write_csv(pairs, pairs_path)
-        text = ranking_markdown(table, pairs, metric)
-        atomic_write(md_path, lambda tmp, text=text: tmp.write_text(text))
-        written += [csv_path, pairs_path, md_path]
-    return written

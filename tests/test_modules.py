@@ -1,0 +1,48 @@
+"""The shape of the code: optbench's modules import one another without cycles, so each
+can be read (and tested) knowing only the ones below it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "optbench"
+
+
+def imports_of(path: Path) -> set[str]:
+    """The optbench modules a module imports, at its top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("optbench"):
+            if node.module == "optbench":  # from optbench import data, models
+                found |= {alias.name for alias in node.names}
+            else:  # from optbench.results import write_csv
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("optbench.")}
+    return found - {"configs", "__version__"}
+
+
+def test_no_import_cycles_between_optbench_modules():
+    graph = {p.stem: imports_of(p) - {p.stem} for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert {"engine", "results", "stats", "config", "checks"} <= set(graph)
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            assert state.get(imported) != "open", " -> ".join([*path, module, imported])
+            if imported not in state:
+                visit(imported, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path):
+    """The check above can fail: a module importing a module that imports it is found."""
+    (tmp_path / "a.py").write_text("from optbench import b\n")
+    (tmp_path / "b.py").write_text("def f():\n    from optbench.a import x\n")
+    assert imports_of(tmp_path / "a.py") == {"b"} and imports_of(tmp_path / "b.py") == {"a"}
