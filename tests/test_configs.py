@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from optbench import models
-from optbench.config import ConfigError, check_config, seed_list
+from optbench.checks import check_config
+from optbench.config import ConfigError, seed_list
 from optbench.optimizers import build_optimizer, optimizer_class, optimizer_kwargs
 
 from conftest import compose_config, compose_sweep
@@ -54,7 +55,7 @@ def test_the_contracted_names_exist():
     assert {"wizard_ffnn", "examples_cnn", "simple_nn"} <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "experiment"])
+@pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "experiment", "debug"])
 def test_every_option_of_every_group_composes_and_passes_the_checks(group):
     for name in options(group):
         cfg = compose_config(f"{group}={name}", *NEEDS.get(name, []))
@@ -179,3 +180,12 @@ def test_the_three_regimes_compose_on_both_ffnn_presets(experiment):
         compose_config(f"experiment={experiment}", "regime=pure_sgd", "train.epochs=2").train.epochs
         == 2
     )  # the command line still wins
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_debug_smoke_shrinks_any_experiment_and_the_command_line_still_wins(experiment):
+    cfg = compose_config(f"experiment={experiment}", "debug=smoke")
+    assert (cfg.dataset.train_size, cfg.train.steps, cfg.train.eval_every) == (1000, 40, 20)
+    assert cfg.train.batch_size == compose_config(f"experiment={experiment}").train.batch_size
+    cfg = compose_config(f"experiment={experiment}", "debug=smoke", "train.steps=10")
+    assert cfg.train.steps == 10
