@@ -19,7 +19,7 @@ RESUME ?= false
 TRAIN_ARGS = resume=$(RESUME) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data sweep rerun-check gpu-bundle gpu-check reproduce regimes test lint format bench constraints clean
+.PHONY: help install data sweep rerun-check gpu-bundle gpu-check reproduce regimes test test-fast lint format bench constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ test: install data ## lint, then every test (the command CI runs)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/pytest
+
+test-fast: install data ## the tests not marked slow: the inner loop while developing
+	$(BIN)/pytest -q -m "not slow"
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check src tests scripts

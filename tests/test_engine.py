@@ -114,6 +114,7 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model",
     [
@@ -162,6 +163,7 @@ def test_a_run_gives_the_same_numbers_in_every_layout(data_dir, model):
         )
 
 
+@pytest.mark.slow
 def test_every_elementwise_optimizer_gives_the_same_run_grouped_as_alone(data_dir):
     """Bit for bit: 2 seeds of every element-wise optimizer in one job, against seed 1 of
     each optimizer trained alone."""
@@ -207,6 +209,7 @@ def test_stacked_and_run_by_run_training_agree_to_float_rounding(data_dir, devic
     )
 
 
+@pytest.mark.slow
 def test_stacked_lenets_agree_with_lenets_trained_alone(data_dir, device):
     """The vmap path (models.VmappedModel: grouped convolutions), as a GPU takes it. Its
     gradients come out transposed: a fused kernel handed them as they are (torch 2.15) gave
@@ -224,6 +227,7 @@ def test_stacked_lenets_agree_with_lenets_trained_alone(data_dir, device):
     )
 
 
+@pytest.mark.slow
 def test_optimizers_that_are_not_elementwise_train_beside_a_stack(data_dir):
     """L-BFGS (whole-tensor dot products) trains as a Run beside a Stack (as on a GPU), and
     gives the same rows as alone; the stacked ones are untouched by it."""

@@ -55,6 +55,7 @@ def test_every_optimizer_trains_with_finite_losses(data_dir, name):
             assert last < first, (name, first, last)
 
 
+@pytest.mark.slow
 def test_lbfgs_counts_its_gradient_evaluations(data_dir):
     cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,lbfgs]", *SMALL)
     runs = engine.train(cfg, optimizer_cfgs, progress=False)

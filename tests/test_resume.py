@@ -19,6 +19,8 @@ from optbench import results
 
 from conftest import OPTBENCH, run_cli
 
+pytestmark = pytest.mark.slow  # real jobs in subprocesses, killed and resumed
+
 # 3 optimizers x 2 seeds, 300 steps, a checkpoint every 20 steps: a few seconds of training
 JOB = (
     "sweep",
