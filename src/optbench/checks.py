@@ -9,9 +9,9 @@ from omegaconf import DictConfig
 
 from optbench.config import (
     ConfigError,
-    _positive_int,
     check_train,
     hyperparameters,
+    positive_int,
     seed_list,
 )
 
@@ -31,8 +31,8 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
         )
     models.check_model_config(cfg.model)
     if cfg.threads is not None:
-        _positive_int("threads", cfg.threads, " (or null for torch's default)")
-    _positive_int("tuning.trials", cfg.tuning.trials)
+        positive_int("threads", cfg.threads, " (or null for torch's default)")
+    positive_int("tuning.trials", cfg.tuning.trials)
     if cfg.lr_grid is not None and (
         not cfg.lr_grid
         or not all(math.isfinite(m) and m > 0 for m in cfg.lr_grid)

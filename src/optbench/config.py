@@ -120,7 +120,7 @@ def _seed_message(seeds: Any) -> str:
     )
 
 
-def _positive_int(name: str, value: Any, extra: str = "") -> None:
+def positive_int(name: str, value: Any, extra: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"Invalid {name}={value!r}: it must be a positive integer{extra}.")
 
@@ -128,13 +128,13 @@ def _positive_int(name: str, value: Any, extra: str = "") -> None:
 def check_train(train: DictConfig) -> None:
     batch = train.batch_size
     if batch != "full":
-        _positive_int("train.batch_size", batch, ', or "full" for full-batch gradient descent')
-    _positive_int("train.epochs", train.epochs)
-    _positive_int("train.test_batch_size", train.test_batch_size)
+        positive_int("train.batch_size", batch, ', or "full" for full-batch gradient descent')
+    positive_int("train.epochs", train.epochs)
+    positive_int("train.test_batch_size", train.test_batch_size)
     if train.steps is not None:
-        _positive_int("train.steps", train.steps, " (or null to train for train.epochs)")
+        positive_int("train.steps", train.steps, " (or null to train for train.epochs)")
     if train.eval_every is not None:
-        _positive_int("train.eval_every", train.eval_every, " (or null: once per epoch)")
+        positive_int("train.eval_every", train.eval_every, " (or null: once per epoch)")
 
 
 # ---------------------------------------------------------------------------------------

@@ -388,9 +388,9 @@ class OptimizerGroup:
 
     Exact: an element-wise update of a tensor depends on that tensor's own gradient and
     state alone, and the group's optimizer updates each run's tensors as separate tensors,
-    with the same kernel whatever the number of runs (the fused kernel where
-    optimizers.can_fuse, else the foreach implementation, which updates tensor by tensor on
-    the CPU). A lone run of such an optimizer is a group of one."""
+    with the same kernel whatever the number of runs (optimizers.implementation: fused where
+    torch.optim has a fused kernel, else foreach, which updates tensor by tensor on the
+    CPU). A lone run of such an optimizer is a group of one."""
 
     def __init__(self, optimizer_cfg: DictConfig, runs: list[Run]):
         self.runs = runs
