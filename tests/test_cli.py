@@ -229,7 +229,7 @@ def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
         "config.yaml",
         "optimizer/adam.yaml",
         "experiment/wizard_ffnn.yaml",
-        "experiment_optimizer/wizard_ffnn/sgd.yaml",
+        "experiment/examples_cnn.yaml",
         "model/lenet.yaml",
     ]:
         assert f"optbench/configs/{config}" in names

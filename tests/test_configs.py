@@ -93,6 +93,15 @@ def test_experiment_sets_protocol_hyperparameters_and_the_command_line_wins():
     assert compose_config("optimizer=sgd", "optimizer.lr=0.05").optimizer.lr == 0.05
     cnn = compose_config("experiment=examples_cnn", "optimizer=sgd").optimizer
     assert (cnn.lr, cnn.momentum) == (0.01, 0.5)
+    # the preset's dataset and model values apply to the choices it names, nested keys
+    # given on the command line still win, and another choice keeps its own file's values
+    simple = compose_config("experiment=simple_nn", "dataset.normalize.mean=[0.2]")
+    assert (simple.model.hidden, dict(simple.dataset.normalize)) == (
+        128,
+        {"mean": [0.2], "std": [0.5]},
+    )
+    other = compose_config("experiment=simple_nn", "dataset=fashion_mnist", "model=lenet")
+    assert (other.dataset.normalize, other.model.hidden) == (None, 500)  # lenet.yaml's
 
 
 def test_sweep_composes_each_optimizer_of_the_experiment():

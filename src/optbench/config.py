@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib.resources
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -79,12 +80,36 @@ class Config:
     # e.g. [0.01, 0.1, 1, 10, 100] (log-spaced); null: the configured lr only.
     lr_grid: list[float] | None = None
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    # An experiment preset's values for a choice of a group, e.g. {optimizer: {sgd: {lr: 0.1}}};
+    # already merged into dataset, model and optimizer (see register_preset_values).
+    for_choice: Any = field(default_factory=dict)
 
-
-ConfigStore.instance().store(name="optbench_schema", node=Config)
 
 CONFIG_PACKAGE = "optbench.configs"
 CONFIG_NAME = "config"
+PRESET_GROUPS = ("dataset", "model", "optimizer")  # the groups a preset's for_choice may set
+
+
+def register_preset_values() -> None:
+    """Make every experiment preset's `for_choice` section a set of optional config groups,
+    for_choice_<group>/<experiment>/<choice>, which config.yaml's defaults list merges right
+    after the chosen group's own file. So a preset is one file, its values apply to the
+    choices it names only, and command-line overrides still win, as Hydra composes them."""
+    store = ConfigStore.instance()
+    store.store(name="optbench_schema", node=Config)
+    for preset in (importlib.resources.files(CONFIG_PACKAGE) / "experiment").iterdir():
+        if not preset.name.endswith(".yaml"):
+            continue
+        values = OmegaConf.create(preset.read_text()).get("for_choice") or {}
+        for group, choices in values.items():
+            for choice, node in choices.items():
+                experiment = preset.name.removesuffix(".yaml")
+                store.store(
+                    group=f"for_choice_{group}/{experiment}", name=choice, node=node, package=group
+                )
+
+
+register_preset_values()
 
 
 MAX_SEED = 2**32 - 1  # seeds are stored as 64-bit integers in runs.csv; this leaves room
@@ -162,10 +187,33 @@ def run_key(optimizer: str, hyperparameters_json: str, seed) -> tuple[str, str, 
     return (str(optimizer), str(hyperparameters_json), int(seed))
 
 
-# Not part of a protocol: which runs, where, on what hardware and how. (threads, device,
-# allow_tf32 and stack_runs change the rounding of the sums, not what is computed.)
-NOT_PROTOCOL = ("seeds", "optimizer", "optimizers", "lr_grid", "data_dir", "threads", "device")
-NOT_PROTOCOL += ("allow_tf32", "stack_runs", "resume", "optimizer_configs", "provenance")
+# What is "the same protocol": the resolved config without the keys below. Defined here,
+# used everywhere (the fingerprint, the results folder's name, the labels of a multirun).
+#
+# Which runs a job trains: runs.csv tells them apart by optimizer, hyperparameters and seed.
+WHICH_RUNS = ("seeds", "optimizer", "optimizers", "lr_grid")
+# Where and how the runs train: not what they compute (threads, device and stack_runs
+# change the rounding of sums at most).
+WHERE_AND_HOW = ("data_dir", "threads", "device", "stack_runs", "resume")
+# TensorFloat-32 on a GPU changes rounding as well; it keeps its own results folder.
+ROUNDING = ("allow_tf32",)
+# Records kept beside the protocol: the preset's values (merged into the protocol's
+# dataset, model and optimizer), and what config.yaml adds.
+RECORDS = ("for_choice", "optimizer_configs", "provenance")
+NOT_PROTOCOL = WHICH_RUNS + WHERE_AND_HOW + ROUNDING + RECORDS
+# Not in a results folder's name (Hydra's override_dirname): the experiment names the
+# folder above it, more seeds add runs to a folder, where and how is not what is computed.
+FOLDER_NAME_EXCLUDES = ("experiment", "seeds") + WHERE_AND_HOW
+OmegaConf.register_new_resolver(
+    "optbench_folder_name_excludes", lambda: list(FOLDER_NAME_EXCLUDES), replace=True
+)
+
+
+def changes_protocol(override: str) -> bool:
+    """Whether a command-line override changes the protocol: not a NOT_PROTOCOL key, not
+    Hydra's own, not an optimizer's hyperparameter (runs.csv carries those)."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key not in NOT_PROTOCOL and not key.startswith(("hydra.", "optimizer."))
 
 
 def protocol(cfg: DictConfig | dict) -> dict:

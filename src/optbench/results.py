@@ -21,10 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 import optbench
 from optbench import stats
 from optbench.config import (
-    NOT_PROTOCOL,
     RUN_IDENTITY,
     ConfigError,
     ResourceError,
+    changes_protocol,
     fingerprint,
     git_revision,
     protocol,
@@ -273,6 +273,7 @@ def write_config(
     folder's runs (name -> config), the command-line overrides, and provenance (taken now
     unless given)."""
     document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    document.pop("for_choice", None)  # merged into dataset, model and optimizer already
     document["optimizer_configs"] = optimizer_configs
     document["provenance"] = {
         **(provenance_info or provenance()),
@@ -464,14 +465,6 @@ def complete_runs(runs: pd.DataFrame | None, total_steps: int) -> frozenset:
     return frozenset(map(run_key, final["optimizer"], final["hyperparameters"], final["seed"]))
 
 
-def _is_neutral(override: str) -> bool:
-    """Whether an override needs no place in a label: a key outside the protocol
-    (config.NOT_PROTOCOL: which seeds, where, on what hardware), Hydra's own, or an
-    optimizer's hyperparameter (runs.csv carries them all, see with_labels)."""
-    key = override.split("=", 1)[0].lstrip("+~")
-    return key in NOT_PROTOCOL or key.startswith(("hydra.", "optimizer."))
-
-
 def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
     """Concatenate the runs.csv of every job folder of a Hydra multirun.
 
@@ -504,7 +497,7 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
             jobs_per_key[tuple(key)] = jobs_per_key.get(tuple(key), 0) + 1
     relabelled = []
     for runs, overrides in jobs:
-        own = [o for o in overrides if o not in shared and not _is_neutral(o)]
+        own = [o for o in overrides if o not in shared and changes_protocol(o)]
         runs = runs.copy()
         repeated = runs[protocol].apply(lambda row: jobs_per_key[tuple(row)] > 1, axis=1)
         if own and repeated.any():
