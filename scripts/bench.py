@@ -41,13 +41,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torchvision
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
 from torch import nn
 
-from optbench.cli import sweep_optimizer_configs
-from optbench.data import default_data_dir, prepare
+from optbench.jobs import compose_plan
 from optbench.optimizers import build_optimizer
+from optbench.plan import OptimizerSpec
+from optbench.preparation import default_data_dir, prepare
 
 OPTBENCH = str(Path(sys.executable).with_name("optbench"))
 
@@ -146,14 +145,12 @@ def memory_bytes_per_second(threads: int) -> float:
     return 2 * source.nbytes / _best_time(lambda: target.copy_(source))
 
 
-def wizard_optimizer_configs() -> list[DictConfig]:
-    """The optimizer configs `optbench sweep experiment=wizard_ffnn` trains."""
-    with initialize_config_module("optbench.configs", version_base="1.3"):
-        overrides = ["experiment=wizard_ffnn"]
-        return sweep_optimizer_configs(compose("config", overrides), overrides)
+def wizard_optimizer_configs() -> list[OptimizerSpec]:
+    """The optimizer settings `optbench sweep experiment=wizard_ffnn` trains."""
+    return compose_plan("sweep", "experiment=wizard_ffnn").optimizers
 
 
-def optimizer_traffic_bytes(optimizer_cfgs: list[DictConfig], seeds: int) -> float:
+def optimizer_traffic_bytes(optimizer_cfgs: list[OptimizerSpec], seeds: int) -> float:
     """Bytes the wizard_ffnn sweep's optimizer updates must move at least: per step, each
     run's parameters and gradients read, its parameters written, and each of its optimizer's
     parameter-sized states (momentum, moments...) read and written; float32 throughout. The
@@ -162,7 +159,7 @@ def optimizer_traffic_bytes(optimizer_cfgs: list[DictConfig], seeds: int) -> flo
     for optimizer_cfg in optimizer_cfgs:
         p = torch.zeros(16, requires_grad=True)
         p.grad = torch.ones(16)
-        optimizer = build_optimizer(optimizer_cfg, [p])
+        optimizer = build_optimizer(optimizer_cfg.config, [p])
         optimizer.step()
         states = sum(torch.is_tensor(v) and v.shape == p.shape for v in optimizer.state[p].values())
         passes += 3 + 2 * states

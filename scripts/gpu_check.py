@@ -148,15 +148,14 @@ def python(code: str, env: dict) -> str:
 
 STACKED_CHECK = """
 import torch
-from hydra import compose, initialize_config_module
-from optbench import cli, engine
+from optbench import engine
+from optbench.jobs import compose_plan
 overrides = ["device=cuda", "optimizers=[sgd,adam,rmsprop]", "seeds=4",
              "dataset.train_size=1000", "train.steps=1", "train.eval_every=1"]
 worst = 0.0
 for mode in ("always", "never"):
-    with initialize_config_module("optbench.configs", version_base="1.3"):
-        cfg = compose("config", overrides=overrides + [f"stack_runs={mode}"])
-        runs = engine.train(cfg, cli.sweep_optimizer_configs(cfg, overrides), progress=False)
+    plan = compose_plan("sweep", *overrides, f"stack_runs={mode}")
+    runs = engine.train(plan, progress=False)
     if mode == "always":
         stacked = runs
 for column in ("train_loss", "test_loss", "test_accuracy"):

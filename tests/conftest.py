@@ -1,8 +1,10 @@
-"""Shared fixtures: real MNIST on disk, and configs composed exactly as the CLI composes them."""
+"""Shared fixtures: real MNIST on disk, and configs and plans made exactly as the CLI makes them."""
 
 from __future__ import annotations
 
-import os
+import contextlib
+import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 import optbench.config  # noqa: F401  registers the typed schema
-from optbench import data
-from optbench.cli import sweep_optimizer_configs
+from optbench import cli, preparation
+from optbench.jobs import compose_plan
+from optbench.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTBENCH = str(Path(sys.executable).with_name("optbench"))
@@ -25,11 +28,14 @@ def compose_config(*overrides: str) -> DictConfig:
         return compose("config", overrides=list(overrides))
 
 
-def compose_sweep(*overrides: str) -> tuple[DictConfig, list[DictConfig]]:
-    """The config and the per-optimizer configs that `optbench sweep` would train."""
-    with initialize_config_module("optbench.configs", version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
-        return cfg, sweep_optimizer_configs(cfg, list(overrides))
+def sweep_plan(*overrides: str) -> Plan:
+    """The plan that `optbench sweep OVERRIDES` would train."""
+    return compose_plan("sweep", *overrides)
+
+
+def run_plan(*overrides: str) -> Plan:
+    """The plan that `optbench run OVERRIDES` would train."""
+    return compose_plan("run", *overrides)
 
 
 # Tests that train on a device run on every device there is: the CPU always, CUDA when
@@ -46,13 +52,25 @@ def device(request) -> str:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real MNIST, prepared once (offline source where there is no network)."""
-    directory = data.default_data_dir()
-    data.prepare("mnist", directory)
+    directory = preparation.default_data_dir()
+    preparation.prepare("mnist", directory)
     return directory
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [OPTBENCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`optbench ARGS` from cwd, run in this process through cli.main: what the console
+    script does, without its seconds of start-up. The tests whose subject is the console
+    script itself (a signal, a terminal, the installed wheel) run OPTBENCH instead."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as stop:  # raised inside a Hydra job, as the console script exits
+            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        finally:
+            sys.argv = argv
+            for handler in logging.getLogger().handlers:  # the job's log file, its console
+                handler.close()
+            logging.getLogger().handlers.clear()
+    return subprocess.CompletedProcess(["optbench", *args], code, out.getvalue(), err.getvalue())

@@ -15,7 +15,7 @@ from optbench.checks import check_config
 from optbench.config import ConfigError, seed_list
 from optbench.optimizers import build_optimizer, optimizer_class, optimizer_kwargs
 
-from conftest import compose_config, compose_sweep
+from conftest import compose_config, sweep_plan
 
 
 def options(group: str) -> list[str]:
@@ -105,13 +105,13 @@ def test_experiment_sets_protocol_hyperparameters_and_the_command_line_wins():
 
 
 def test_sweep_composes_each_optimizer_of_the_experiment():
-    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,adam]")
-    assert [o.name for o in optimizer_cfgs] == ["sgd", "adam"]
-    assert [o.lr for o in optimizer_cfgs] == [0.1, 0.001]
-    default_cfg, all_cfgs = compose_sweep()
+    optimizers = sweep_plan("optimizers=[sgd,adam]").optimizers
+    assert [o.name for o in optimizers] == ["sgd", "adam"]
+    assert [o.lr for o in optimizers] == [0.1, 0.001]
+    default = sweep_plan()
     assert (
-        [o.name for o in all_cfgs]
-        == list(default_cfg.optimizers)
+        [o.name for o in default.optimizers]
+        == default.config["optimizers"]
         == [
             "sgd",
             "momentum",

@@ -7,6 +7,7 @@ import io
 import pickle
 import shutil
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from optbench import data
+from optbench import data, preparation
 from optbench.config import ConfigError
 
 from conftest import compose_config
@@ -22,7 +23,7 @@ from conftest import compose_config
 
 def test_prepared_mnist_files_are_byte_identical_to_the_originals(data_dir):
     raw = data_dir / "MNIST" / "raw"
-    assert data._idx_problems("mnist", raw) == {}
+    assert preparation._idx_problems("mnist", raw) == {}
     assert torchvision.datasets.MNIST(str(data_dir), train=True).data.shape == (60000, 28, 28)
 
 
@@ -65,26 +66,26 @@ def test_a_corrupted_file_is_detected_and_prepared_again(data_dir, tmp_path):
     labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-100])  # truncated
     problem = "t10k-labels-idx1-ubyte fails its MD5 check (corrupted or truncated)"
-    assert data._idx_problems("mnist", labels.parent) == {"t10k-labels-idx1-ubyte": problem}
+    assert preparation._idx_problems("mnist", labels.parent) == {"t10k-labels-idx1-ubyte": problem}
     messages = []
-    data.prepare("mnist", tmp_path, log=messages.append)
-    assert data._idx_problems("mnist", labels.parent) == {}
+    preparation.prepare("mnist", tmp_path, log=messages.append)
+    assert preparation._idx_problems("mnist", labels.parent) == {}
     assert any("preparing it again" in m for m in messages)
 
 
 def test_the_data_pickle_loader_admits_numpy_arrays_only():
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    loaded = data._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(array, protocol=4))).load()
+    loaded = preparation._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(array, protocol=4))).load()
     np.testing.assert_array_equal(loaded, array)
     evil = pickle.dumps(shutil.rmtree, protocol=2)  # any other callable must be refused
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        data._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
+        preparation._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
 
 
 def test_idx_writer_matches_the_format_torchvision_reads(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     path = tmp_path / "images-idx3-ubyte"
-    data._write_idx(path, images)
+    preparation._write_idx(path, images)
     read = torchvision.datasets.mnist.read_image_file(str(path))
     assert np.array_equal(read.numpy(), images)
 
@@ -100,7 +101,7 @@ def _network_reachable() -> bool:
 @pytest.mark.skipif(_network_reachable(), reason="would download CIFAR-10 for real")
 def test_cifar10_without_network_says_which_archive_to_put_where(tmp_path):
     with pytest.raises(ConfigError) as error:
-        data.prepare("cifar10", tmp_path)
+        preparation.prepare("cifar10", tmp_path)
     message = str(error.value)
     assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
     assert "\n" not in message
@@ -108,7 +109,7 @@ def test_cifar10_without_network_says_which_archive_to_put_where(tmp_path):
 
 def test_unknown_dataset_and_bad_normalisation_are_rejected():
     with pytest.raises(ConfigError, match="valid choices: mnist, fashion_mnist, cifar10"):
-        data.prepare("imagenet", data.default_data_dir())
+        preparation.prepare("imagenet", preparation.default_data_dir())
     dataset_cfg = OmegaConf.merge(
         compose_config("dataset=cifar10").dataset, {"normalize": {"mean": [0.5], "std": [0.5]}}
     )
@@ -118,6 +119,6 @@ def test_unknown_dataset_and_bad_normalisation_are_rejected():
 
 def test_data_dir_follows_the_environment_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("OPTBENCH_DATA_DIR", str(tmp_path))
-    assert data.default_data_dir() == tmp_path
-    assert data.resolve_data_dir(None) == tmp_path
-    assert data.resolve_data_dir("/somewhere/else") == data.Path("/somewhere/else")
+    assert preparation.default_data_dir() == tmp_path
+    assert preparation.resolve_data_dir(None) == tmp_path
+    assert preparation.resolve_data_dir("/somewhere/else") == Path("/somewhere/else")

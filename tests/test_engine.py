@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -11,9 +12,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from optbench import engine, models
-from optbench.data import TensorData, load
+from optbench.data import DatasetTensors, load
+from optbench.plan import OptimizerSpec, make_schedule
+from optbench.trainers import stream_seed
 
-from conftest import ROOT, compose_config, compose_sweep
+from conftest import ROOT, run_plan, sweep_plan
 
 SMALL = ("dataset.train_size=1000", "train.steps=30", "train.eval_every=10")
 RESULT_COLUMNS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
@@ -48,7 +51,7 @@ def test_schedule_by_hand(train, n_train, expected):
         "eval_every": None,
         "test_batch_size": 1000,
     }
-    schedule = engine.make_schedule(OmegaConf.create(defaults | train), n_train)
+    schedule = make_schedule(defaults | train, n_train)
     assert (
         schedule.batch_size,
         schedule.steps_per_epoch,
@@ -58,7 +61,7 @@ def test_schedule_by_hand(train, n_train, expected):
 
 
 def test_every_optimizer_lowers_the_training_loss(data_dir, device):
-    cfg, optimizer_cfgs = compose_sweep(
+    plan = sweep_plan(
         device,
         "optimizers=[sgd,momentum,nesterov,adagrad,adadelta,rmsprop,adam,amsgrad,adamw,adamax]",
         "dataset.train_size=2000",
@@ -67,7 +70,7 @@ def test_every_optimizer_lowers_the_training_loss(data_dir, device):
         "train.eval_every=40",
         "seeds=2",
     )
-    runs = engine.train(cfg, optimizer_cfgs, progress=False)
+    runs = engine.train(plan, progress=False)
     assert len(runs) == 10 * 2 * 2
     assert runs[RESULT_COLUMNS].notna().all().all()
     for (name, seed), rows in runs.groupby(["optimizer", "seed"]):
@@ -79,9 +82,9 @@ def test_every_optimizer_lowers_the_training_loss(data_dir, device):
 def test_the_same_seed_gives_identical_rows(data_dir, device):
     """Bit for bit on the CPU; on CUDA, whose kernels may sum in another order from one call
     to the next, to float rounding."""
-    cfg = compose_config(device, "optimizer=adam", "seeds=2", *SMALL)
-    first = engine.train(cfg, [cfg.optimizer], progress=False)
-    second = engine.train(cfg, [cfg.optimizer], progress=False)
+    plan = run_plan(device, "optimizer=adam", "seeds=2", *SMALL)
+    first = engine.train(plan, progress=False)
+    second = engine.train(plan, progress=False)
     exact = device == "device=cpu"
     pd.testing.assert_frame_equal(
         without_time(first), without_time(second), check_exact=exact, rtol=1e-5
@@ -95,12 +98,26 @@ ELEMENTWISE = sorted(
 )
 
 
-def with_keys(optimizer_cfg, **keys):
-    """A copy of an optimizer config with some keys set (as optimizer.KEY=... would)."""
-    return OmegaConf.merge(OmegaConf.to_container(optimizer_cfg, resolve=True), keys)
+def with_keys(spec: OptimizerSpec, **keys) -> OptimizerSpec:
+    """An optimizer setting with some keys set (as optimizer.KEY=... would)."""
+    return OptimizerSpec.of({**spec.config, **keys})
+
+
+def training(plan, optimizers=None) -> pd.DataFrame:
+    """The rows of the plan's runs (with other optimizer settings), time left out."""
+    if optimizers is not None:
+        plan = dataclasses.replace(plan, optimizers=optimizers)
+    return without_time(engine.train(plan, progress=False))
 
 
 LINE_SEARCH = "optimizer.line_search_fn=strong_wolfe"  # L-BFGS on mini-batches needs one
+# a narrow LeNet: a full one's pass over the 10,000 test images would be most of a test's time
+NARROW_LENET = (
+    "model=lenet",
+    "model.conv1_channels=4",
+    "model.conv2_channels=6",
+    "model.hidden=32",
+)
 
 # Every layout a run can train in on the CPU; each gives it the same numbers bit for bit as
 # the run alone on one thread.
@@ -119,16 +136,7 @@ LAYOUTS = {
     "model",
     [
         ("model=ffnn", "dataset.train_size=1000", "train.batch_size=50", "train.steps=30"),
-        # a narrow LeNet: its pass over the 10,000 test images is most of the test's time
-        (
-            "model=lenet",
-            "model.conv1_channels=4",
-            "model.conv2_channels=6",
-            "model.hidden=32",
-            "dataset.train_size=300",
-            "train.batch_size=20",
-            "train.steps=4",
-        ),
+        (*NARROW_LENET, "dataset.train_size=300", "train.batch_size=20", "train.steps=4"),
     ],
     ids=["ffnn", "lenet"],
 )
@@ -138,18 +146,17 @@ def test_a_run_gives_the_same_numbers_in_every_layout(data_dir, model):
     LAYOUTS (the 40-run job holds four more optimizers)."""
 
     def job(*overrides: str, more: bool = False) -> pd.DataFrame:
-        cfg, (adam, rmsprop, sgd) = compose_sweep(
+        plan = sweep_plan(
             "optimizers=[adam,rmsprop,sgd]", *model, "train.eval_every=15", *overrides
         )
+        adam, rmsprop, sgd = plan.optimizers
         chosen = [adam, with_keys(adam, name="adam_unfused", fused=False), rmsprop]
-        chosen.append(
-            compose_config("optimizer=lbfgs", LINE_SEARCH, "optimizer.max_iter=3").optimizer
-        )
+        chosen += run_plan("optimizer=lbfgs", LINE_SEARCH, "optimizer.max_iter=3").optimizers
         if more:
             chosen += [sgd, with_keys(sgd, name="momentum", momentum=0.9)]
             chosen += [with_keys(rmsprop, name="rmsprop_2", lr=0.003)]
             chosen += [with_keys(adam, name="adam_2", lr=0.01)]
-        return without_time(engine.train(cfg, chosen, progress=False))
+        return training(plan, chosen)
 
     reference = job("seeds=[1]", "threads=1")
     assert reference["train_loss"].notna().all() and reference["optimizer"].nunique() == 4
@@ -168,19 +175,17 @@ def test_every_elementwise_optimizer_gives_the_same_run_grouped_as_alone(data_di
     """Bit for bit: 2 seeds of every element-wise optimizer in one job, against seed 1 of
     each optimizer trained alone."""
     assert len(ELEMENTWISE) >= 20  # torch.optim's and the textbook ones
-    cfg, optimizer_cfgs = compose_sweep(f"optimizers=[{','.join(ELEMENTWISE)}]", "seeds=2", *SMALL)
-    together = engine.train(cfg, optimizer_cfgs, progress=False)
+    together = training(sweep_plan(f"optimizers=[{','.join(ELEMENTWISE)}]", "seeds=2", *SMALL))
     for name in ELEMENTWISE:
-        alone_cfg = compose_config(f"optimizer={name}", "seeds=[1]", *SMALL)
-        alone = engine.train(alone_cfg, [alone_cfg.optimizer], progress=False)
+        alone = training(run_plan(f"optimizer={name}", "seeds=[1]", *SMALL))
         picked = together[(together.optimizer == name) & (together.seed == 1)]
-        pd.testing.assert_frame_equal(without_time(picked), without_time(alone), check_exact=True)
+        pd.testing.assert_frame_equal(picked.reset_index(drop=True), alone, check_exact=True)
 
 
 def assert_stacked_agrees_with_run_by_run(*overrides: str, rtol: float) -> None:
     """The same sweep with stack_runs=always and =never: every result within rtol."""
     stacked, alone = (
-        engine.train(*compose_sweep(*overrides, f"stack_runs={mode}"), progress=False)
+        engine.train(sweep_plan(*overrides, f"stack_runs={mode}"), progress=False)
         for mode in ("always", "never")
     )
     for column in RESULT_COLUMNS:
@@ -209,14 +214,13 @@ def test_stacked_and_run_by_run_training_agree_to_float_rounding(data_dir, devic
     )
 
 
-@pytest.mark.slow
 def test_stacked_lenets_agree_with_lenets_trained_alone(data_dir, device):
     """The vmap path (models.VmappedModel: grouped convolutions), as a GPU takes it. Its
     gradients come out transposed: a fused kernel handed them as they are (torch 2.15) gave
     test accuracies of 0.087 against 0.121 after one step."""
     assert_stacked_agrees_with_run_by_run(
         device,
-        "model=lenet",
+        *NARROW_LENET,
         "optimizers=[sgd,adam]",
         "seeds=2",
         "train.batch_size=50",
@@ -233,41 +237,42 @@ def test_optimizers_that_are_not_elementwise_train_beside_a_stack(data_dir):
     gives the same rows as alone; the stacked ones are untouched by it."""
     choices = {"adam": ("optimizer=adam",), "lbfgs": ("optimizer=lbfgs", LINE_SEARCH)}
     layout = ("stack_runs=always", "seeds=2", *SMALL)
-    alone = {name: compose_config(*choice, *layout) for name, choice in choices.items()}
-    cfg, optimizer_cfgs = alone["adam"], [c.optimizer for c in alone.values()]
+    alone = {name: run_plan(*choice, *layout) for name, choice in choices.items()}
+    plan = alone["adam"]
+    specs = [p.optimizers[0] for p in alone.values()]
     cpu = torch.device("cpu")
-    assert [engine.should_stack(cfg, o, cpu) for o in optimizer_cfgs] == [True, False]
-    together = engine.train(cfg, optimizer_cfgs, progress=False)
-    for name, alone_cfg in alone.items():
-        expected = engine.train(alone_cfg, [alone_cfg.optimizer], progress=False)
-        picked = together[together.optimizer == name]
-        pd.testing.assert_frame_equal(
-            without_time(picked), without_time(expected), check_exact=True
-        )
+    assert [engine.should_stack(plan, spec, cpu) for spec in specs] == [True, False]
+    together = training(plan, specs)
+    for name, alone_plan in alone.items():
+        picked = together[together.optimizer == name].reset_index(drop=True)
+        pd.testing.assert_frame_equal(picked, training(alone_plan), check_exact=True)
 
 
-def test_a_diverging_run_in_a_stack_leaves_the_others_untouched(data_dir):
-    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd]", "lr_grid=[1,10000]", "seeds=2", *SMALL)
-    together = engine.train(cfg, optimizer_cfgs, progress=False)
-    wild = together[together.lr == 1000.0]
-    assert wild["diverged"].all() and wild["test_accuracy"].isna().all()
-    alone_cfg, alone_optimizers = compose_sweep("optimizers=[sgd]", "seeds=2", *SMALL)
-    alone = engine.train(alone_cfg, alone_optimizers, progress=False)
-    tame = together[together.lr == 0.1]
-    pd.testing.assert_frame_equal(without_time(tame), without_time(alone), check_exact=True)
+@pytest.mark.parametrize("stack_runs", ["never", "always"])
+def test_a_diverging_run_leaves_the_others_untouched(data_dir, stack_runs):
+    """In an optimizer group (bit for bit) and in a stack (to float rounding: a stack of
+    other size sums in another order)."""
+    layout = (f"stack_runs={stack_runs}", "optimizers=[sgd]", "seeds=2", *SMALL)
+    together = training(sweep_plan(*layout, "lr_grid=[1,1e8]"))
+    wild = together[together.lr == 1e7]
+    assert len(wild) == 2 * 3 and wild["diverged"].all() and wild["test_accuracy"].isna().all()
+    assert (wild["grad_evals"] == 10).all()  # counted up to the evaluation that found it
+    tame = together[together.lr == 0.1].reset_index(drop=True)
+    exact = stack_runs == "never"
+    pd.testing.assert_frame_equal(tame, training(sweep_plan(*layout)), check_exact=exact, rtol=1e-5)
 
 
 def test_engine_equals_a_hand_written_sgd_loop(data_dir, device):
     """Independent reference: plain tensors, F.linear, torch.autograd.grad, p -= lr * g, on
     the CPU."""
-    cfg = compose_config(device, "optimizer=sgd", "seeds=[7]", "train.batch_size=64", *SMALL)
-    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    plan = run_plan(device, "optimizer=sgd", "seeds=[7]", "train.batch_size=64", *SMALL)
+    runs = engine.train(plan, progress=False)
 
-    tensors: TensorData = load(cfg.dataset, data_dir, torch.device("cpu"))
-    model = models.build_model(cfg.model, cfg.dataset, engine.stream_seed(7, "init"))
+    tensors: DatasetTensors = load(plan.dataset, data_dir, torch.device("cpu"))
+    model = models.build_model(plan.model, plan.dataset, stream_seed(7, "init"))
     w1, b1, w2, b2 = (p.detach().clone().requires_grad_() for p in model.parameters())
-    order = torch.Generator().manual_seed(engine.stream_seed(7, "data_order"))
-    lr, n = cfg.optimizer.lr, len(tensors.train_x)
+    order = torch.Generator().manual_seed(stream_seed(7, "data_order"))
+    lr, n = plan.optimizers[0].lr, len(tensors.train_x)
 
     def logits(x):
         return F.linear(F.relu(F.linear(x.flatten(1), w1, b1)), w2, b2)
@@ -309,10 +314,10 @@ def test_engine_equals_a_hand_written_sgd_loop(data_dir, device):
 
 
 def test_full_batch_and_epoch_columns(data_dir):
-    cfg = compose_config(
+    plan = run_plan(
         "train.batch_size=full", "dataset.train_size=300", "train.epochs=3", "train.eval_every=1"
     )
-    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    runs = engine.train(plan, progress=False)
     assert runs["step"].tolist() == [1, 2, 3] and runs["epoch"].tolist() == [1.0, 2.0, 3.0]
     assert (runs["train_loss"] == runs["last_batch_loss"]).all()  # one step per evaluation
     assert runs["wall_s"].is_monotonic_increasing
@@ -322,7 +327,7 @@ def test_full_batch_and_epoch_columns(data_dir):
 @pytest.mark.parametrize(("batch_size", "steps"), [("full", 1), (1, 200), (50, 4)])
 def test_the_three_regimes_run_on_both_ffnn_presets(data_dir, experiment, batch_size, steps):
     """Full-batch gradient descent, pure SGD and mini-batch: one epoch of 200 examples."""
-    cfg = compose_config(
+    plan = run_plan(
         f"experiment={experiment}",
         "optimizer=sgd",
         f"train.batch_size={batch_size}",
@@ -330,6 +335,6 @@ def test_the_three_regimes_run_on_both_ffnn_presets(data_dir, experiment, batch_
         "train.epochs=1",
         "train.eval_every=null",
     )
-    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    runs = engine.train(plan, progress=False)
     assert runs["step"].tolist() == [steps] and runs["epoch"].tolist() == [1.0]
     assert runs[RESULT_COLUMNS].notna().all().all()

@@ -73,7 +73,7 @@ def truncated_checkpoint(tmp_path: Path) -> None:
 
 
 def truncated_mnist(tmp_path: Path) -> None:
-    from optbench.data import default_data_dir
+    from optbench.preparation import default_data_dir
 
     shutil.copytree(default_data_dir() / "MNIST", tmp_path / "data" / "MNIST")
     labels = tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
@@ -207,22 +207,18 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("case", list(FAULTS), ids=list(FAULTS))
-def test_a_fault_gets_its_exit_code_and_message_and_loses_nothing(case, tmp_path, data_dir):
+def test_a_fault_gets_its_exit_code_and_message_and_loses_nothing(
+    case, tmp_path, data_dir, monkeypatch
+):
     fault = FAULTS[case]
     if fault.setup:
         fault.setup(tmp_path)
     if fault.mount:
         mount_tmpfs(tmp_path / fault.mount[0], fault.mount[1])
     try:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **fault.env}
-        done = subprocess.run(
-            [OPTBENCH, "run", *fault.args, f"hydra.run.dir={tmp_path / 'out'}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            env=env,
-        )
+        for name, value in fault.env.items():
+            monkeypatch.setenv(name, value)
+        done = run_cli("run", *fault.args, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
         log = tmp_path / "out" / "optbench.log"
         said = done.stderr + (log.read_text() if log.is_file() else "")
         assert done.returncode == fault.exit_code, said

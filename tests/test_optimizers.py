@@ -3,8 +3,8 @@ divergence each work as documented."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 from importlib.resources import files
 
 import pandas as pd
@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optbench import engine, models, results
+from optbench import data, engine, models, results
 from optbench.checks import check_config
 from optbench.config import ConfigError
+from optbench.plan import OptimizerSpec
 
-from conftest import ROOT, compose_config, compose_sweep, run_cli
+from conftest import ROOT, compose_config, run_cli, run_plan, sweep_plan
 
 REGISTRY = sorted(
     p.name[: -len(".yaml")]
@@ -44,9 +45,8 @@ SMALL = ["dataset.train_size=2000", "train.batch_size=50", "train.steps=60", "tr
 
 @pytest.mark.parametrize("name", REGISTRY)
 def test_every_optimizer_trains_with_finite_losses(data_dir, name):
-    cfg = compose_config(f"optimizer={name}", "seeds=2", *SMALL, *NEEDS.get(name, []))
-    check_config(cfg, [cfg.optimizer])
-    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    plan = run_plan(f"optimizer={name}", "seeds=2", *SMALL, *NEEDS.get(name, []))  # checked
+    runs = engine.train(plan, progress=False)
     assert not runs["diverged"].any()
     assert runs[["train_loss", "test_loss", "test_accuracy"]].map(math.isfinite).all().all()
     if name not in MAY_NOT_LOWER:
@@ -57,8 +57,7 @@ def test_every_optimizer_trains_with_finite_losses(data_dir, name):
 
 @pytest.mark.slow
 def test_lbfgs_counts_its_gradient_evaluations(data_dir):
-    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,lbfgs]", *SMALL)
-    runs = engine.train(cfg, optimizer_cfgs, progress=False)
+    runs = engine.train(sweep_plan("optimizers=[sgd,lbfgs]", *SMALL), progress=False)
     sgd, lbfgs = (runs[runs.optimizer == name] for name in ("sgd", "lbfgs"))
     assert (sgd["grad_evals"] == sgd["step"]).all()  # one forward + backward per step
     assert (lbfgs["grad_evals"] > lbfgs["step"]).all()  # several per L-BFGS step
@@ -70,7 +69,7 @@ def test_sparse_input_ffnn_equals_the_dense_one(data_dir):
     dense = models.build_model(cfg.model, cfg.dataset, seed=11)
     sparse_cfg = compose_config("model.sparse_input=true")
     sparse = models.build_model(sparse_cfg.model, sparse_cfg.dataset, seed=11)
-    tensors = engine.data.load(
+    tensors = data.load(
         compose_config("dataset.train_size=256").dataset, data_dir, torch.device("cpu")
     )
     x, y = tensors.train_x, tensors.train_y
@@ -98,8 +97,8 @@ def test_sparse_adam_without_sparse_gradients_fails_before_training():
 
 def test_a_users_own_optimizer_runs_without_changing_optbench(data_dir, tmp_path, monkeypatch):
     # In process: an optimizer class defined only in the tests (its step takes no closure).
-    cfg = compose_config("optimizer=custom", "optimizer._target_=custom_optimizers.SignSGD", *SMALL)
-    runs = engine.train(cfg, [cfg.optimizer], progress=False)
+    plan = run_plan("optimizer=custom", "optimizer._target_=custom_optimizers.SignSGD", *SMALL)
+    runs = engine.train(plan, progress=False)
     first, last = runs["train_loss"]
     assert last < first and runs["optimizer"].unique().tolist() == ["custom"]
     # Through the CLI, with the optimizer as a YAML file in the user's own config folder.
@@ -108,8 +107,7 @@ def test_a_users_own_optimizer_runs_without_changing_optbench(data_dir, tmp_path
     (user_configs / "signsgd.yaml").write_text(
         "name: signsgd\n_target_: custom_optimizers.SignSGD\nlr: 0.001\n"
     )
-    path = os.pathsep.join(filter(None, [str(ROOT / "tests"), os.environ.get("PYTHONPATH")]))
-    monkeypatch.setenv("PYTHONPATH", path)  # where the user's package would be importable
+    monkeypatch.syspath_prepend(ROOT / "tests")  # where the user's package would be importable
     result = run_cli(
         "run",
         "optimizer=signsgd",
@@ -124,9 +122,10 @@ def test_a_users_own_optimizer_runs_without_changing_optbench(data_dir, tmp_path
 
 
 def test_a_diverging_run_stops_and_the_rest_go_on(data_dir, tmp_path):
-    cfg, optimizer_cfgs = compose_sweep("optimizers=[sgd,adam]", "seeds=3", *SMALL)
-    optimizer_cfgs[0].lr = 1e12  # sgd blows up; adam is untouched
-    runs = engine.train(cfg, optimizer_cfgs, progress=False)
+    plan = sweep_plan("optimizers=[sgd,adam]", "seeds=3", *SMALL)
+    sgd, adam = plan.optimizers
+    wild = OptimizerSpec.of({**sgd.config, "lr": 1e12})  # sgd blows up; adam is untouched
+    runs = engine.train(dataclasses.replace(plan, optimizers=[wild, adam]), progress=False)
     sgd, adam = runs[runs.optimizer == "sgd"], runs[runs.optimizer == "adam"]
     assert sgd["diverged"].all() and sgd["test_accuracy"].isna().all()
     assert (sgd["grad_evals"] == 30).all()  # found at the step-30 evaluation; no step since

@@ -13,10 +13,9 @@ import pandas as pd
 import pytest
 
 from optbench import data, published
-from optbench.engine import make_schedule
 from optbench.optimizers import optimizer_class, optimizer_kwargs
 
-from conftest import compose_sweep
+from conftest import sweep_plan
 from reference_protocols import PROTOCOLS, PUBLISHED_SHA256
 
 
@@ -30,31 +29,29 @@ def test_every_preset_matches_the_reference_protocol(experiment):
     """The preset, composed as `optbench sweep` composes it, against the independent table
     in tests/reference_protocols.py."""
     reference = PROTOCOLS[experiment]
-    cfg, optimizers = compose_sweep(f"experiment={experiment}")
-    assert cfg.dataset.name == reference["dataset"]
-    normalize = cfg.dataset.normalize
+    plan = sweep_plan(f"experiment={experiment}")
+    assert plan.dataset["name"] == reference["dataset"]
+    normalize = plan.dataset["normalize"]
     if reference["normalize"] is None:
         assert normalize is None
     else:
-        assert (list(normalize.mean), list(normalize.std)) == tuple(
-            map(list, reference["normalize"])
-        )
-    assert data.train_size(cfg.dataset) == reference["train_size"]
+        assert (normalize["mean"], normalize["std"]) == tuple(map(list, reference["normalize"]))
+    assert data.train_size(plan.dataset) == reference["train_size"]
     model, model_keys = reference["model"]
-    assert cfg.model.name == model
-    assert {key: cfg.model[key] for key in model_keys} == model_keys
-    schedule = make_schedule(cfg.train, reference["train_size"])
+    assert plan.model["name"] == model
+    assert {key: plan.model[key] for key in model_keys} == model_keys
+    schedule = plan.schedule()
     assert schedule.batch_size == reference["batch_size"]
     assert schedule.total_steps == reference["total_steps"]
     assert schedule.eval_steps == reference["eval_steps"]
-    assert cfg.train.test_batch_size == reference["test_batch_size"]
-    assert sorted(o.name for o in optimizers) == sorted(reference["optimizers"])
-    for optimizer in optimizers:
-        target, changed = reference["optimizers"][optimizer.name]
-        assert optimizer._target_ == target, optimizer.name
-        expected = {**torch_defaults(optimizer), **changed}
-        for key, value in optimizer_kwargs(optimizer).items():
-            assert value == expected[key], (optimizer.name, key, value)
+    assert plan.train["test_batch_size"] == reference["test_batch_size"]
+    assert sorted(o.name for o in plan.optimizers) == sorted(reference["optimizers"])
+    for spec in plan.optimizers:
+        target, changed = reference["optimizers"][spec.name]
+        assert spec.config["_target_"] == target, spec.name
+        expected = {**torch_defaults(spec.config), **changed}
+        for key, value in optimizer_kwargs(spec.config).items():
+            assert value == expected[key], (spec.name, key, value)
 
 
 @pytest.mark.parametrize("experiment", sorted(PUBLISHED_SHA256))

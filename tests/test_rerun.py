@@ -13,13 +13,13 @@ from scipy import stats as scipy_stats
 from optbench import cli, engine, rerun, results
 from optbench.cli import main
 
-from conftest import compose_sweep
+from conftest import sweep_plan
 
 
 @pytest.fixture(scope="module")
 def original(data_dir, tmp_path_factory):
     """A real sweep: 2 optimizers x 4 seeds."""
-    cfg, optimizer_cfgs = compose_sweep(
+    plan = sweep_plan(
         "optimizers=[sgd,adam]",
         "seeds=4",
         "dataset.train_size=600",
@@ -27,7 +27,7 @@ def original(data_dir, tmp_path_factory):
         "train.eval_every=6",
     )
     folder = tmp_path_factory.mktemp("original")
-    results.write_results(folder, engine.train(cfg, optimizer_cfgs, progress=False))
+    results.write_results(folder, engine.train(plan, progress=False))
     return folder
 
 

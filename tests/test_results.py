@@ -9,21 +9,21 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from optbench import engine, results
+from optbench import engine, files, results
 
-from conftest import compose_sweep
+from conftest import sweep_plan
 
 
 @pytest.fixture(scope="module")
 def real_runs(data_dir) -> pd.DataFrame:
-    cfg, optimizer_cfgs = compose_sweep(
+    plan = sweep_plan(
         "optimizers=[sgd,adam]",
         "seeds=3",
         "dataset.train_size=600",
         "train.steps=12",
         "train.eval_every=4",
     )
-    return engine.train(cfg, optimizer_cfgs, progress=False)
+    return engine.train(plan, progress=False)
 
 
 def test_summary_csv_equals_numpy_on_runs_csv(real_runs, tmp_path):
@@ -67,7 +67,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        results.atomic_write(target, write_half_then_fail)
+        files.atomic_write(target, write_half_then_fail)
     assert target.read_text() == "old complete contents\n"
     assert [p.name for p in tmp_path.iterdir()] == ["runs.csv"]
 
@@ -150,7 +150,7 @@ def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp
 def test_a_damaged_runs_csv_is_refused_with_its_line(real_runs, tmp_path, damage, message):
     damage(real_runs).to_csv(tmp_path / "runs.csv", index=False)
     before = (tmp_path / "runs.csv").read_bytes()
-    with pytest.raises(results.ResultsError, match=message):
+    with pytest.raises(files.ResultsError, match=message):
         results.read_runs(tmp_path)
     assert (tmp_path / "runs.csv").read_bytes() == before
 

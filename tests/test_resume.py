@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from optbench import results
+from optbench import files, results
 
 from conftest import OPTBENCH, run_cli
 
@@ -57,7 +57,10 @@ def default_ctrl_c() -> None:
 
 
 def start_and_stop(folder: Path, sig: int, rng: random.Random) -> subprocess.CompletedProcess:
-    """Start the job, wait for its first checkpoint, then send `sig` a random moment later."""
+    """Start the job and send it `sig` at a random moment after its second checkpoint: a
+    random fraction of the time between its first two checkpoints later. That interval is
+    the machine's own, so the signal lands before the fourth of the job's 15 checkpoints on
+    a fast machine as on a slow one: never after the job has ended."""
     process = subprocess.Popen(
         [OPTBENCH, *JOB, f"hydra.run.dir={folder}"],
         cwd=folder.parent,
@@ -66,11 +69,14 @@ def start_and_stop(folder: Path, sig: int, rng: random.Random) -> subprocess.Com
         text=True,
         preexec_fn=default_ctrl_c,
     )
-    deadline = time.monotonic() + 300
-    while not (folder / results.CHECKPOINT).exists():
+    checkpoint, seen, deadline = folder / results.CHECKPOINT, [], time.monotonic() + 300
+    while len(seen) < 2:
         assert process.poll() is None and time.monotonic() < deadline, "no checkpoint came"
-        time.sleep(0.05)
-    time.sleep(rng.uniform(0, 1.5))
+        written = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        if written is not None and written not in [w for w, _ in seen]:
+            seen.append((written, time.monotonic()))
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, seen[1][1] - seen[0][1]))
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
@@ -85,7 +91,7 @@ def test_a_sweep_killed_at_a_random_moment_resumes_to_the_same_results(uninterru
     assert not (folder / results.RUNS_CSV).exists(), "the job ended before the kill"
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming from" in (folder / results.LOG).read_text()
+    assert "Resuming from" in (folder / files.LOG).read_text()
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
     assert not (folder / results.CHECKPOINT).exists()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files"
@@ -112,11 +118,11 @@ def test_the_same_command_again_trains_nothing_and_more_seeds_train_only_the_new
     before = digest(folder / results.RUNS_CSV)
     again = run_cli(*job, "seeds=[0]", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "nothing to train" in (folder / results.LOG).read_text()
+    assert "nothing to train" in (folder / files.LOG).read_text()
     assert digest(folder / results.RUNS_CSV) == before
     more = run_cli(*job, "seeds=2", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
-    assert "Skipping the 3 runs already complete" in (folder / results.LOG).read_text()
+    assert "Skipping the 3 runs already complete" in (folder / files.LOG).read_text()
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
 
 
@@ -140,8 +146,8 @@ def test_a_folder_of_another_protocol_is_refused_and_left_untouched(uninterrupte
     assert other.returncode == 2
     assert "another protocol" in other.stderr and "train.batch_size (100 -> 32)" in other.stderr
     after = {p.name: digest(p) for p in uninterrupted.iterdir() if p.is_file()}
-    assert {k: v for k, v in after.items() if k != results.LOG} == {
-        k: v for k, v in before.items() if k != results.LOG
+    assert {k: v for k, v in after.items() if k != files.LOG} == {
+        k: v for k, v in before.items() if k != files.LOG
     }
 
 
@@ -180,7 +186,7 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_partial_one(tmp_pa
             raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        results.atomic_write(target, fails_midway)
+        files.atomic_write(target, fails_midway)
     assert target.read_text() == "the complete old file\n"
     assert [p.name for p in tmp_path.iterdir()] == ["runs.csv"]
 

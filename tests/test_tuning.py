@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 
 from optbench import tuning
-from optbench.optimizers import expand_lr_grid
 
-from conftest import compose_config, compose_sweep, run_cli
+from conftest import compose_config, run_cli, sweep_plan
 
 
 def test_expected_best_closed_form_equals_brute_force():
@@ -35,7 +34,7 @@ def test_resampled_expected_best_matches_the_closed_form():
 
 
 def test_trials_are_reproducible_and_inside_the_search_space():
-    _, optimizers = compose_sweep("optimizers=[sgd,momentum,adam]")
+    optimizers = sweep_plan("optimizers=[sgd,momentum,adam]").optimizers
     configs, drawn = tuning.sample_trials(optimizers, trials=5, seed=3)
     again, _ = tuning.sample_trials(optimizers, trials=5, seed=3)
     assert [c.lr for c in configs] == [c.lr for c in again]
@@ -47,7 +46,8 @@ def test_trials_are_reproducible_and_inside_the_search_space():
     assert sgd["momentum"].isna().all()  # plain SGD stays plain: its momentum is 0
     assert drawn[drawn.optimizer == "momentum"]["momentum"].between(0, 0.99).all()
     adam = [c for c in configs if c.name.startswith("adam")]
-    assert all(0.8 <= c.betas[0] <= 0.99 and 0.9 <= c.betas[1] <= 0.9999 for c in adam)
+    betas = [c.config["betas"] for c in adam]
+    assert all(0.8 <= b1 <= 0.99 and 0.9 <= b2 <= 0.9999 for b1, b2 in betas)
 
 
 def test_a_better_optimizer_has_the_higher_curve():
@@ -74,8 +74,7 @@ def test_a_better_optimizer_has_the_higher_curve():
 
 
 def test_lr_grid_multiplies_each_optimizers_lr():
-    _, optimizers = compose_sweep("optimizers=[sgd,adam]")
-    expanded = expand_lr_grid(optimizers, [0.1, 1, 10])
+    expanded = sweep_plan("optimizers=[sgd,adam]", "lr_grid=[0.1,1,10]").optimizers
     assert [(o.name, round(o.lr, 12)) for o in expanded] == [
         ("sgd", 0.01),
         ("sgd", 0.1),

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from optbench.config import ConfigError
@@ -159,28 +159,30 @@ def stacked(modules: list[nn.Module]) -> VmappedModel:
 MODELS = {"ffnn": FFNN, "lenet": LeNet}
 
 
-def model_kwargs(model: DictConfig) -> dict:
+def model_kwargs(model: Mapping) -> dict:
     return {key: value for key, value in model.items() if key not in ("name", "sparse_input")}
 
 
-def check_model_config(model: DictConfig) -> None:
-    if model.name not in MODELS:
-        raise ConfigError(f"Unknown model name {model.name!r}; valid choices: {', '.join(MODELS)}.")
+def check_model_config(model: Mapping) -> None:
+    if model["name"] not in MODELS:
+        raise ConfigError(
+            f"Unknown model name {model['name']!r}; valid choices: {', '.join(MODELS)}."
+        )
     for key, value in model_kwargs(model).items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"Invalid model.{key}={value!r}: it must be a positive integer.")
-    if model.get("sparse_input", False) and model.name != "ffnn":
+    if model.get("sparse_input", False) and model["name"] != "ffnn":
         raise ConfigError(
-            f"model.sparse_input=true is an option of the ffnn only, not of {model.name!r}."
+            f"model.sparse_input=true is an option of the ffnn only, not of {model['name']!r}."
         )
 
 
-def build_model(model: DictConfig, dataset: DictConfig, seed: int) -> nn.Module:
+def build_model(model: Mapping, dataset: Mapping, seed: int) -> nn.Module:
     """The model's initial weights depend on `seed` alone, never on the global RNG state.
 
     Weights are drawn on the CPU, so a seed gives the same initial model on every device.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        cls = SparseInputFFNN if model.get("sparse_input", False) else MODELS[model.name]
-        return cls(tuple(dataset.input_shape), dataset.num_classes, **model_kwargs(model))
+        cls = SparseInputFFNN if model.get("sparse_input", False) else MODELS[model["name"]]
+        return cls(tuple(dataset["input_shape"]), dataset["num_classes"], **model_kwargs(model))

@@ -4,8 +4,8 @@ every other key but `name` and `elementwise` is passed to it. The registry is th
 
 `elementwise: true` declares that the update of every parameter element depends on that
 element's own gradient and state alone (no norms or dot products over a whole tensor):
-then one optimizer may update several runs' tensors (engine.OptimizerGroup), and a GPU
-may train the runs as one stacked model (engine.Stack). L-BFGS and
+then one optimizer may update several runs' tensors (trainers.OptimizerGroup), and a GPU
+may train the runs as one stacked model (trainers.StackTrainer). L-BFGS and
 any optimizer that does not declare it train run by run."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -21,35 +21,43 @@ from omegaconf import DictConfig, OmegaConf
 from optbench.config import ConfigError
 
 
-def optimizer_kwargs(optimizer: DictConfig) -> dict:
+def optimizer_kwargs(optimizer: Mapping) -> dict:
     """The hyperparameters to pass to the optimizer class (lists become tuples, e.g. betas)."""
-    kwargs = OmegaConf.to_container(optimizer, resolve=True)
+    kwargs = dict(plain(optimizer))
     for key in ("name", "_target_", "elementwise"):
         kwargs.pop(key, None)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-def optimizer_class(optimizer: DictConfig) -> type[torch.optim.Optimizer]:
-    module, _, name = str(optimizer._target_).rpartition(".")
+def plain(optimizer: Mapping) -> dict:
+    """An optimizer config as a plain dict (a DictConfig resolved)."""
+    if isinstance(optimizer, DictConfig):
+        return OmegaConf.to_container(optimizer, resolve=True)
+    return dict(optimizer)
+
+
+def optimizer_class(optimizer: Mapping) -> type[torch.optim.Optimizer]:
+    name, target = optimizer["name"], optimizer["_target_"]
+    module, _, class_name = str(target).rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), class_name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(
-            f"Optimizer {optimizer.name!r}: cannot import optimizer._target_="
-            f"{optimizer._target_!r} ({type(error).__name__}: {' '.join(str(error).split())}); "
+            f"Optimizer {name!r}: cannot import optimizer._target_="
+            f"{target!r} ({type(error).__name__}: {' '.join(str(error).split())}); "
             "give the full import path of a torch.optim.Optimizer subclass, e.g. "
             "torch.optim.Adam or my_package.MyOptimizer."
         ) from None
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError(
-            f"Optimizer {optimizer.name!r}: optimizer._target_={optimizer._target_!r} is not a "
+            f"Optimizer {name!r}: optimizer._target_={target!r} is not a "
             "torch.optim.Optimizer subclass."
         )
     return cls
 
 
 def build_optimizer(
-    optimizer: DictConfig, params: Iterable[torch.Tensor], implementation: str = "default"
+    optimizer: Mapping, params: Iterable[torch.Tensor], implementation: str = "default"
 ) -> torch.optim.Optimizer:
     """implementation: "fused" or "foreach" (as implementation(optimizer) chose), or
     "default": whatever the config and torch.optim choose."""
@@ -57,7 +65,7 @@ def build_optimizer(
     return optimizer_class(optimizer)(params, **optimizer_kwargs(optimizer), **chosen)
 
 
-def implementation(optimizer: DictConfig) -> str:
+def implementation(optimizer: Mapping) -> str:
     """The kernel that updates a run's tensors when the engine chooses: "fused" where the
     class has a fused kernel (SGD, Adam, AdamW, Adagrad: one pass over a tensor instead of
     up to ten), else "foreach" where it has that option, else "default". Where the config

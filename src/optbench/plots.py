@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from optbench import published  # noqa: E402
+from optbench.files import atomic_write  # noqa: E402
 from optbench.results import (  # noqa: E402
-    atomic_write,
     by_protocol,
     read_runs,
     summarize,

@@ -12,7 +12,7 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 
-from optbench.results import atomic_write, write_csv
+from optbench.files import atomic_write, write_csv
 
 SOURCES = {
     "wizard_ffnn": (

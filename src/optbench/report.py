@@ -12,10 +12,10 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from optbench import published, stats
+from optbench.files import atomic_write
 from optbench.results import (
     CONFIG_YAML,
     RANKING_CSV,
-    atomic_write,
     read_runs,
     summarize,
     with_labels,

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from optbench import results, stats
+from optbench import files, results, stats
 from optbench.config import RUN_IDENTITY
 
 ALPHA = 0.05
@@ -56,7 +56,7 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
     or share no run."""
     first, second = results.read_runs(first_dir), results.read_runs(second_dir)
     if set(first["fingerprint"]) != set(second["fingerprint"]):
-        raise results.ResultsError(
+        raise files.ResultsError(
             f"{first_dir} and {second_dir} hold results of different protocols (fingerprints "
             f"{', '.join(sorted(set(first['fingerprint'])))} and "
             f"{', '.join(sorted(set(second['fingerprint'])))}): a rerun is the same protocol. "
@@ -67,7 +67,7 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
     first, second = (f.set_index(IDENTITY).sort_index() for f in (first, second))
     common = first.index.intersection(second.index)
     if common.empty:
-        raise results.ResultsError(
+        raise files.ResultsError(
             f"{first_dir} and {second_dir} share no run (optimizer, hyperparameters, seed): "
             "nothing to compare."
         )

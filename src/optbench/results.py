@@ -1,123 +1,40 @@
 """Results on disk: runs.csv (one row per run and evaluation), summary.csv (mean ± std over
-seeds), config.yaml (resolved config + provenance). Every file is written atomically: to a
-temporary file in the same folder, then renamed, so a reader never sees half a file."""
+seeds), config.yaml (resolved config + provenance); reading them back, checked; what a
+results folder already holds when a job resumes. Every file is written through
+files.atomic_write."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import json
 import os
 import platform
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 import optbench
 from optbench import stats
 from optbench.config import (
     RUN_IDENTITY,
-    ConfigError,
-    ResourceError,
     changes_protocol,
-    fingerprint,
     git_revision,
     protocol,
     protocol_differences,
     run_key,
 )
+from optbench.files import ResultsError, atomic_write, write_csv
+from optbench.plan import Plan
 
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
 CONFIG_YAML = "config.yaml"
 CHECKPOINT = "checkpoint.pt"  # the training state of an unfinished job (engine.train)
-LOG = "optbench.log"  # written by Hydra while the job runs
 
 METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
 GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "hyperparameters", "step"]
 RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch"] + METRICS + ["diverged", "fingerprint"]
-
-
-class ResultsError(ConfigError):
-    """A results folder that cannot be used as asked; the message says why and what to do."""
-
-
-TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY}", dir=path.parent)
-    except OSError as error:
-        raise _out_of_space(path, error) if _no_space(error) else error from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are for sharing
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if _no_space(error):
-            raise _out_of_space(path, error) from None
-        raise
-
-
-def _no_space(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def _out_of_space(path: Path, error: OSError) -> ResourceError:
-    return ResourceError(
-        error.errno,
-        f"The disk that holds {path.parent} is out of space ({os.strerror(error.errno)}): "
-        f"{path.name} could not be written. Nothing partial was left, and the folder's "
-        "earlier files are as they were. Free some space (or write elsewhere with "
-        "hydra.run.dir=DIR) and run the same command again: it resumes from the last "
-        "checkpoint.",
-    )
-
-
-def remove_temporaries(folder: Path) -> None:
-    """Delete the temporary files that a killed job left half-written (never results)."""
-    for path in Path(folder).glob(f".*{TEMPORARY}*"):
-        path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def exclusive(folder: Path):
-    """Hold folder for one job: a second job writing into it at the same time would mix
-    two jobs' files, so it stops at once with a ResultsError."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ResultsError(
-                f"Another optbench job is writing into {folder} right now; wait for it to "
-                "end, or write elsewhere with hydra.run.dir=DIR."
-            ) from None
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 PROTOCOL_KEYS = ["experiment", "dataset", "model"]
@@ -253,10 +170,10 @@ def _recorded_protocol(results_dir: Path) -> dict | None:
     return protocol(recorded) if recorded else None
 
 
-def _differences(a: Path, b: DictConfig | Path) -> str:
-    """The protocol keys that differ between folder a and config (or folder) b."""
+def _differences(a: Path, b: Plan | Path) -> str:
+    """The protocol keys that differ between folder a and a plan (or folder) b."""
     first = _recorded_protocol(a)
-    second = _recorded_protocol(b) if isinstance(b, Path) else protocol(b)
+    second = _recorded_protocol(b) if isinstance(b, Path) else protocol(b.config)
     if first is None or second is None:
         return "(a folder has no config.yaml to compare)"
     return "; ".join(protocol_differences(first, second)) or "(none recorded)"
@@ -264,21 +181,19 @@ def _differences(a: Path, b: DictConfig | Path) -> str:
 
 def write_config(
     path: Path,
-    cfg: DictConfig,
+    plan: Plan,
     optimizer_configs: dict,
     overrides: list[str],
     provenance_info: dict | None = None,
 ) -> None:
-    """config.yaml: the resolved config, the hyperparameters of every optimizer in the
-    folder's runs (name -> config), the command-line overrides, and provenance (taken now
-    unless given)."""
-    document = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    document.pop("for_choice", None)  # merged into dataset, model and optimizer already
-    document["optimizer_configs"] = optimizer_configs
+    """config.yaml: the plan's resolved config, the hyperparameters of every optimizer in
+    the folder's runs (name -> config), the command-line overrides, and provenance (taken
+    now unless given)."""
+    document = {**plan.config, "optimizer_configs": optimizer_configs}
     document["provenance"] = {
         **(provenance_info or provenance()),
         "overrides": list(overrides),
-        "protocol_fingerprint": fingerprint(cfg),
+        "protocol_fingerprint": plan.fingerprint,
     }
     text = OmegaConf.to_yaml(OmegaConf.create(document))
     atomic_write(path, lambda tmp: tmp.write_text(text))
@@ -373,10 +288,10 @@ def _damaged(path: Path, reason: str) -> str:
 # Resuming: what a results folder already holds
 
 
-def previous_runs(out_dir: Path, cfg: DictConfig, eval_steps: list[int]) -> pd.DataFrame | None:
+def previous_runs(out_dir: Path, plan: Plan, eval_steps: list[int]) -> pd.DataFrame | None:
     """The complete runs already in out_dir (None if it holds none), after checking that
-    they come from cfg's protocol, whose evaluations are at eval_steps: results of another
-    protocol are never mixed in, and a run without all its evaluations is damage."""
+    they come from the plan's protocol, whose evaluations are at eval_steps: results of
+    another protocol are never mixed in, and a run without all its evaluations is damage."""
     if not (Path(out_dir) / RUNS_CSV).is_file():
         return None
     runs = read_runs(out_dir)
@@ -385,10 +300,10 @@ def previous_runs(out_dir: Path, cfg: DictConfig, eval_steps: list[int]) -> pd.D
         if lacking:
             raise ResultsError(_damaged(Path(out_dir) / RUNS_CSV, _lacking(run, lacking)))
     theirs = sorted(set(runs["fingerprint"]))
-    if theirs != [fingerprint(cfg)]:
+    if theirs != [plan.fingerprint]:
         raise ResultsError(
             f"{out_dir} holds results of another protocol (fingerprint {', '.join(theirs)}; "
-            f"this job's is {fingerprint(cfg)}); keys that differ: {_differences(out_dir, cfg)}. "
+            f"this job's is {plan.fingerprint}); keys that differ: {_differences(out_dir, plan)}. "
             "optbench does not mix them: write elsewhere (hydra.run.dir=...), or use "
             "resume=false to move the old results aside into replaced-<time>/."
         )
@@ -426,24 +341,6 @@ def read_many(results_dirs: list[Path], allow_mixed: bool = False) -> pd.DataFra
             "them out."
         )
     return runs
-
-
-def move_aside(out_dir: Path) -> Path | None:
-    """Move everything in out_dir (but the running job's log and earlier replaced-*/
-    folders) into out_dir/replaced-<time>/; nothing is deleted. Returns that folder."""
-    out_dir = Path(out_dir)
-    entries = [
-        p
-        for p in (out_dir.iterdir() if out_dir.is_dir() else [])
-        if p.name != LOG and not p.name.startswith(("replaced-", "."))
-    ]
-    if not entries:
-        return None
-    target = out_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-    target.mkdir()
-    for entry in entries:
-        entry.rename(target / entry.name)
-    return target
 
 
 def merge_runs(previous: pd.DataFrame | None, new: pd.DataFrame) -> pd.DataFrame:

@@ -16,22 +16,26 @@ compared at equal budget k rather than at one lucky or unlucky setting.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
-from optbench.results import atomic_write, write_csv
+from optbench.files import atomic_write, write_csv
+from optbench.plan import OptimizerSpec
 
 RESAMPLES = 2000  # bootstrap draws per point of the expected-best curve
 
 
-def search_space(optimizer: DictConfig) -> dict[str, optuna.distributions.BaseDistribution]:
+def search_space(optimizer: Mapping) -> dict[str, optuna.distributions.BaseDistribution]:
+    """What a trial draws for an optimizer config: lr (log-uniform over two decades either
+    side of its configured lr), momentum where it has one, Adam's betas where it has them."""
     space = {}
     if "lr" in optimizer:
-        lr = float(optimizer.lr)
+        lr = float(optimizer["lr"])
         space["lr"] = optuna.distributions.FloatDistribution(lr / 100, lr * 100, log=True)
     if float(optimizer.get("momentum", 0.0) or 0.0) > 0:
         space["momentum"] = optuna.distributions.FloatDistribution(0.0, 0.99)
@@ -42,32 +46,37 @@ def search_space(optimizer: DictConfig) -> dict[str, optuna.distributions.BaseDi
 
 
 def sample_trials(
-    optimizer_cfgs: list[DictConfig], trials: int, seed: int
-) -> tuple[list[DictConfig], pd.DataFrame]:
-    """`trials` random configurations per optimizer, named "<optimizer> trial <i>"; and a
-    table of what was drawn (optimizer, trial, name, and each hyperparameter)."""
+    optimizers: list[OptimizerSpec], trials: int, seed: int
+) -> tuple[list[OptimizerSpec], pd.DataFrame]:
+    """`trials` random settings per optimizer, named "<optimizer> trial <i>"; and a table
+    of what was drawn (optimizer, trial, name, and each hyperparameter)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    configs, drawn = [], []
-    for index, optimizer in enumerate(optimizer_cfgs):
+    settings, drawn = [], []
+    for index, optimizer in enumerate(optimizers):
         sampler = optuna.samplers.RandomSampler(seed=seed + index)
         study = optuna.create_study(direction="maximize", sampler=sampler)
-        space = search_space(optimizer)
+        space = search_space(optimizer.config)
         for trial_number in range(trials):
             params = study.ask(space).params
-            config = OmegaConf.create(OmegaConf.to_container(optimizer, resolve=True))
-            config.name = f"{optimizer.name} trial {trial_number}"
+            config = copy.deepcopy(optimizer.config)
+            config["name"] = f"{optimizer.name} trial {trial_number}"
             for key, value in params.items():
                 if key == "beta1":
-                    config.betas = [value, config.betas[1]]
+                    config["betas"] = [value, config["betas"][1]]
                 elif key == "one_minus_beta2":
-                    config.betas = [config.betas[0], 1 - value]
+                    config["betas"] = [config["betas"][0], 1 - value]
                 else:
                     config[key] = value
-            configs.append(config)
+            settings.append(OptimizerSpec.of(config))
             drawn.append(
-                {"optimizer": optimizer.name, "trial": trial_number, "name": config.name, **params}
+                {
+                    "optimizer": optimizer.name,
+                    "trial": trial_number,
+                    "name": config["name"],
+                    **params,
+                }
             )
-    return configs, pd.DataFrame(drawn)
+    return settings, pd.DataFrame(drawn)
 
 
 def expected_best(values: np.ndarray, k: int, rng: np.random.Generator) -> dict[str, float]:

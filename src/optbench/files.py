@@ -1,0 +1,117 @@
+"""Files that are never half-written, and folders that one job holds at a time.
+
+Every file optbench writes goes through atomic_write: to a temporary file in the same
+folder, then renamed, so a reader never sees half a file and a full disk leaves the old file
+as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from optbench.config import ConfigError, ResourceError
+
+LOG = "optbench.log"  # written by Hydra while the job runs
+
+
+class ResultsError(ConfigError):
+    """A results folder that cannot be used as asked; the message says why and what to do."""
+
+
+TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(tmp) on a temporary file beside `path`, then rename it onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY}", dir=path.parent)
+    except OSError as error:
+        raise _out_of_space(path, error) if _no_space(error) else error from None
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are for sharing
+        os.replace(tmp, path)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)
+        if _no_space(error):
+            raise _out_of_space(path, error) from None
+        raise
+
+
+def _no_space(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _out_of_space(path: Path, error: OSError) -> ResourceError:
+    return ResourceError(
+        error.errno,
+        f"The disk that holds {path.parent} is out of space ({os.strerror(error.errno)}): "
+        f"{path.name} could not be written. Nothing partial was left, and the folder's "
+        "earlier files are as they were. Free some space (or write elsewhere with "
+        "hydra.run.dir=DIR) and run the same command again: it resumes from the last "
+        "checkpoint.",
+    )
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files that a killed job left half-written (never results)."""
+    for path in Path(folder).glob(f".*{TEMPORARY}*"):
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path):
+    """Hold folder for one job: a second job writing into it at the same time would mix
+    two jobs' files, so it stops at once with a ResultsError."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResultsError(
+                f"Another optbench job is writing into {folder} right now; wait for it to "
+                "end, or write elsewhere with hydra.run.dir=DIR."
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def move_aside(out_dir: Path) -> Path | None:
+    """Move everything in out_dir (but the running job's log and earlier replaced-*/
+    folders) into out_dir/replaced-<time>/; nothing is deleted. Returns that folder."""
+    out_dir = Path(out_dir)
+    entries = [
+        p
+        for p in (out_dir.iterdir() if out_dir.is_dir() else [])
+        if p.name != LOG and not p.name.startswith(("replaced-", "."))
+    ]
+    if not entries:
+        return None
+    target = out_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir()
+    for entry in entries:
+        entry.rename(target / entry.name)
+    return target

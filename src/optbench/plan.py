@@ -1,0 +1,132 @@
+"""A job as plain data: what it trains, on what, and how.
+
+The composed Hydra config (a DictConfig) stops at this boundary: `jobs.make_plan` composes
+and checks a command's job and turns it into a `Plan`. The engine, results, stats, plots
+and report take Plans, the specs below, plain dicts and DataFrames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from optbench import data, preparation
+from optbench.config import fingerprint, hyperparameters, run_key, seed_list
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer setting: its name, and its resolved config (the class in `_target_`,
+    `elementwise`, the hyperparameters). Two specs are equal when name and hyperparameters
+    are: that is what tells two settings apart in runs.csv."""
+
+    name: str
+    hyperparameters: str  # config.hyperparameters: canonical JSON of every key but the name
+    config: dict = field(compare=False, repr=False)
+
+    @classmethod
+    def of(cls, config: Mapping) -> OptimizerSpec:
+        if isinstance(config, DictConfig):
+            config = OmegaConf.to_container(config, resolve=True)
+        return cls(str(config["name"]), hyperparameters(config), dict(config))
+
+    @property
+    def elementwise(self) -> bool:
+        """Whether every element's update uses its own gradient and state only."""
+        return bool(self.config.get("elementwise", False))
+
+    @property
+    def lr(self) -> float:
+        return float(self.config.get("lr", math.nan))
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: an optimizer setting and a seed."""
+
+    optimizer: OptimizerSpec
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """config.run_key: how runs.csv and a checkpoint name this run."""
+        return run_key(self.optimizer.name, self.optimizer.hyperparameters, self.seed)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    batch_size: int  # examples per step
+    steps_per_epoch: int  # ceil(n_train / batch_size): the last batch of an epoch may be smaller
+    total_steps: int
+    eval_steps: list[int]  # steps after which every run is evaluated (always ends at total_steps)
+
+
+def make_schedule(train: Mapping, n_train: int) -> Schedule:
+    """The steps of a protocol's `train` settings on n_train examples (checks.py has made
+    sure the batch fits)."""
+    batch_size = n_train if train["batch_size"] == "full" else train["batch_size"]
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = (
+        train["steps"] if train["steps"] is not None else train["epochs"] * steps_per_epoch
+    )
+    every = train["eval_every"] if train["eval_every"] is not None else steps_per_epoch
+    eval_steps = list(range(every, total_steps + 1, every))
+    if not eval_steps or eval_steps[-1] != total_steps:
+        eval_steps.append(total_steps)
+    return Schedule(batch_size, steps_per_epoch, total_steps, eval_steps)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one job trains and how, as plain data."""
+
+    experiment: str
+    dataset: dict  # name, input_shape, num_classes, train_size, normalize
+    model: dict  # name and the model's constructor arguments
+    train: dict  # batch_size, epochs, steps, eval_every, test_batch_size
+    optimizers: list[OptimizerSpec]  # in the order the job trains and reports them
+    seeds: list[int]
+    device: str  # auto, cpu or cuda
+    threads: int | None  # worker threads on the CPU; None: torch's default
+    stack_runs: str  # auto, always or never (engine.should_stack)
+    allow_tf32: bool
+    data_dir: Path
+    resume: bool
+    tuning: dict  # trials, seed (`optbench tune`)
+    config: dict  # the whole resolved config, as config.yaml records it
+    fingerprint: str  # config.fingerprint: what "the same protocol" means
+
+    @classmethod
+    def of(cls, cfg: DictConfig, optimizers: list[OptimizerSpec]) -> Plan:
+        """The plan of a composed, checked config training the given optimizer settings."""
+        config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        config.pop("for_choice", None)  # merged into dataset, model and optimizer already
+        return cls(
+            experiment=config["experiment_name"],
+            dataset=config["dataset"],
+            model=config["model"],
+            train=config["train"],
+            optimizers=list(optimizers),
+            seeds=seed_list(cfg.seeds),
+            device=config["device"],
+            threads=config["threads"],
+            stack_runs=config["stack_runs"],
+            allow_tf32=config["allow_tf32"],
+            data_dir=preparation.resolve_data_dir(config["data_dir"]),
+            resume=config["resume"],
+            tuning=config["tuning"],
+            config=config,
+            fingerprint=fingerprint(cfg),
+        )
+
+    @property
+    def runs(self) -> list[RunSpec]:
+        """Every (optimizer setting, seed) run, optimizer by optimizer."""
+        return [RunSpec(optimizer, seed) for optimizer in self.optimizers for seed in self.seeds]
+
+    def schedule(self) -> Schedule:
+        return make_schedule(self.train, data.train_size(self.dataset))

@@ -1,0 +1,369 @@
+"""What trains runs: a RunTrainer (one run, its own model), a StackTrainer (runs of
+element-wise optimizers as one batched model), the OptimizerGroup that steps the runs of
+one element-wise optimizer with one call, and the Workers threads that spread trainers over
+the CPU's cores.
+
+Every trainer keeps the same per-run counters and turns them into rows the same way
+(`Trainer.evaluation_rows`): one evaluation path and one representation of divergence,
+`diverged_at`, for lone and stacked runs alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+
+from optbench import models, optimizers
+from optbench.data import DatasetTensors
+from optbench.plan import OptimizerSpec, RunSpec
+
+METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN once diverged
+
+Batches = dict[int, torch.Tensor | None]  # a seed's mini-batch indices (None: the whole set)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for one random stream ("init", "data_order") of a run."""
+    digest = hashlib.sha256(f"optbench/{stream}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def run_row(run: RunSpec, **measured) -> dict:
+    """A row of runs.csv, less the experiment context: which run (optimizer, lr,
+    hyperparameters, seed), then its measurements."""
+    spec = run.optimizer
+    identity = {"optimizer": spec.name, "lr": spec.lr, "hyperparameters": spec.hyperparameters}
+    return {**identity, "seed": run.seed, **measured}
+
+
+class Trainer:
+    """What every trainer accumulates for its runs as they train. With the weights and
+    optimizer states, a checkpoint holds these counters, so that a resumed run continues
+    exactly where it stopped."""
+
+    COUNTERS = ("loss_sum", "loss_count", "last_loss", "grad_evals", "train_s", "diverged_at")
+
+    def __init__(self, runs: list[RunSpec], device: torch.device):
+        self.runs = runs
+        self.loss_sum = torch.zeros(len(runs), device=device)  # batch losses since last evaluation
+        self.loss_count = 0
+        self.last_loss = torch.full((len(runs),), math.nan, device=device)
+        self.grad_evals = 0  # forward + backward passes so far
+        self.train_s = 0.0  # seconds spent in these runs' steps
+        # per run: None, or its grad_evals at the evaluation that found its loss NaN or
+        # infinite; from then on its rows carry no metrics and it counts no more steps
+        self.diverged_at: list[int | None] = [None] * len(runs)
+
+    def count_step(self, losses: torch.Tensor, seconds: float) -> None:
+        """Count one step's batch losses (one per run) and time; each trainer counts its
+        gradient evaluations itself."""
+        self.loss_sum += losses  # stays on the device: no host synchronisation per step
+        self.loss_count += 1
+        self.last_loss = losses
+        self.train_s += seconds
+
+    def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
+        """Each run's (mean cross-entropy, accuracy) over the whole test set."""
+        raise NotImplementedError
+
+    def evaluation_rows(self, step: int, tensors: DatasetTensors, test_batch_size: int) -> list:
+        """One row per run at this evaluation step; the counters start again."""
+        train_loss = (self.loss_sum / max(self.loss_count, 1)).tolist()  # one host sync
+        last_loss = self.last_loss.tolist()
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        for r, loss in enumerate(train_loss):
+            if self.diverged_at[r] is None and not math.isfinite(loss):
+                self.diverged_at[r] = self.grad_evals
+        tests = self.test(tensors, test_batch_size)
+        rows = []
+        for r, run in enumerate(self.runs):
+            diverged = self.diverged_at[r] is not None
+            measured = (train_loss[r], last_loss[r], *tests[r])
+            rows.append(
+                run_row(
+                    run,
+                    step=step,
+                    **dict(zip(METRICS, (math.nan,) * 4 if diverged else measured, strict=True)),
+                    grad_evals=self.diverged_at[r] if diverged else self.grad_evals,
+                    wall_s=self.train_s / len(self.runs),  # a stacked run's share of the time
+                    diverged=diverged,
+                )
+            )
+        return rows
+
+    def counters(self) -> dict:
+        return {name: getattr(self, name) for name in self.COUNTERS}
+
+    def load_counters(self, state: dict) -> None:
+        for name in self.COUNTERS:
+            setattr(self, name, state[name])
+
+
+class RunTrainer(Trainer):
+    """One (optimizer, seed) run: its own model, and its own optimizer unless the runs of
+    its (element-wise) optimizer share one (OptimizerGroup). Each run computes with its own
+    tensors through the same kernel calls whatever trains beside it, so its numbers depend
+    on its own weights, batches and optimizer alone."""
+
+    def __init__(
+        self,
+        run: RunSpec,
+        model: dict,
+        dataset: dict,
+        device: torch.device,
+        *,
+        own_optimizer: bool = True,
+    ):
+        super().__init__([run], device)
+        self.seed = run.seed
+        self.model = models.build_model(model, dataset, stream_seed(run.seed, "init"))
+        # Convolution weights in channels-last layout: oneDNN's fast path on the CPU, about
+        # 1.8x faster for the LeNet than the default layout (a no-op for the ffnn). Not for
+        # optimizers that may flatten a gradient with view(-1) (L-BFGS does): that needs
+        # the default layout.
+        memory_format = (
+            torch.channels_last if run.optimizer.elementwise else torch.contiguous_format
+        )
+        self.model.to(device, memory_format=memory_format)
+        self.optimizer = None  # stepped by its OptimizerGroup
+        if own_optimizer:
+            self.optimizer = optimizers.build_optimizer(
+                run.optimizer.config, self.model.parameters()
+            )
+        # torch.optim's step(closure) evaluates the loss itself (L-BFGS several times);
+        # a user's optimizer whose step takes no closure gets the gradient first.
+        self.step_takes_closure = self.optimizer is not None and (
+            "closure" in inspect.signature(self.optimizer.step).parameters
+        )
+        # the ffnn's forward and backward written out, where no optimizer needs autograd's
+        # graph (a differentiable optimizer does)
+        self.written_out = type(self.model) is models.FFNN and not run.optimizer.config.get(
+            "differentiable", False
+        )
+
+    def step(self, tensors: DatasetTensors, batches: Batches) -> None:
+        """One optimizer step; for a run of an OptimizerGroup, its gradient only."""
+        if self.diverged_at[0] is not None:
+            self.model.zero_grad(set_to_none=True)  # its group's optimizer skips it
+            return
+        start = time.perf_counter()
+        index = batches[self.seed]
+        if index is None:
+            x, y = tensors.train_x, tensors.train_y
+        else:  # index_select: about 2.5x faster than x[index] for a [N, C, H, W] tensor
+            x, y = tensors.train_x.index_select(0, index), tensors.train_y.index_select(0, index)
+
+        def closure() -> torch.Tensor:
+            self.grad_evals += 1
+            if self.written_out:
+                return models.ffnn_loss_and_grads(self.model, x, y)
+            self.model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(self.model(x), y)
+            loss.backward()
+            return loss
+
+        if self.optimizer is None:
+            loss = closure()
+        elif self.step_takes_closure:
+            loss = self.optimizer.step(closure)  # the loss before this step's update
+        else:
+            loss = closure()
+            self.optimizer.step()
+        self.count_step(loss.detach().view(1), time.perf_counter() - start)
+
+    def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
+        if self.diverged_at[0] is not None:
+            return [(math.nan, math.nan)]
+        return [evaluate(self.model, tensors.test_x, tensors.test_y, batch_size)]
+
+    def state_dict(self) -> dict:
+        optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
+        return {"model": self.model.state_dict(), "optimizer": optimizer, **self.counters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.load_counters(state)
+
+
+class StackTrainer(Trainer):
+    """Runs of element-wise optimizers trained as one batched model: where a GPU trains the
+    runs (stack_runs=auto on CUDA, or stack_runs=always).
+
+    Every parameter is one tensor with a leading run dimension, [R, ...], stacked from the
+    runs' own initial models, and torch.func.vmap computes all R runs' losses and gradients
+    at once (models.VmappedModel: batched matmuls, grouped convolutions). Each run gets its
+    own gradient, up to float rounding: a batched kernel sums in another order than a lone
+    run's kernel, so a stacked run agrees with the same run trained alone to a stated
+    tolerance, not bit for bit (tests/test_engine.py).
+
+    Each optimizer setting updates its runs' rows: its parameters are views of each run's
+    row of every stacked tensor, so torch.optim updates the stacked tensors in place. That
+    is exact only for optimizers whose update is element-wise (optimizer config
+    `elementwise: true`); the others train in RunTrainers.
+    """
+
+    def __init__(self, runs: list[RunSpec], model: dict, dataset: dict, device: torch.device):
+        super().__init__(runs, device)
+        self.model = models.stacked(
+            [
+                models.build_model(model, dataset, stream_seed(run.seed, "init")).to(device)
+                for run in runs
+            ]
+        )
+        params = list(self.model.params.values())  # each [R, ...]
+        # per optimizer setting: (its optimizer, its views, each view's (parameter, row))
+        self.optimizers = []
+        for spec, rows in rows_by_optimizer(runs).items():
+            slots = [(i, r) for r in rows for i in range(len(params))]
+            views = [params[i].detach()[r] for i, r in slots]
+            kernel = optimizers.implementation(spec.config)
+            optimizer = optimizers.build_optimizer(spec.config, views, kernel)
+            self.optimizers.append((optimizer, views, slots))
+
+    def step(self, tensors: DatasetTensors, batches: Batches) -> None:
+        start = time.perf_counter()
+        seeds = [run.seed for run in self.runs]
+        if batches[seeds[0]] is None:  # full batch: one group of inputs for all runs
+            x, y = tensors.train_x.unsqueeze(0), tensors.train_y.unsqueeze(0)
+        else:  # a group per run: its own mini-batch
+            index = torch.stack([batches[seed] for seed in seeds])  # [R, B]
+            images = tensors.train_x.flatten(1)  # a 2-D gather is 3x faster than a 4-D one
+            x = images.index_select(0, index.flatten())
+            x = x.view(*index.shape, *tensors.train_x.shape[1:])
+            y = tensors.train_y.index_select(0, index.flatten()).view(index.shape)
+        losses, grads = self.model.losses_and_grads(x, y)  # each run's rows: its own gradient
+        # torch 2.15's fused kernels read a gradient as if laid out like its parameter (a
+        # transposed one gives a wrong update), and vmap's can come out transposed
+        grads = [grad.contiguous() for grad in grads]
+        for optimizer, views, slots in self.optimizers:
+            for view, (i, row) in zip(views, slots, strict=True):
+                view.grad = grads[i][row]
+            optimizer.step()
+        self.grad_evals += 1  # a diverged run keeps computing in the stack, unreported
+        self.count_step(losses, time.perf_counter() - start)
+
+    @torch.no_grad()
+    def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
+        x, y, n_runs = tensors.test_x, tensors.test_y, len(self.runs)
+        loss_sum = torch.zeros(n_runs, device=x.device, dtype=torch.float64)
+        correct = torch.zeros(n_runs, device=x.device, dtype=torch.int64)
+        for start in range(0, len(x), batch_size):
+            logits = self.model.logits(x[start : start + batch_size].unsqueeze(0))  # [R, n, C]
+            target = y[start : start + batch_size].expand(n_runs, -1)
+            losses = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            loss_sum += losses.sum(dim=1).double()
+            correct += (logits.argmax(dim=2) == target).sum(dim=1)
+        losses, accuracies = (loss_sum / len(x)).tolist(), (correct.double() / len(x)).tolist()
+        return list(zip(losses, accuracies, strict=True))
+
+    def state_dict(self) -> dict:
+        params = {name: p.detach() for name, p in self.model.params.items()}
+        optimizer_states = [optimizer.state_dict() for optimizer, _, _ in self.optimizers]
+        return {"params": params, "optimizers": optimizer_states, **self.counters()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for name, p in self.model.params.items():
+            p.copy_(state["params"][name])  # in place: the optimizers' views stay valid
+        for (optimizer, _, _), optimizer_state in zip(
+            self.optimizers, state["optimizers"], strict=True
+        ):
+            optimizer.load_state_dict(optimizer_state)
+        self.load_counters(state)
+
+
+def rows_by_optimizer(runs: list[RunSpec]) -> dict[OptimizerSpec, list[int]]:
+    """The positions of each optimizer setting's runs in runs, settings in first-seen order."""
+    rows: dict[OptimizerSpec, list[int]] = {}
+    for position, run in enumerate(runs):
+        rows.setdefault(run.optimizer, []).append(position)
+    return rows
+
+
+class OptimizerGroup:
+    """The runs of one element-wise optimizer, stepped by one optimizer over all their
+    parameters: one call a step instead of one a run.
+
+    Exact: an element-wise update of a tensor depends on that tensor's own gradient and
+    state alone, and the group's optimizer updates each run's tensors as separate tensors,
+    with the same kernel whatever the number of runs (optimizers.implementation: fused where
+    torch.optim has a fused kernel, else foreach, which updates tensor by tensor on the
+    CPU). A lone run of such an optimizer is a group of one."""
+
+    def __init__(self, spec: OptimizerSpec, trainers: list[RunTrainer]):
+        self.trainers = trainers
+        params = [p for trainer in trainers for p in trainer.model.parameters()]
+        self.optimizer = optimizers.build_optimizer(
+            spec.config, params, implementation=optimizers.implementation(spec.config)
+        )
+
+    def step(self) -> None:
+        start = time.perf_counter()
+        self.optimizer.step()  # a diverged run's parameters have no gradient: skipped
+        share = (time.perf_counter() - start) / len(self.trainers)
+        for trainer in self.trainers:
+            trainer.train_s += share
+
+
+class Workers:
+    """The threads that train a job's runs on the CPU, as a context manager.
+
+    Every kernel runs on one thread (torch.set_num_threads(1) in the calling thread and in
+    each worker, restored on exit), and the runs are spread over the workers instead. So a
+    run's numbers do not depend on the number of threads either: whichever worker computes
+    it, it goes through the same single-threaded kernels. On a GPU the tasks run one after
+    another in the calling thread."""
+
+    def __init__(self, count: int, device: torch.device):
+        self.count, self.device = count, device
+        self.pool = None
+
+    def __enter__(self) -> Workers:
+        self.threads_before = torch.get_num_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(1)
+        if self.count > 1:
+            self.pool = ThreadPoolExecutor(
+                self.count, initializer=torch.set_num_threads, initargs=(1,)
+            )
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(self.threads_before)
+
+    def map(self, tasks: list) -> list:
+        """Call every task (a function of no argument); their results in order."""
+        if self.pool is None:
+            return [task() for task in tasks]
+        # one chunk of tasks a worker (a task queued on its own costs more than a small step)
+        chunks = [tasks[k :: self.count] for k in range(self.count)]
+        done = list(self.pool.map(lambda chunk: [task() for task in chunk], chunks))
+        return [done[i % self.count][i // self.count] for i in range(len(tasks))]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction correct) over the whole test set."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for start in range(0, len(x), batch_size):
+        logits = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == target).sum()
+    model.train()
+    return loss_sum.item() / len(x), correct.item() / len(x)
