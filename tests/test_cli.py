@@ -10,27 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from constants import PLOTS, SMOKE, check_plots
 from omegaconf import OmegaConf
 
 from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
-
-SMALL = ["dataset.train_size=1000", "train.steps=40", "train.eval_every=20"]
-PLOTS = [
-    "test_accuracy.png",
-    "test_loss.png",
-    "train_loss.png",
-    "last_batch_loss.png",
-    "final_test_accuracy.png",
-]
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def check_plots(folder: Path) -> None:
-    for name in PLOTS:
-        payload = (folder / name).read_bytes()
-        assert payload.startswith(PNG_MAGIC) and len(payload) > 10_000, name
 
 
 def no_temporary_files(folder: Path) -> bool:
@@ -40,7 +25,7 @@ def no_temporary_files(folder: Path) -> bool:
 def test_run_writes_every_file(tmp_path, data_dir):
     out = tmp_path / "out"
     result = run_cli(
-        "run", "optimizer=adam", "seeds=2", *SMALL, f"hydra.run.dir={out}", cwd=tmp_path
+        "run", "optimizer=adam", "seeds=2", SMOKE, f"hydra.run.dir={out}", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -80,7 +65,7 @@ def test_sweep_trains_every_optimizer_in_one_job(tmp_path, data_dir):
         "sweep",
         "optimizers=[sgd,adam]",
         "seeds=[3,7]",
-        *SMALL,
+        SMOKE,
         f"hydra.run.dir={out}",
         cwd=tmp_path,
     )
@@ -108,7 +93,7 @@ def test_multirun_ends_with_combined_results_and_plots(tmp_path, data_dir):
         "-m",
         "optimizer=sgd,adam",
         "seeds=2",
-        *SMALL,
+        SMOKE,
         f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path,
     )
@@ -124,7 +109,7 @@ def test_multirun_ends_with_combined_results_and_plots(tmp_path, data_dir):
 
 def test_plot_redraws_from_the_files_on_disk(tmp_path, data_dir):
     out = tmp_path / "out"
-    assert run_cli("run", "seeds=1", *SMALL, f"hydra.run.dir={out}", cwd=tmp_path).returncode == 0
+    assert run_cli("run", "seeds=1", SMOKE, f"hydra.run.dir={out}", cwd=tmp_path).returncode == 0
     for name in PLOTS:
         (out / name).unlink()
     result = run_cli("plot", str(out), cwd=tmp_path)

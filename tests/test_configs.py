@@ -6,6 +6,7 @@ import inspect
 from importlib.resources import files
 
 import pytest
+from constants import NEEDS
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
@@ -33,11 +34,6 @@ VARIANTS = {
     "amsgrad": {"amsgrad": True},
     "rmsprop_momentum": {"momentum": 0.9},
     "rmsprop_centered": {"centered": True},
-}
-# Options that need more than the default model, and what they need.
-NEEDS = {
-    "sparse_adam": ["model.sparse_input=true"],
-    "custom": ["optimizer._target_=torch.optim.SGD"],
 }
 BUILT_IN = [name for name in OPTIMIZERS if name != "custom"]
 

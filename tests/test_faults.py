@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from constants import SMOKE
 
 from conftest import OPTBENCH, ROOT, run_cli
 
 pytestmark = pytest.mark.slow
-
-SMALL = ["dataset.train_size=1000", "train.steps=40", "train.eval_every=20"]
 
 
 def mount_tmpfs(folder: Path, options: str) -> None:
@@ -49,7 +48,7 @@ def train_first(*args: str) -> Callable[[Path], None]:
 
 def cut_last_lines(count: int) -> Callable[[Path], None]:
     def setup(tmp_path: Path) -> None:
-        train_first("seeds=3", *SMALL)(tmp_path)
+        train_first("seeds=3", SMOKE)(tmp_path)
         runs = tmp_path / "out" / "runs.csv"
         lines = runs.read_text().splitlines(keepends=True)
         runs.write_text("".join(lines[:-count]))
@@ -151,52 +150,52 @@ def intact_files_kept(tmp_path: Path) -> None:
 
 FAULTS = {
     "changed hyperparameters are another run": Fault(
-        ["optimizer=adam", "optimizer.betas=[0.5,0.9]", "seeds=2", *SMALL],
+        ["optimizer=adam", "optimizer.betas=[0.5,0.9]", "seeds=2", SMOKE],
         0,
         "",
-        setup=train_first("optimizer=adam", "seeds=2", *SMALL),
+        setup=train_first("optimizer=adam", "seeds=2", SMOKE),
         check=two_settings_kept_apart,
     ),
     "runs.csv missing whole rows": Fault(
-        ["seeds=3", *SMALL],
+        ["seeds=3", SMOKE],
         2,
         "lacks its evaluations",
         setup=cut_last_lines(4),
         check=file_untouched,
     ),
     "every run diverges": Fault(
-        ["optimizer.lr=1e8", "seeds=2", *SMALL], 0, "", check=every_file_and_the_divergence_said
+        ["optimizer.lr=1e8", "seeds=2", SMOKE], 0, "", check=every_file_and_the_divergence_said
     ),
     "a full disk": Fault(
-        ["seeds=2", *SMALL],
+        ["seeds=2", SMOKE],
         74,
         "is out of space",
         mount=("out", "size=200k"),
         check=nothing_partial,
     ),
     "a damaged checkpoint": Fault(
-        ["seeds=2", *SMALL],
+        ["seeds=2", SMOKE],
         0,
         "set aside as checkpoint.pt.unreadable",
         setup=garbage_checkpoint,
         check=checkpoint_set_aside,
     ),
     "a truncated checkpoint": Fault(
-        ["seeds=2", *SMALL],
+        ["seeds=2", SMOKE],
         0,
         "set aside as checkpoint.pt.unreadable",
         setup=truncated_checkpoint,
         check=checkpoint_set_aside,
     ),
     "an empty read-only data folder": Fault(
-        ["data_dir=data", *SMALL],
+        ["data_dir=data", SMOKE],
         2,
         "data cannot be used (",
         mount=("data", "ro,size=1m"),
         check=lambda tmp_path: not (tmp_path / "out").exists(),
     ),
     "a failed re-prepare": Fault(
-        ["data_dir=data", *SMALL],
+        ["data_dir=data", SMOKE],
         2,
         "t10k-labels-idx1-ubyte fails its MD5 check",
         setup=truncated_mnist,
@@ -274,7 +273,7 @@ def test_a_multirun_whose_job_diverges_everywhere_still_combines(tmp_path, data_
         "-m",
         "optimizer.lr=0.1,1e8",
         "seeds=2",
-        *SMALL,
+        SMOKE,
         f"hydra.sweep.dir={tmp_path / 'm'}",
         cwd=tmp_path,
     )
@@ -302,7 +301,7 @@ def test_plot_into_a_folder_it_cannot_write_names_the_out_option(tmp_path):
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux for a real terminal")
 def test_a_60_column_terminal_still_shows_the_accuracy(tmp_path, data_dir):
     """The finished progress bar stays on the screen: read it there, 60 columns wide."""
-    command = f"{OPTBENCH} run seeds=2 {' '.join(SMALL)} hydra.run.dir={tmp_path / 'out'}"
+    command = f"{OPTBENCH} run seeds=2 {SMOKE} hydra.run.dir={tmp_path / 'out'}"
     session = f"optbench-{os.getpid()}"
     subprocess.run(
         [

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from constants import LINE_SEARCH, NEEDS
 
 from optbench import data, engine, models, results
 from optbench.checks import check_config
@@ -28,14 +29,9 @@ REGISTRY = sorted(
 # L-BFGS is tested where it is meant to work: full batch, with a strong-Wolfe line search,
 # whose sufficient-decrease condition makes every step lower the loss. (On mini-batches its
 # curvature pairs mix batches and the loss may rise: see docs/reproducibility.md.)
-NEEDS = {
-    "sparse_adam": ["model.sparse_input=true"],
-    "lbfgs": [
-        "optimizer.line_search_fn=strong_wolfe",
-        "train.batch_size=full",
-        "train.steps=10",
-        "train.eval_every=5",
-    ],
+TRAINING_NEEDS = {
+    "sparse_adam": NEEDS["sparse_adam"],
+    "lbfgs": [LINE_SEARCH, "train.batch_size=full", "train.steps=10", "train.eval_every=5"],
 }
 # Documented exceptions to "lowers the training loss within 60 mini-batch steps":
 # Rprop uses only the gradient's sign, which is noisy on mini-batches of 50.
@@ -45,7 +41,9 @@ SMALL = ["dataset.train_size=2000", "train.batch_size=50", "train.steps=60", "tr
 
 @pytest.mark.parametrize("name", REGISTRY)
 def test_every_optimizer_trains_with_finite_losses(data_dir, name):
-    plan = run_plan(f"optimizer={name}", "seeds=2", *SMALL, *NEEDS.get(name, []))  # checked
+    plan = run_plan(
+        f"optimizer={name}", "seeds=2", *SMALL, *TRAINING_NEEDS.get(name, [])
+    )  # checked
     runs = engine.train(plan, progress=False)
     assert not runs["diverged"].any()
     assert runs[["train_loss", "test_loss", "test_accuracy"]].map(math.isfinite).all().all()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from optbench import engine, files, results
+from optbench import engine, files, labels, results
 
 from conftest import sweep_plan
 
@@ -92,7 +92,7 @@ def test_combining_jobs_tells_apart_the_same_optimizer_with_other_hyperparameter
             tmp_path / str(job) / "config.yaml",
         )
     combined = results.combine_jobs(tmp_path)
-    labelled = results.with_labels(combined)
+    labelled = labels.label_settings(combined)
     assert sorted(labelled.optimizer.unique()) == ["sgd momentum=0.5", "sgd momentum=0.9"]
     assert len(combined) == 2 * len(sgd)
 
@@ -118,12 +118,12 @@ def test_an_optimizer_with_several_learning_rates_gets_one_label_per_rate(real_r
     sgd = real_runs[real_runs.optimizer == "sgd"]
     slower = sgd.assign(lr=0.01, hyperparameters=with_setting(sgd, lr=0.01))
     both = pd.concat([sgd, slower], ignore_index=True)
-    labelled = results.with_labels(both)
+    labelled = labels.label_settings(both)
     assert sorted(labelled.optimizer.unique()) == ["sgd lr=0.01", "sgd lr=0.1"]
     summary = results.summarize(both)
     assert sorted(summary.optimizer.unique()) == ["sgd lr=0.01", "sgd lr=0.1"]
     assert (summary.n == 3).all()
-    assert results.with_labels(real_runs).optimizer.tolist() == real_runs.optimizer.tolist()
+    assert labels.label_settings(real_runs).optimizer.tolist() == real_runs.optimizer.tolist()
 
 
 def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp_path):

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from optbench import files, results
+from optbench.provenance import CONFIG_YAML
 
 from conftest import OPTBENCH, run_cli
 
@@ -132,7 +133,7 @@ def test_resume_false_moves_the_old_results_aside(uninterrupted, tmp_path):
     old = {p.name: digest(p) for p in uninterrupted.glob("*.csv")}
     for name in old:
         (folder / name).write_bytes((uninterrupted / name).read_bytes())
-    (folder / results.CONFIG_YAML).write_bytes((uninterrupted / results.CONFIG_YAML).read_bytes())
+    (folder / CONFIG_YAML).write_bytes((uninterrupted / CONFIG_YAML).read_bytes())
     rerun = run_cli(*JOB, "resume=false", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     (aside,) = folder.glob("replaced-*")
@@ -157,7 +158,7 @@ def test_a_damaged_runs_csv_is_reported_and_left_untouched(uninterrupted, tmp_pa
     text = (uninterrupted / results.RUNS_CSV).read_text()
     middle_of_a_row = text.index("\n", len(text) // 2) + 5
     (folder / results.RUNS_CSV).write_text(text[:middle_of_a_row])
-    (folder / results.CONFIG_YAML).write_bytes((uninterrupted / results.CONFIG_YAML).read_bytes())
+    (folder / CONFIG_YAML).write_bytes((uninterrupted / CONFIG_YAML).read_bytes())
     before = digest(folder / results.RUNS_CSV)
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 2
@@ -237,4 +238,4 @@ def test_hydra_launchers_write_one_sweep_folder_and_combine_every_job(launcher, 
     assert sorted(combined["optimizer"].unique()) == ["adam", "sgd"]
     assert len(combined) == 2 * 2 * 2  # optimizers x seeds x evaluations
     assert (sweep / "summary.csv").is_file()
-    assert os.listdir(sweep / "0") and (sweep / "0" / results.CONFIG_YAML).is_file()
+    assert os.listdir(sweep / "0") and (sweep / "0" / CONFIG_YAML).is_file()

@@ -13,7 +13,18 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from optbench import engine, files, plots, preparation, published, report, results, tuning
+from optbench import (
+    engine,
+    files,
+    labels,
+    plots,
+    preparation,
+    provenance,
+    published,
+    report,
+    results,
+    tuning,
+)
 from optbench.plan import OptimizerSpec, Plan, RunSpec
 
 log = logging.getLogger("optbench")
@@ -81,7 +92,7 @@ def _train_and_record(
     if len(todo) < len(wanted):
         log.info("Skipping the %d runs already complete in %s.", len(wanted) - len(todo), out_dir)
     checkpoint = out_dir / results.CHECKPOINT
-    provenance = results.provenance() | engine.layout(plan, trained)  # the code as it starts
+    produced_by = provenance.environment() | engine.layout(plan, trained)  # as training starts
     try:
         new = engine.train(plan, todo, progress=progress, checkpoint=checkpoint)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.Terminated)
@@ -90,11 +101,11 @@ def _train_and_record(
     runs = results.merge_runs(previous, new)
     results.write_results(out_dir, runs)
     if recorded is None:  # every setting the folder's runs were trained with
-        optimizer_configs = results.optimizer_configs(runs)
+        optimizer_configs = labels.optimizer_configs(runs)
     else:
         optimizer_configs = {spec.name: spec.config for spec in recorded}
-    config_yaml = out_dir / results.CONFIG_YAML
-    results.write_config(config_yaml, plan, optimizer_configs, overrides or [], provenance)
+    config_yaml = out_dir / provenance.CONFIG_YAML
+    provenance.write_config(config_yaml, plan, optimizer_configs, overrides or [], produced_by)
     checkpoint.unlink(missing_ok=True)
     return runs
 

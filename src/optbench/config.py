@@ -71,7 +71,7 @@ class Config:
     # TensorFloat-32 matmuls and convolutions on NVIDIA GPUs: faster, but with a 10-bit
     # mantissa; off, so that every device computes in float32.
     allow_tf32: bool = False
-    # Train the runs of element-wise optimizers as one batched model (trainers.StackTrainer).
+    # Train the runs of element-wise optimizers as one batched model (stack.StackTrainer).
     stack_runs: StackRuns = StackRuns.auto
     # Skip the runs already complete in the output folder and continue from its checkpoint;
     # false: move what the folder holds aside (into replaced-<time>/) and train everything.

@@ -5,7 +5,7 @@ single-threaded kernels, the runs spread over worker threads (trainers.Workers);
 of one element-wise optimizer share one optimizer call (trainers.OptimizerGroup). So a run
 gives the same numbers bit for bit whatever trains beside it and whatever the number of
 threads, by how the computation is laid out. On a GPU the runs of element-wise optimizers
-train as one batched model (trainers.StackTrainer), which agrees with a lone run to float
+train as one batched model (stack.StackTrainer), which agrees with a lone run to float
 rounding.
 
 A run's randomness comes from its seed alone: the initial weights from one stream, the
@@ -32,14 +32,8 @@ from tqdm.auto import tqdm
 from optbench import data, files, optimizers
 from optbench.config import ConfigError
 from optbench.plan import OptimizerSpec, Plan, RunSpec, Schedule
-from optbench.trainers import (
-    OptimizerGroup,
-    RunTrainer,
-    StackTrainer,
-    Workers,
-    rows_by_optimizer,
-    stream_seed,
-)
+from optbench.stack import StackTrainer
+from optbench.trainers import OptimizerGroup, RunTrainer, Workers, rows_by_optimizer, stream_seed
 
 log = logging.getLogger("optbench")
 

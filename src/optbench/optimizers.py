@@ -5,7 +5,7 @@ every other key but `name` and `elementwise` is passed to it. The registry is th
 `elementwise: true` declares that the update of every parameter element depends on that
 element's own gradient and state alone (no norms or dot products over a whole tensor):
 then one optimizer may update several runs' tensors (trainers.OptimizerGroup), and a GPU
-may train the runs as one stacked model (trainers.StackTrainer). L-BFGS and
+may train the runs as one stacked model (stack.StackTrainer). L-BFGS and
 any optimizer that does not declare it train run by run."""
 
 from __future__ import annotations

@@ -13,12 +13,8 @@ import pandas as pd  # noqa: E402
 
 from optbench import published  # noqa: E402
 from optbench.files import atomic_write  # noqa: E402
-from optbench.results import (  # noqa: E402
-    by_protocol,
-    read_runs,
-    summarize,
-    with_labels,
-)
+from optbench.labels import by_protocol, label_settings  # noqa: E402
+from optbench.results import read_runs, summarize  # noqa: E402
 
 CURVES = {  # file stem -> (metric, y-axis label)
     "test_accuracy": ("test_accuracy", "test accuracy (fraction correct)"),
@@ -69,17 +65,25 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def plot_curve(
-    summary: pd.DataFrame,
-    metric: str,
-    label: str,
-    title: str,
-    path: Path,
-    published_points: pd.DataFrame | None = None,
-    x: str = "step",
-) -> Path:
-    """Draw `curve_figure` into path."""
-    return _save(curve_figure(summary, metric, label, title, published_points, x), path)
+def _draw_published(ax, points: pd.DataFrame, metric: str, colors: dict) -> None:
+    """The tutorials' one-seed numbers as large markers in their optimizer's colour."""
+    labelled = set()
+    for row in points.itertuples():
+        if row.optimizer not in colors:
+            continue
+        kind = "published (one seed)" if row.metric == metric else "published summary"
+        ax.scatter(
+            row.step,
+            row.published,
+            marker=PUBLISHED_MARKERS[row.metric],
+            s=70,
+            color=colors[row.optimizer],
+            edgecolors="black",
+            linewidths=0.8,
+            zorder=5,
+            label=None if kind in labelled else kind,
+        )
+        labelled.add(kind)
 
 
 def curve_figure(
@@ -107,23 +111,7 @@ def curve_figure(
         ax.plot(position, mean, marker="o", markersize=3, color=colors[name], label=legend)
         ax.fill_between(position, mean - std, mean + std, color=colors[name], alpha=0.2)
     if published_points is not None and x == "step":
-        labelled = set()
-        for row in published_points.itertuples():
-            if row.optimizer not in colors:
-                continue
-            kind = "published (one seed)" if row.metric == metric else "published summary"
-            ax.scatter(
-                row.step,
-                row.published,
-                marker=PUBLISHED_MARKERS[row.metric],
-                s=70,
-                color=colors[row.optimizer],
-                edgecolors="black",
-                linewidths=0.8,
-                zorder=5,
-                label=None if kind in labelled else kind,
-            )
-            labelled.add(kind)
+        _draw_published(ax, published_points, metric, colors)
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(label)
     means = summary[f"{metric}_mean"]
@@ -264,7 +252,7 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
         raise ValueError(f"Cannot plot against {x!r}; valid choices: {', '.join(X_COLUMNS)}.")
     results_dir = Path(results_dir)
     raw = read_runs(results_dir)
-    runs = with_labels(raw)
+    runs = label_settings(raw)
     written = []
     for protocol, subset, suffix in by_protocol(runs):
         summary = summarize(subset)
@@ -274,17 +262,9 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
             title = _title(protocol, n_seeds, label.split(" (")[0])
             wanted = [metric, "final_test_accuracy"] if metric == "test_accuracy" else [metric]
             own = None if points is None else points[points["metric"].isin(wanted)]
-            written.append(
-                plot_curve(
-                    summary,
-                    metric,
-                    label,
-                    title,
-                    results_dir / f"{stem}{suffix}{'' if x == 'step' else f'_vs_{x}'}.png",
-                    published_points=own,
-                    x=x,
-                )
-            )
+            figure = curve_figure(summary, metric, label, title, own, x)
+            path = results_dir / f"{stem}{suffix}{'' if x == 'step' else f'_vs_{x}'}.png"
+            written.append(_save(figure, path))
         if x != "step":
             continue
         raw_subset = raw.loc[subset.index]

@@ -13,13 +13,9 @@ from omegaconf import OmegaConf
 
 from optbench import published, stats
 from optbench.files import atomic_write
-from optbench.results import (
-    CONFIG_YAML,
-    RANKING_CSV,
-    read_runs,
-    summarize,
-    with_labels,
-)
+from optbench.labels import label_settings
+from optbench.provenance import CONFIG_YAML
+from optbench.results import RANKING_CSV, read_runs, summarize
 
 PLOTS = [  # file, caption
     ("test_accuracy.png", "Test accuracy against step (mean ± std over seeds)"),
@@ -72,14 +68,14 @@ def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _optimizer_count(runs: pd.DataFrame) -> str:
     """ "8 optimizers", or "1 optimizer in 2 settings" where one was trained with several."""
-    names, settings = runs["optimizer"].nunique(), with_labels(runs)["optimizer"].nunique()
+    names, settings = runs["optimizer"].nunique(), label_settings(runs)["optimizer"].nunique()
     counted = f"{names} optimizer{'s' if names > 1 else ''}"
     return counted if settings == names else f"{counted} in {settings} settings"
 
 
 def _diverged_text(runs: pd.DataFrame) -> str:
     """Which runs diverged, and from which evaluation on; empty when none did."""
-    runs = with_labels(runs)  # one label per optimizer setting
+    runs = label_settings(runs)  # one label per optimizer setting
     bad = runs[runs["diverged"].astype(bool)]
     if bad.empty:
         return ""
@@ -102,6 +98,26 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _provenance_text(config_path: Path) -> str:
+    """What produced the runs, from config.yaml's provenance, on one line."""
+    provenance = OmegaConf.to_container(OmegaConf.load(config_path).get("provenance", {}))
+    shown = ("optbench_version", "git_revision", "torch_version", "device_name", "overrides")
+    return "; ".join(f"{key}: {value}" for key, value in provenance.items() if key in shown)
+
+
+def _ranking_table(results_dir: Path, runs: pd.DataFrame, n_protocols: int):
+    """ranking.csv as written just before by write_ranking, else computed for one protocol
+    with several settings; None where there is nothing to rank."""
+    if (results_dir / RANKING_CSV).is_file():
+        table = pd.read_csv(results_dir / RANKING_CSV)
+    elif label_settings(runs)["optimizer"].nunique() > 1 and n_protocols == 1:
+        table, _ = stats.ranking(label_settings(runs))
+    else:
+        return None
+    tied = table["tied_with_best"].map({True: "≈", False: ""})
+    return table.assign(**{"≈ best": tied}).drop(columns="tied_with_best")
+
+
 def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
     """The report's title and its sections as (heading, kind, content) with kind one of
     "text", "table" (a DataFrame) or "image" (a file name)."""
@@ -120,40 +136,14 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
             f"({', '.join(map(str, seeds))}); {len(runs)} evaluations in runs.csv.",
         )
     ]
-    config_path = results_dir / CONFIG_YAML
-    if config_path.is_file():
-        provenance = OmegaConf.load(config_path).get("provenance", {})
-        sections.append(
-            (
-                "Provenance",
-                "text",
-                "; ".join(
-                    f"{k}: {v}"
-                    for k, v in OmegaConf.to_container(provenance).items()
-                    if k
-                    in (
-                        "optbench_version",
-                        "git_revision",
-                        "torch_version",
-                        "device_name",
-                        "overrides",
-                    )
-                ),
-            )
-        )
+    if (results_dir / CONFIG_YAML).is_file():
+        sections.append(("Provenance", "text", _provenance_text(results_dir / CONFIG_YAML)))
     sections.append(("Final results", "table", _final_table(summary)))
     diverged = _diverged_text(runs)
     if diverged:
         sections.append(("Diverged runs", "text", diverged))
-    table = None
-    if (results_dir / RANKING_CSV).is_file():  # written just before by write_ranking
-        table = pd.read_csv(results_dir / RANKING_CSV)
-    elif with_labels(runs)["optimizer"].nunique() > 1 and len(protocol) == 1:
-        table, _ = stats.ranking(with_labels(runs))
+    table = _ranking_table(results_dir, runs, len(protocol))
     if table is not None:
-        table = table.assign(
-            **{"≈ best": table["tied_with_best"].map({True: "≈", False: ""})}
-        ).drop(columns="tied_with_best")
         sections.append(
             ("Ranking (paired t-tests by seed, Holm-corrected)", "table", table.round(4))
         )

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from optbench import files, results, stats
+from optbench import files, labels, results, stats
 from optbench.config import RUN_IDENTITY
 
 ALPHA = 0.05
@@ -62,7 +62,7 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
             f"{', '.join(sorted(set(second['fingerprint'])))}): a rerun is the same protocol. "
             "Compare two folders of one protocol."
         )
-    first, second = (results.with_labels(f) for f in (first, second))
+    first, second = (labels.label_settings(f) for f in (first, second))
     order = list(dict.fromkeys(first["optimizer"]))  # the table follows the first folder
     first, second = (f.set_index(IDENTITY).sort_index() for f in (first, second))
     common = first.index.intersection(second.index)
@@ -79,7 +79,19 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
     same = same.join((a[other] == b[other]) if other else pd.DataFrame(index=a.index))
     row_same = same.all(axis=1).groupby(level=["optimizer", "hyperparameters", "seed"]).all()
     identical = bool(row_same.all()) and len(first) == len(second)
+    table = _final_accuracies(first, second, row_same, order)
+    if identical:
+        verdict = "bit-identical"
+    else:
+        verdict = "inconsistent" if table["flagged"].any() else "consistent"
+    return Verdict(verdict, table, int((~row_same).sum()), len(row_same))
 
+
+def _final_accuracies(
+    first: pd.DataFrame, second: pd.DataFrame, row_same: pd.Series, order: list[str]
+) -> pd.DataFrame:
+    """Per optimizer setting (in `order`): both folders' final test accuracies, how many runs
+    are identical, and Welch's test of the difference with Holm's correction (flagged)."""
     rows = []
     for optimizer, mine in row_same.groupby(level="optimizer"):
         finals = []
@@ -109,11 +121,7 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
     if tested.any():
         table.loc[tested, "p_holm"] = stats.holm(table.loc[tested, "p"].tolist())
     table["flagged"] = table["p_holm"] < ALPHA
-    if identical:
-        verdict = "bit-identical"
-    else:
-        verdict = "inconsistent" if table["flagged"].any() else "consistent"
-    return Verdict(verdict, table, int((~row_same).sum()), len(row_same))
+    return table
 
 
 def report(first_dir: Path, second_dir: Path, verdict: Verdict) -> str:

@@ -5,89 +5,31 @@ files.atomic_write."""
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
 
-import optbench
 from optbench import stats
 from optbench.config import (
     RUN_IDENTITY,
     changes_protocol,
-    git_revision,
-    protocol,
-    protocol_differences,
     run_key,
 )
 from optbench.files import ResultsError, atomic_write, write_csv
+from optbench.labels import by_protocol, label_settings
 from optbench.plan import Plan
+from optbench.provenance import CONFIG_YAML, differences
 
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
-CONFIG_YAML = "config.yaml"
 CHECKPOINT = "checkpoint.pt"  # the training state of an unfinished job (engine.train)
 
 METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
 GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "hyperparameters", "step"]
 RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch"] + METRICS + ["diverged", "fingerprint"]
-
-
-PROTOCOL_KEYS = ["experiment", "dataset", "model"]
-
-
-def by_protocol(runs: pd.DataFrame):
-    """Yield (protocol, its runs, file-name suffix) for every protocol in runs. The suffix is
-    empty when there is one protocol, else "_<experiment>_<dataset>_<model>"."""
-    protocols = runs[PROTOCOL_KEYS].drop_duplicates()
-    for names in protocols.itertuples(index=False):  # (experiment, dataset, model)
-        mask = (runs[PROTOCOL_KEYS] == list(names)).all(axis=1)
-        suffix = "" if len(protocols) == 1 else "_" + "_".join(map(str, names))
-        yield names, runs[mask], suffix
-
-
-def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs whose `optimizer` names one setting each: an optimizer trained with several
-    settings in one frame gets the hyperparameters that tell them apart in its label,
-    "adam lr=0.01", "adam betas=[0.5, 0.9]"; an optimizer with one setting keeps its name."""
-    if "hyperparameters" not in runs or runs.empty:
-        return runs
-    labels = {}
-    for name, settings in runs.groupby("optimizer", sort=False)["hyperparameters"]:
-        labels |= {(name, text): label for text, label in setting_labels(name, settings).items()}
-    label = [labels[pair] for pair in zip(runs["optimizer"], runs["hyperparameters"], strict=True)]
-    return runs.assign(optimizer=label)
-
-
-def setting_labels(name: str, settings) -> dict[str, str]:
-    """Each distinct hyperparameters JSON of one optimizer -> its label: the name alone when
-    there is one setting, else the name and the keys whose values differ."""
-    distinct = list(dict.fromkeys(settings))
-    if len(distinct) == 1:
-        return {distinct[0]: name}
-    parsed = [json.loads(text) for text in distinct]
-    keys = sorted({key for p in parsed for key in p if len({repr(q.get(key)) for q in parsed}) > 1})
-    return {
-        text: name + " " + " ".join(f"{key}={_short(p.get(key))}" for key in keys)
-        for text, p in zip(distinct, parsed, strict=True)
-    }
-
-
-def optimizer_configs(runs: pd.DataFrame) -> dict[str, dict]:
-    """Every optimizer setting in runs, by its label (see with_labels): for config.yaml."""
-    configs = {}
-    for name, settings in runs.groupby("optimizer", sort=False)["hyperparameters"]:
-        for text, label in setting_labels(name, settings).items():
-            configs[label] = {"name": name, **json.loads(text)}
-    return configs
-
-
-def _short(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -98,7 +40,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     seeds; n_diverged and diverged_fraction count the runs left out as diverged."""
     if "diverged" not in runs:
         runs = runs.assign(diverged=False)
-    runs = with_labels(runs).assign(diverged=runs["diverged"].astype(bool))
+    runs = label_settings(runs).assign(diverged=runs["diverged"].astype(bool))
     counts = runs.groupby(GROUP_KEYS, sort=False, dropna=False).agg(
         epoch=("epoch", "first"),
         seeds=("seed", "nunique"),
@@ -130,73 +72,6 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         key=lambda column: column.map(order) if column.name == "optimizer" else column,
         kind="stable",
     ).reset_index(drop=True)
-
-
-def provenance() -> dict:
-    """What produced the results: optbench's version and git revision, library versions."""
-    import torch
-    import torchvision
-
-    return {
-        "optbench_version": optbench.__version__,
-        "git_revision": git_revision(),
-        "torch_version": str(torch.__version__),
-        "torchvision_version": str(torchvision.__version__),
-        "python_version": platform.python_version(),
-        "machine": platform.machine(),
-        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def recorded_config(results_dir: Path) -> dict:
-    """results_dir's config.yaml as a plain dict (empty when there is none)."""
-    path = Path(results_dir) / CONFIG_YAML
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
-
-
-def _recorded_protocol(results_dir: Path) -> dict | None:
-    """The protocol that results_dir's config.yaml records (None without one)."""
-    recorded = recorded_config(results_dir)
-    return protocol(recorded) if recorded else None
-
-
-def _differences(a: Path, b: Plan | Path) -> str:
-    """The protocol keys that differ between folder a and a plan (or folder) b."""
-    first = _recorded_protocol(a)
-    second = _recorded_protocol(b) if isinstance(b, Path) else protocol(b.config)
-    if first is None or second is None:
-        return "(a folder has no config.yaml to compare)"
-    return "; ".join(protocol_differences(first, second)) or "(none recorded)"
-
-
-def write_config(
-    path: Path,
-    plan: Plan,
-    optimizer_configs: dict,
-    overrides: list[str],
-    provenance_info: dict | None = None,
-) -> None:
-    """config.yaml: the plan's resolved config, the hyperparameters of every optimizer in
-    the folder's runs (name -> config), the command-line overrides, and provenance (taken
-    now unless given)."""
-    document = {**plan.config, "optimizer_configs": optimizer_configs}
-    document["provenance"] = {
-        **(provenance_info or provenance()),
-        "overrides": list(overrides),
-        "protocol_fingerprint": plan.fingerprint,
-    }
-    text = OmegaConf.to_yaml(OmegaConf.create(document))
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_results(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
@@ -303,7 +178,7 @@ def previous_runs(out_dir: Path, plan: Plan, eval_steps: list[int]) -> pd.DataFr
     if theirs != [plan.fingerprint]:
         raise ResultsError(
             f"{out_dir} holds results of another protocol (fingerprint {', '.join(theirs)}; "
-            f"this job's is {plan.fingerprint}); keys that differ: {_differences(out_dir, plan)}. "
+            f"this job's is {plan.fingerprint}); keys that differ: {differences(out_dir, plan)}. "
             "optbench does not mix them: write elsewhere (hydra.run.dir=...), or use "
             "resume=false to move the old results aside into replaced-<time>/."
         )
@@ -322,7 +197,7 @@ def read_many(results_dirs: list[Path], allow_mixed: bool = False) -> pd.DataFra
         raise ResultsError(
             f"{first} and {second} hold results of different protocols "
             f"(fingerprints {', '.join(sorted(kinds[0]))} and {', '.join(sorted(kinds[other]))}); "
-            f"keys that differ: {_differences(first, second)}. Pass --allow-mixed to put them "
+            f"keys that differ: {differences(first, second)}. Pass --allow-mixed to put them "
             "side by side anyway."
         )
     runs = pd.concat(frames, ignore_index=True)
@@ -366,7 +241,7 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
     """Concatenate the runs.csv of every job folder of a Hydra multirun.
 
     Jobs that train one optimizer with other hyperparameters (`-m optimizer.lr=0.1,0.01`)
-    are told apart by their runs' hyperparameters column (with_labels: "sgd lr=0.1"). Jobs
+    are told apart by their runs' hyperparameters column (labels.label_settings: "sgd lr=0.1"). Jobs
     that train it on other protocols (`-m train.batch_size=full,1,100`) get their own
     overrides in the optimizer label, "sgd [train.batch_size=full]", so their rows stay
     apart. Jobs that differ only in seeds, paths or hardware keep the plain name and are
@@ -416,7 +291,7 @@ def write_ranking(results_dir: Path, runs: pd.DataFrame, metric: str = "test_acc
     in runs with two or more optimizer settings; return the files written."""
     results_dir = Path(results_dir)
     written = []
-    for _, mine, suffix in by_protocol(with_labels(runs)):
+    for _, mine, suffix in by_protocol(label_settings(runs)):
         if mine["optimizer"].nunique() < 2 or stats.final_values(mine, metric).empty:
             continue
         table, pairs = stats.ranking(mine, metric)

@@ -80,7 +80,7 @@ def final_values(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFr
     """One column per optimizer, one row per seed: the metric at each optimizer's last step,
     for the seeds every optimizer has and none diverged on (an optimizer whose every seed
     diverged is left out). Runs of several settings of one optimizer come labelled apart
-    (results.with_labels)."""
+    (labels.label_settings)."""
     runs = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
     if "diverged" in runs:
         runs = runs[~runs["diverged"].astype(bool)]

@@ -1,5 +1,5 @@
-"""What trains runs: a RunTrainer (one run, its own model), a StackTrainer (runs of
-element-wise optimizers as one batched model), the OptimizerGroup that steps the runs of
+"""What trains runs: a RunTrainer (one run, its own model; stack.StackTrainer trains runs
+of element-wise optimizers as one batched model), the OptimizerGroup that steps the runs of
 one element-wise optimizer with one call, and the Workers threads that spread trainers over
 the CPU's cores.
 
@@ -191,93 +191,6 @@ class RunTrainer(Trainer):
         self.model.load_state_dict(state["model"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.load_counters(state)
-
-
-class StackTrainer(Trainer):
-    """Runs of element-wise optimizers trained as one batched model: where a GPU trains the
-    runs (stack_runs=auto on CUDA, or stack_runs=always).
-
-    Every parameter is one tensor with a leading run dimension, [R, ...], stacked from the
-    runs' own initial models, and torch.func.vmap computes all R runs' losses and gradients
-    at once (models.VmappedModel: batched matmuls, grouped convolutions). Each run gets its
-    own gradient, up to float rounding: a batched kernel sums in another order than a lone
-    run's kernel, so a stacked run agrees with the same run trained alone to a stated
-    tolerance, not bit for bit (tests/test_engine.py).
-
-    Each optimizer setting updates its runs' rows: its parameters are views of each run's
-    row of every stacked tensor, so torch.optim updates the stacked tensors in place. That
-    is exact only for optimizers whose update is element-wise (optimizer config
-    `elementwise: true`); the others train in RunTrainers.
-    """
-
-    def __init__(self, runs: list[RunSpec], model: dict, dataset: dict, device: torch.device):
-        super().__init__(runs, device)
-        self.model = models.stacked(
-            [
-                models.build_model(model, dataset, stream_seed(run.seed, "init")).to(device)
-                for run in runs
-            ]
-        )
-        params = list(self.model.params.values())  # each [R, ...]
-        # per optimizer setting: (its optimizer, its views, each view's (parameter, row))
-        self.optimizers = []
-        for spec, rows in rows_by_optimizer(runs).items():
-            slots = [(i, r) for r in rows for i in range(len(params))]
-            views = [params[i].detach()[r] for i, r in slots]
-            kernel = optimizers.implementation(spec.config)
-            optimizer = optimizers.build_optimizer(spec.config, views, kernel)
-            self.optimizers.append((optimizer, views, slots))
-
-    def step(self, tensors: DatasetTensors, batches: Batches) -> None:
-        start = time.perf_counter()
-        seeds = [run.seed for run in self.runs]
-        if batches[seeds[0]] is None:  # full batch: one group of inputs for all runs
-            x, y = tensors.train_x.unsqueeze(0), tensors.train_y.unsqueeze(0)
-        else:  # a group per run: its own mini-batch
-            index = torch.stack([batches[seed] for seed in seeds])  # [R, B]
-            images = tensors.train_x.flatten(1)  # a 2-D gather is 3x faster than a 4-D one
-            x = images.index_select(0, index.flatten())
-            x = x.view(*index.shape, *tensors.train_x.shape[1:])
-            y = tensors.train_y.index_select(0, index.flatten()).view(index.shape)
-        losses, grads = self.model.losses_and_grads(x, y)  # each run's rows: its own gradient
-        # torch 2.15's fused kernels read a gradient as if laid out like its parameter (a
-        # transposed one gives a wrong update), and vmap's can come out transposed
-        grads = [grad.contiguous() for grad in grads]
-        for optimizer, views, slots in self.optimizers:
-            for view, (i, row) in zip(views, slots, strict=True):
-                view.grad = grads[i][row]
-            optimizer.step()
-        self.grad_evals += 1  # a diverged run keeps computing in the stack, unreported
-        self.count_step(losses, time.perf_counter() - start)
-
-    @torch.no_grad()
-    def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
-        x, y, n_runs = tensors.test_x, tensors.test_y, len(self.runs)
-        loss_sum = torch.zeros(n_runs, device=x.device, dtype=torch.float64)
-        correct = torch.zeros(n_runs, device=x.device, dtype=torch.int64)
-        for start in range(0, len(x), batch_size):
-            logits = self.model.logits(x[start : start + batch_size].unsqueeze(0))  # [R, n, C]
-            target = y[start : start + batch_size].expand(n_runs, -1)
-            losses = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-            loss_sum += losses.sum(dim=1).double()
-            correct += (logits.argmax(dim=2) == target).sum(dim=1)
-        losses, accuracies = (loss_sum / len(x)).tolist(), (correct.double() / len(x)).tolist()
-        return list(zip(losses, accuracies, strict=True))
-
-    def state_dict(self) -> dict:
-        params = {name: p.detach() for name, p in self.model.params.items()}
-        optimizer_states = [optimizer.state_dict() for optimizer, _, _ in self.optimizers]
-        return {"params": params, "optimizers": optimizer_states, **self.counters()}
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict) -> None:
-        for name, p in self.model.params.items():
-            p.copy_(state["params"][name])  # in place: the optimizers' views stay valid
-        for (optimizer, _, _), optimizer_state in zip(
-            self.optimizers, state["optimizers"], strict=True
-        ):
-            optimizer.load_state_dict(optimizer_state)
         self.load_counters(state)
 
 

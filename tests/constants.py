@@ -1,0 +1,32 @@
+"""Tables that several test modules share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# configs/debug/smoke.yaml: the first 1,000 training examples, 40 steps, evaluated at 20 and 40
+SMOKE = "debug=smoke"
+
+# What an optimizer config needs beyond the default model to build and train.
+NEEDS = {
+    "sparse_adam": ["model.sparse_input=true"],
+    "custom": ["optimizer._target_=torch.optim.SGD"],
+}
+LINE_SEARCH = "optimizer.line_search_fn=strong_wolfe"  # L-BFGS on mini-batches needs one
+
+# The plots every results folder of one protocol gets, and the first bytes of a real PNG.
+PLOTS = [
+    "test_accuracy.png",
+    "test_loss.png",
+    "train_loss.png",
+    "last_batch_loss.png",
+    "final_test_accuracy.png",
+]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plots(folder: Path) -> None:
+    """Every plot is in folder, a real PNG with something drawn."""
+    for name in PLOTS:
+        payload = (folder / name).read_bytes()
+        assert payload.startswith(PNG_MAGIC) and len(payload) > 10_000, name
