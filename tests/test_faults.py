@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from constants import SMOKE
+from constants import PLOTS, SMOKE
 
 from conftest import OPTBENCH, ROOT, run_cli
 
@@ -122,8 +122,8 @@ def file_untouched(tmp_path: Path) -> None:
 
 def every_file_and_the_divergence_said(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    for name in ("runs.csv", "summary.csv", "report.md", "report.html", "test_accuracy.png"):
-        assert (out / name).is_file(), name
+    for name in ("runs.csv", "summary.csv", "report.md", "report.html", *PLOTS):
+        assert (out / name).is_file(), name  # each plot says that every run diverged
     assert "2 of 2 runs diverged" in (out / "report.md").read_text()
     assert runs_of(tmp_path)["diverged"].all()
 
