@@ -145,21 +145,21 @@ def memory_bytes_per_second(threads: int) -> float:
     return 2 * source.nbytes / _best_time(lambda: target.copy_(source))
 
 
-def wizard_optimizer_configs() -> list[OptimizerSpec]:
+def wizard_optimizers() -> list[OptimizerSpec]:
     """The optimizer settings `optbench sweep experiment=wizard_ffnn` trains."""
     return compose_plan("sweep", "experiment=wizard_ffnn").optimizers
 
 
-def optimizer_traffic_bytes(optimizer_cfgs: list[OptimizerSpec], seeds: int) -> float:
+def optimizer_traffic_bytes(specs: list[OptimizerSpec], seeds: int) -> float:
     """Bytes the wizard_ffnn sweep's optimizer updates must move at least: per step, each
     run's parameters and gradients read, its parameters written, and each of its optimizer's
     parameter-sized states (momentum, moments...) read and written; float32 throughout. The
     states are counted on torch.optim itself, after a step of each configured optimizer."""
     passes = 0
-    for optimizer_cfg in optimizer_cfgs:
+    for spec in specs:
         p = torch.zeros(16, requires_grad=True)
         p.grad = torch.ones(16)
-        optimizer = build_optimizer(optimizer_cfg.config, [p])
+        optimizer = build_optimizer(spec.config, [p])
         optimizer.step()
         states = sum(torch.is_tensor(v) and v.shape == p.shape for v in optimizer.state[p].values())
         passes += 3 + 2 * states
@@ -209,8 +209,8 @@ def main() -> None:
             seeds,
             [["run", *common, "optimizer=sgd", f"seeds={seeds}"]],
         )
-    optimizer_cfgs, sweep_seeds = wizard_optimizer_configs(), 5
-    names = [optimizer_cfg.name for optimizer_cfg in optimizer_cfgs]
+    specs, sweep_seeds = wizard_optimizers(), 5
+    names = [spec.name for spec in specs]
     sweep = ["sweep", *common, f"seeds={sweep_seeds}"]
     halves = [names[::2], names[1::2]]
     layouts = {"1 process x 2 threads": [[*sweep, "threads=2"]]}
@@ -259,7 +259,7 @@ def main() -> None:
         f"with 2 threads at the sweep's own shapes ({n_runs} x [100,784] @ [784,100]): "
         f"{flops / 1e12:.2f} TFLOP / {rate / 1e9:.0f} GFLOP/s = {matmul_s:.1f} s"
     )
-    traffic = optimizer_traffic_bytes(optimizer_cfgs, sweep_seeds)
+    traffic = optimizer_traffic_bytes(specs, sweep_seeds)
     bandwidth = memory_bytes_per_second(2)
     traffic_s = traffic / bandwidth
     print(

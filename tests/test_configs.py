@@ -194,3 +194,20 @@ def test_debug_smoke_shrinks_any_experiment_and_the_command_line_still_wins(expe
     assert cfg.train.batch_size == compose_config(f"experiment={experiment}").train.batch_size
     cfg = compose_config(f"experiment={experiment}", "debug=smoke", "train.steps=10")
     assert cfg.train.steps == 10
+
+
+def test_for_choice_values_that_would_be_ignored_are_refused(tmp_path):
+    """A preset's for_choice is merged as Hydra composes it; set anywhere else, or for a group
+    it cannot set, it would do nothing: the job stops with one paragraph instead."""
+    with pytest.raises(ConfigError, match="not set from the command line"):
+        sweep_plan("+for_choice.optimizer.adam.lr=0.5")
+    presets = tmp_path / "experiment"
+    presets.mkdir()
+    preset = "# @package _global_\nexperiment_name: mine\nfor_choice: {%s: {sgd: {lr: 0.5}}}\n"
+    (presets / "typo.yaml").write_text(preset % "optimzer")
+    (presets / "mine.yaml").write_text(preset % "optimizer")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    with pytest.raises(ConfigError, match="valid groups: dataset, model, optimizer"):
+        sweep_plan(searchpath, "experiment=typo")
+    with pytest.raises(ConfigError, match="optbench's configs/experiment/ only"):
+        sweep_plan(searchpath, "experiment=mine")

@@ -232,8 +232,8 @@ def test_stacked_lenets_agree_with_lenets_trained_alone(data_dir, device):
 
 @pytest.mark.slow
 def test_optimizers_that_are_not_elementwise_train_beside_a_stack(data_dir):
-    """L-BFGS (whole-tensor dot products) trains as a Run beside a Stack (as on a GPU), and
-    gives the same rows as alone; the stacked ones are untouched by it."""
+    """L-BFGS (whole-tensor dot products) trains in a RunTrainer beside a StackTrainer (as on
+    a GPU), and gives the same rows as alone; the stacked ones are untouched by it."""
     choices = {"adam": ("optimizer=adam",), "lbfgs": ("optimizer=lbfgs", LINE_SEARCH)}
     layout = ("stack_runs=always", "seeds=2", SMOKE, "train.steps=10", "train.eval_every=5")
     alone = {name: run_plan(*choice, *layout) for name, choice in choices.items()}

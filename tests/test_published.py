@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optbench import data, published
+from optbench import preparation, published
 from optbench.optimizers import optimizer_class, optimizer_kwargs
 
 from conftest import sweep_plan
@@ -36,7 +36,7 @@ def test_every_preset_matches_the_reference_protocol(experiment):
         assert normalize is None
     else:
         assert (normalize["mean"], normalize["std"]) == tuple(map(list, reference["normalize"]))
-    assert data.train_size(plan.dataset) == reference["train_size"]
+    assert preparation.train_size(plan.dataset) == reference["train_size"]
     model, model_keys = reference["model"]
     assert plan.model["name"] == model
     assert {key: plan.model[key] for key in model_keys} == model_keys

@@ -10,8 +10,6 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
 from optbench import (
     engine,
@@ -136,17 +134,3 @@ def write_analysis(out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True) -
         written += plots.plot_all(out_dir)
     written += report.write_report(out_dir)
     return written
-
-
-class CombineMultirun(Callback):
-    """At the end of a Hydra multirun: one runs.csv, summary.csv and set of plots for all
-    jobs (configs/config.yaml names this callback)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        combined = results.combine_jobs(sweep_dir)
-        if combined is None:
-            return
-        results.write_results(sweep_dir, combined)
-        write_analysis(sweep_dir, combined)
-        print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")

@@ -7,6 +7,7 @@ import math
 
 from omegaconf import DictConfig
 
+from optbench import preparation
 from optbench.config import (
     ConfigError,
     check_train,
@@ -23,7 +24,7 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     from optbench import data, models, optimizers  # torch is slow to import: after the cheap checks
 
     data.check_dataset_config(cfg.dataset)
-    n_train = data.train_size(cfg.dataset)
+    n_train = preparation.train_size(cfg.dataset)
     if cfg.train.batch_size != "full" and cfg.train.batch_size > n_train:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is larger than the training set "

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError, ResourceError
@@ -105,6 +106,23 @@ def hydra_app(command: str, plans: Plans):
             sys.exit(EXIT_RESOURCE)
 
     return app
+
+
+class CombineMultirun(Callback):
+    """At the end of a Hydra multirun: one runs.csv, summary.csv and set of plots for all
+    jobs (configs/config.yaml names this callback)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from optbench import results
+        from optbench.benchmark import write_analysis
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        combined = results.combine_jobs(sweep_dir)
+        if combined is None:
+            return
+        results.write_results(sweep_dir, combined)
+        write_analysis(sweep_dir, combined)
+        print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")
 
 
 def _discard_if_empty(folder: Path) -> None:

@@ -88,6 +88,7 @@ class Config:
 CONFIG_PACKAGE = "optbench.configs"
 CONFIG_NAME = "config"
 PRESET_GROUPS = ("dataset", "model", "optimizer")  # the groups a preset's for_choice may set
+REGISTERED_PRESETS: set[str] = set()  # the presets whose for_choice sections Hydra merges
 
 
 def register_preset_values() -> None:
@@ -97,10 +98,12 @@ def register_preset_values() -> None:
     choices it names only, and command-line overrides still win, as Hydra composes them."""
     store = ConfigStore.instance()
     store.store(name="optbench_schema", node=Config)
+    REGISTERED_PRESETS.clear()
     for preset in (importlib.resources.files(CONFIG_PACKAGE) / "experiment").iterdir():
         if not preset.name.endswith(".yaml"):
             continue
         values = OmegaConf.create(preset.read_text()).get("for_choice") or {}
+        REGISTERED_PRESETS.add(preset.name.removesuffix(".yaml"))
         for group, choices in values.items():
             for choice, node in choices.items():
                 experiment = preset.name.removesuffix(".yaml")

@@ -14,9 +14,7 @@ from pathlib import Path
 import torch
 
 from optbench.config import ConfigError
-from optbench.preparation import DATASETS, dataset_class, prepare
-
-TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
+from optbench.preparation import DATASETS, TRAIN_SIZES, dataset_class, prepare
 
 
 @dataclass
@@ -27,11 +25,6 @@ class DatasetTensors:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-
-
-def train_size(dataset: Mapping) -> int:
-    """Examples a run trains on: dataset.train_size, or the whole training set."""
-    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]]
 
 
 def check_dataset_config(dataset: Mapping) -> None:

@@ -1,12 +1,12 @@
 """The training engine: every (optimizer, seed) run of a job advances in one step loop.
 
-On the CPU every run is a RunTrainer: its own model, computed with its own tensors through
-single-threaded kernels, the runs spread over worker threads (trainers.Workers); the runs
-of one element-wise optimizer share one optimizer call (trainers.OptimizerGroup). So a run
-gives the same numbers bit for bit whatever trains beside it and whatever the number of
-threads, by how the computation is laid out. On a GPU the runs of element-wise optimizers
-train as one batched model (stack.StackTrainer), which agrees with a lone run to float
-rounding.
+On the CPU every run is a RunTrainer (unless stack_runs=always): its own model, computed
+with its own tensors through single-threaded kernels, the runs spread over worker threads
+(trainers.Workers); the runs of one element-wise optimizer share one optimizer call
+(trainers.OptimizerGroup). So a run gives the same numbers bit for bit whatever trains
+beside it and whatever the number of threads, by how the computation is laid out. On a GPU
+the runs of element-wise optimizers train as one batched model (stack.StackTrainer), which
+agrees with a lone run to float rounding.
 
 A run's randomness comes from its seed alone: the initial weights from one stream, the
 order of the mini-batches from another. So a seed gives the same run whatever other seeds
@@ -218,7 +218,10 @@ class Job:
         if state is None:
             return [], 0
         if state["job"] != self.identity:
-            log.info("%s belongs to another job; training from the start", checkpoint)
+            log.info(
+                "%s belongs to another job (or an earlier optbench); training from the start",
+                checkpoint,
+            )
             return [], 0
         for trainer, trainer_state in zip(self.trainers, state["trainers"], strict=True):
             trainer.load_state_dict(trainer_state)
@@ -260,6 +263,9 @@ def train(
     context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
     context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
     position = {run: i for i, run in enumerate(runs)}  # rows in the order of runs
+    if len(position) != len(runs):
+        raise ValueError("a run appears twice in the runs to train")
+    eval_steps = set(schedule.eval_steps)
     with Workers(worker_count(plan, device), device) as workers:
         tensors = data.load(plan.dataset, plan.data_dir, device)
         job = Job(plan, runs, schedule.batch_size, len(tensors.train_x), device)
@@ -270,7 +276,7 @@ def train(
             workers.map([partial(trainer.step, tensors, batches) for trainer in job.trainers])
             workers.map([group.step for group in job.groups])
             bar.update(len(runs))
-            if step not in schedule.eval_steps:
+            if step not in eval_steps:
                 continue
             evaluated = [{}] * len(runs)
             test_batch_size = plan.train["test_batch_size"]

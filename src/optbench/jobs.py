@@ -19,8 +19,13 @@ from omegaconf.errors import OmegaConfBaseException
 
 from optbench import preparation
 from optbench.checks import check_config
-from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError
-from optbench.optimizers import expand_lr_grid
+from optbench.config import (
+    CONFIG_NAME,
+    CONFIG_PACKAGE,
+    PRESET_GROUPS,
+    REGISTERED_PRESETS,
+    ConfigError,
+)
 from optbench.plan import OptimizerSpec, Plan
 
 COMMANDS = ("run", "sweep", "tune")  # the commands that train
@@ -35,18 +40,45 @@ def job_key(overrides: list[str]) -> tuple[str, ...]:
 
 def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
     """The checked Plan of a composed config: `run` trains its one optimizer, `sweep` and
-    `tune` the experiment's list (`optimizers`), each at every multiple of lr_grid when one
-    is given. Needs an initialised Hydra (inside a Hydra app, or initialize_config_module)."""
+    `tune` the experiment's list (`optimizers`); `run` and `sweep` at every multiple of
+    lr_grid when one is given. Needs an initialised Hydra (inside a Hydra app, or
+    initialize_config_module)."""
+    _check_for_choice(cfg, overrides)
     if command == "tune" and cfg.lr_grid is not None:
         raise ConfigError(
             f"lr_grid={list(cfg.lr_grid)} does not apply to `optbench tune`, which draws "
             "every trial's lr itself (log-uniform over two decades either side); drop "
             "lr_grid, or use it with `optbench sweep`."
         )
+    from optbench.optimizers import expand_lr_grid  # torch is slow to import: not for --help
+
     chosen = [cfg.optimizer] if command == "run" else _sweep_optimizers(cfg, overrides)
     optimizer_cfgs = chosen if command == "tune" else expand_lr_grid(chosen, cfg.lr_grid)
     check_config(cfg, optimizer_cfgs)
     return Plan.of(cfg, [OptimizerSpec.of(o) for o in optimizer_cfgs])
+
+
+def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
+    """Refuse preset values that would be silently ignored: for_choice is merged when Hydra
+    composes a preset of optbench's configs/experiment/ (config.register_preset_values)."""
+    given = [o for o in overrides if o.lstrip("+~").startswith("for_choice")]
+    if given:
+        raise ConfigError(
+            f"{given[0]}: for_choice holds an experiment preset's own values, not set from "
+            "the command line; set the value itself instead, e.g. optimizer.lr=0.1."
+        )
+    unknown = [group for group in cfg.for_choice if group not in PRESET_GROUPS]
+    if unknown:
+        raise ConfigError(
+            f"Experiment {cfg.experiment_name!r}: for_choice.{unknown[0]} is not a group a "
+            f"preset sets values for; valid groups: {', '.join(PRESET_GROUPS)}."
+        )
+    if cfg.for_choice and cfg.experiment_name not in REGISTERED_PRESETS:
+        raise ConfigError(
+            f"Experiment {cfg.experiment_name!r} has a for_choice section, which applies to "
+            "the presets in optbench's configs/experiment/ only; put the preset there, or "
+            "set its values in the experiment file directly (then for every choice)."
+        )
 
 
 def compose_plan(command: str, *overrides: str) -> Plan:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from optbench import data, preparation
+from optbench import preparation
 from optbench.config import fingerprint, hyperparameters, run_key, seed_list
 
 
@@ -129,4 +129,4 @@ class Plan:
         return [RunSpec(optimizer, seed) for optimizer in self.optimizers for seed in self.seeds]
 
     def schedule(self) -> Schedule:
-        return make_schedule(self.train, data.train_size(self.dataset))
+        return make_schedule(self.train, preparation.train_size(self.dataset))

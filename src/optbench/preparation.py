@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from optbench.config import ConfigError, source_checkout
 
 # optbench name -> torchvision.datasets class name (also the folder name under data_dir)
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
 
 # MD5 of the four original (uncompressed) IDX files, as torchvision names them in raw/.
 IDX_MD5 = {
@@ -61,6 +63,11 @@ def dataset_class(name: str) -> type:
     import torchvision  # slow to import: only when a dataset is really opened
 
     return getattr(torchvision.datasets, DATASETS[name])
+
+
+def train_size(dataset: Mapping) -> int:
+    """Examples a run trains on: dataset.train_size, or the whole training set."""
+    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]]
 
 
 def default_data_dir() -> Path:

@@ -1,6 +1,6 @@
-"""Results on disk: runs.csv (one row per run and evaluation), summary.csv (mean ± std over
-seeds), config.yaml (resolved config + provenance); reading them back, checked; what a
-results folder already holds when a job resumes. Every file is written through
+"""Results on disk: runs.csv (one row per run and evaluation) and summary.csv (mean ± std
+over seeds); reading them back, checked; what a results folder already holds when a job
+resumes; the ranking's files (config.yaml is provenance.py's). Every file is written through
 files.atomic_write."""
 
 from __future__ import annotations
