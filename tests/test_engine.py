@@ -261,10 +261,16 @@ def test_a_diverging_run_leaves_the_others_untouched(data_dir, stack_runs):
     pd.testing.assert_frame_equal(tame, training(sweep_plan(*layout)), check_exact=exact, rtol=1e-5)
 
 
-def test_engine_equals_a_hand_written_sgd_loop(data_dir, device):
+@pytest.mark.parametrize(
+    "schedule",
+    [("schedule=constant",), ("schedule=step", "schedule.step_size=10", "schedule.gamma=0.5")],
+    ids=["constant", "step"],
+)
+def test_engine_equals_a_hand_written_sgd_loop(data_dir, device, schedule):
     """Independent reference: plain tensors, F.linear, torch.autograd.grad, p -= lr * g, on
-    the CPU."""
-    plan = run_plan(device, "optimizer=sgd", "seeds=[7]", "train.batch_size=64", SMOKE)
+    the CPU; with step decay, lr halved by hand every 10 steps."""
+    plan = run_plan(device, "optimizer=sgd", "seeds=[7]", "train.batch_size=64", SMOKE, *schedule)
+    decay = 0.5 if schedule[0] == "schedule=step" else 1.0
     runs = engine.train(plan, progress=False)
 
     tensors: DatasetTensors = load(plan.dataset, data_dir, torch.device("cpu"))
@@ -285,7 +291,7 @@ def test_engine_equals_a_hand_written_sgd_loop(data_dir, device):
         grads = torch.autograd.grad(loss, [w1, b1, w2, b2])
         with torch.no_grad():
             for p, g in zip((w1, b1, w2, b2), grads, strict=True):
-                p -= lr * g
+                p -= lr * decay ** ((step - 1) // 10) * g
         losses.append(loss.item())
         if step % 20 == 0:
             with torch.no_grad():

@@ -49,6 +49,7 @@ def test_runs_csv_has_the_contracted_columns(real_runs, tmp_path):
         "seed",
         "step",
         "epoch",
+        "current_lr",
         "train_loss",
         "last_batch_loss",
         "test_loss",

@@ -50,6 +50,7 @@ def runs_from(finals: dict[str, list[float]]) -> pd.DataFrame:
                 "seed": seed,
                 "step": 100,
                 "epoch": 1.0,
+                "current_lr": 0.1,
                 "train_loss": 0.1,
                 "last_batch_loss": 0.1,
                 "test_loss": 0.1,

@@ -21,6 +21,7 @@ from optbench import (
     published,
     report,
     results,
+    schedules,
     tuning,
 )
 from optbench.plan import OptimizerSpec, Plan, RunSpec
@@ -76,6 +77,8 @@ def _train_and_record(
     A checkpoint left in out_dir by this same job is resumed, and a folder of another
     protocol is refused (results.previous_runs)."""
     preparation.prepare(plan.dataset["name"], plan.data_dir, log=log.info)
+    for note in schedules.notes(plan.lr_schedule, trained):
+        log.warning(note)
     files.remove_temporaries(out_dir)
     if not plan.resume and (aside := files.move_aside(out_dir)):
         log.info("resume=false: the folder's earlier results are now in %s", aside)

@@ -7,7 +7,7 @@ import math
 
 from omegaconf import DictConfig
 
-from optbench import preparation
+from optbench import preparation, schedules
 from optbench.config import (
     ConfigError,
     check_train,
@@ -15,6 +15,7 @@ from optbench.config import (
     positive_int,
     seed_list,
 )
+from optbench.plan import make_schedule
 
 
 def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
@@ -31,6 +32,10 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
             f"({n_train} examples); use at most that, or train.batch_size=full."
         )
     models.check_model_config(cfg.model)
+    total_steps = make_schedule(cfg.train, n_train).total_steps
+    problem = schedules.check(cfg.schedule, total_steps)
+    if problem:
+        raise ConfigError(problem)
     if cfg.threads is not None:
         positive_int("threads", cfg.threads, " (or null for torch's default)")
     positive_int("tuning.trials", cfg.tuning.trials)

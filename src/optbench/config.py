@@ -61,6 +61,7 @@ class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
+    schedule: Any = MISSING  # the learning-rate schedule (schedules.py)
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment_name: str = MISSING
     optimizers: list[str] = field(default_factory=list)  # what `optbench sweep` trains
@@ -220,10 +221,15 @@ def changes_protocol(override: str) -> bool:
 
 
 def protocol(cfg: DictConfig | dict) -> dict:
-    """The resolved config without the keys that do not change a run (NOT_PROTOCOL)."""
+    """The resolved config without the keys that do not change a run (NOT_PROTOCOL). A
+    constant schedule is no schedule: left out, so that a protocol keeps the fingerprint it
+    had before optbench had schedules."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     container = OmegaConf.to_container(OmegaConf.create(container), enum_to_str=True)
-    return {key: value for key, value in container.items() if key not in NOT_PROTOCOL}
+    kept = {key: value for key, value in container.items() if key not in NOT_PROTOCOL}
+    if kept.get("schedule", {}).get("name") == "constant":
+        del kept["schedule"]
+    return kept
 
 
 def fingerprint(cfg: DictConfig | dict) -> str:

@@ -20,18 +20,17 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import time
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from optbench import data, files, optimizers
+from optbench import data, files, optimizers, schedules
 from optbench.config import ConfigError
-from optbench.plan import OptimizerSpec, Plan, RunSpec, Schedule
+from optbench.plan import OptimizerSpec, Plan, RunSpec
+from optbench.progress import progress_bar, report_progress
 from optbench.stack import StackTrainer
 from optbench.trainers import OptimizerGroup, RunTrainer, Workers, rows_by_optimizer, stream_seed
 
@@ -190,6 +189,10 @@ class Job:
     def __init__(
         self, plan: Plan, runs: list[RunSpec], batch_size: int, n_train: int, device: torch.device
     ):
+        self.runs = runs
+        self.position = {run: i for i, run in enumerate(runs)}  # rows in the order of runs
+        if len(self.position) != len(runs):
+            raise ValueError("a run appears twice in the runs to train")
         self.trainers, self.groups = build_trainers(plan, runs, device)
         seeds = sorted({run.seed for run in runs})
         self.orders = {seed: DataOrder(seed, n_train, batch_size, device) for seed in seeds}
@@ -200,6 +203,20 @@ class Job:
             "trainers": [(type(t).__name__, len(t.runs)) for t in self.trainers],
             "groups": [len(group.trainers) for group in self.groups],
         }
+
+    def optimizers_and_lrs(self) -> list[tuple[torch.optim.Optimizer, float]]:
+        """Every torch.optim optimizer of the job, with its setting's configured lr."""
+        found = [pair for trainer in self.trainers for pair in trainer.optimizers_and_lrs()]
+        return found + [(group.optimizer, group.spec.lr) for group in self.groups]
+
+    def evaluation_rows(self, step: int, tensors, test_batch_size: int, workers: Workers):
+        """Every run's row at this evaluation step, in the order of the job's runs."""
+        tasks = [partial(t.evaluation_rows, step, tensors, test_batch_size) for t in self.trainers]
+        evaluated = [{}] * len(self.runs)
+        for trainer, its_rows in zip(self.trainers, workers.map(tasks), strict=True):
+            for run, row in zip(trainer.runs, its_rows, strict=True):
+                evaluated[self.position[run]] = row
+        return evaluated
 
     def state_dict(self, step: int, rows: list[dict]) -> dict:
         return {
@@ -246,7 +263,8 @@ def train(
     """Train the plan's runs (or the given ones); one row per run and evaluation point.
 
     Columns: experiment, dataset, model, fingerprint, optimizer, lr, hyperparameters, seed,
-    step, epoch, train_loss (mean mini-batch loss since the previous evaluation),
+    step, epoch, current_lr (the lr of the step's update: lr x the schedule's factor),
+    train_loss (mean mini-batch loss since the previous evaluation),
     last_batch_loss, test_loss, test_accuracy (fraction in [0, 1]), grad_evals (forward +
     backward passes so far), wall_s (seconds of this run's training so far, evaluation
     excluded; a stacked run's share of its stack's time), diverged.
@@ -262,9 +280,6 @@ def train(
     schedule = plan.schedule()
     context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
     context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
-    position = {run: i for i, run in enumerate(runs)}  # rows in the order of runs
-    if len(position) != len(runs):
-        raise ValueError("a run appears twice in the runs to train")
     eval_steps = set(schedule.eval_steps)
     with Workers(worker_count(plan, device), device) as workers:
         tensors = data.load(plan.dataset, plan.data_dir, device)
@@ -272,56 +287,21 @@ def train(
         rows, done_steps = job.resume(checkpoint, device)
         bar = progress_bar(len(runs), schedule, done_steps, progress)
         for step in range(done_steps + 1, schedule.total_steps + 1):
+            multiple = schedules.factor(plan.lr_schedule, step - 1, schedule.total_steps)
+            if not schedules.is_constant(plan.lr_schedule):
+                schedules.set_lr(job.optimizers_and_lrs(), multiple)
             batches = {seed: order.next_batch() for seed, order in job.orders.items()}
             workers.map([partial(trainer.step, tensors, batches) for trainer in job.trainers])
             workers.map([group.step for group in job.groups])
             bar.update(len(runs))
             if step not in eval_steps:
                 continue
-            evaluated = [{}] * len(runs)
-            test_batch_size = plan.train["test_batch_size"]
-            tasks = [
-                partial(t.evaluation_rows, step, tensors, test_batch_size) for t in job.trainers
-            ]
-            for trainer, its_rows in zip(job.trainers, workers.map(tasks), strict=True):
-                for run, row in zip(trainer.runs, its_rows, strict=True):
-                    evaluated[position[run]] = row
+            evaluated = job.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
             epoch = step / schedule.steps_per_epoch
-            rows += [{**context, **row, "epoch": epoch} for row in evaluated]
+            for row in evaluated:  # the lr in force at this step's update
+                rows.append({**context, **row, "epoch": epoch, "current_lr": row["lr"] * multiple})
             if checkpoint is not None:
                 save_checkpoint(checkpoint, job.state_dict(step, rows))
             report_progress(bar, evaluated, step, schedule.total_steps)
         bar.close()
     return pd.DataFrame(rows)
-
-
-def progress_bar(n_runs: int, schedule: Schedule, done_steps: int, progress: bool) -> tqdm:
-    return tqdm(
-        total=schedule.total_steps * n_runs,
-        initial=done_steps * n_runs,
-        desc=f"{n_runs} runs",
-        unit="step",
-        disable=None if progress else True,  # None: no bar when output is not a terminal
-        dynamic_ncols=True,
-        # the accuracy first (in desc), so a narrow terminal still shows it
-        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
-    )
-
-
-def report_progress(bar: tqdm, evaluated: list[dict], step: int, total_steps: int) -> None:
-    """The mean test accuracy of the healthy runs, in the bar, else in the log."""
-    healthy = [row["test_accuracy"] for row in evaluated if not row["diverged"]]
-    mean_accuracy = sum(healthy) / len(healthy) if healthy else math.nan
-    diverged = len(evaluated) - len(healthy)
-    bar.set_description_str(
-        f"{len(evaluated)} runs, accuracy {mean_accuracy:.4f}, {diverged} diverged", refresh=False
-    )
-    if bar.disable:  # no progress bar (output is not a terminal): one log line instead
-        log.info(
-            "step %d/%d: mean test accuracy %.4f over %d runs (%d diverged)",
-            step,
-            total_steps,
-            mean_accuracy,
-            len(healthy),
-            diverged,
-        )

@@ -88,6 +88,7 @@ class Plan:
     dataset: dict  # name, input_shape, num_classes, train_size, normalize
     model: dict  # name and the model's constructor arguments
     train: dict  # batch_size, epochs, steps, eval_every, test_batch_size
+    lr_schedule: dict  # name and its keys (schedules.py)
     optimizers: list[OptimizerSpec]  # in the order the job trains and reports them
     seeds: list[int]
     device: str  # auto, cpu or cuda
@@ -110,6 +111,7 @@ class Plan:
             dataset=config["dataset"],
             model=config["model"],
             train=config["train"],
+            lr_schedule=config["schedule"],
             optimizers=list(optimizers),
             seeds=seed_list(cfg.seeds),
             device=config["device"],

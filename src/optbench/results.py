@@ -29,7 +29,8 @@ CHECKPOINT = "checkpoint.pt"  # the training state of an unfinished job (engine.
 METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
 GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "hyperparameters", "step"]
-RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch"] + METRICS + ["diverged", "fingerprint"]
+RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch", "current_lr"] + METRICS
+RUN_COLUMNS += ["diverged", "fingerprint"]
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:

@@ -40,7 +40,7 @@ class StackTrainer(Trainer):
         )
         params = list(self.model.params.values())  # each [R, ...]
         # per optimizer setting: (its optimizer, its views, each view's (parameter, row))
-        self.optimizers = []
+        self.optimizers, self.specs = [], list(rows_by_optimizer(runs))
         for spec, rows in rows_by_optimizer(runs).items():
             slots = [(i, r) for r in rows for i in range(len(params))]
             views = [params[i].detach()[r] for i, r in slots]
@@ -83,6 +83,10 @@ class StackTrainer(Trainer):
             correct += (logits.argmax(dim=2) == target).sum(dim=1)
         losses, accuracies = (loss_sum / len(x)).tolist(), (correct.double() / len(x)).tolist()
         return list(zip(losses, accuracies, strict=True))
+
+    def optimizers_and_lrs(self) -> list[tuple[torch.optim.Optimizer, float]]:
+        """Each optimizer setting's optimizer, with its configured lr."""
+        return [(o, spec.lr) for (o, _, _), spec in zip(self.optimizers, self.specs, strict=True)]
 
     def state_dict(self) -> dict:
         params = {name: p.detach() for name, p in self.model.params.items()}

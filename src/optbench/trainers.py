@@ -183,6 +183,10 @@ class RunTrainer(Trainer):
             return [(math.nan, math.nan)]
         return [evaluate(self.model, tensors.test_x, tensors.test_y, batch_size)]
 
+    def optimizers_and_lrs(self) -> list[tuple[torch.optim.Optimizer, float]]:
+        """Its own optimizer (none when an OptimizerGroup steps it), with its configured lr."""
+        return [] if self.optimizer is None else [(self.optimizer, self.runs[0].optimizer.lr)]
+
     def state_dict(self) -> dict:
         optimizer = self.optimizer.state_dict() if self.optimizer is not None else None
         return {"model": self.model.state_dict(), "optimizer": optimizer, **self.counters()}
@@ -213,7 +217,7 @@ class OptimizerGroup:
     CPU). A lone run of such an optimizer is a group of one."""
 
     def __init__(self, spec: OptimizerSpec, trainers: list[RunTrainer]):
-        self.trainers = trainers
+        self.spec, self.trainers = spec, trainers
         params = [p for trainer in trainers for p in trainer.model.parameters()]
         self.optimizer = optimizers.build_optimizer(
             spec.config, params, implementation=optimizers.implementation(spec.config)
