@@ -36,6 +36,8 @@ def test_run_writes_every_file(tmp_path, data_dir):
             "optbench.log",
             "report.md",
             "report.html",
+            "costs.csv",
+            "costs.png",
             *PLOTS,
         ]
     )

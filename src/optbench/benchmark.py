@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from optbench import (
+    costs,
     engine,
     files,
     labels,
@@ -33,11 +34,13 @@ def benchmark(
     plan: Plan, out_dir: Path, overrides: list[str] | None = None, progress: bool = True
 ) -> pd.DataFrame:
     """Train every (optimizer, seed) run of the plan and write into out_dir: runs.csv,
-    summary.csv, config.yaml, the comparison plots, ranking.csv/.md, report.md/.html and,
-    for a preset with published numbers, comparison.csv/.md. Returns the runs."""
+    summary.csv, config.yaml, costs.csv, the comparison plots, ranking.csv/.md,
+    report.md/.html and, for a preset with published numbers, comparison.csv/.md. Returns
+    the runs."""
     out_dir = Path(out_dir)
     with files.exclusive(out_dir):
         runs = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
+        costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
         write_analysis(out_dir, runs)
     log.info("Results in %s", out_dir.resolve())
     return runs

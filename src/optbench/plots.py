@@ -279,4 +279,31 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
         written.append(
             plot_final_accuracy(subset, title, results_dir / f"final_test_accuracy{suffix}.png")
         )
+    if (results_dir / "costs.csv").is_file() and len(list(by_protocol(runs))) == 1:
+        written.append(plot_costs(runs, pd.read_csv(results_dir / "costs.csv"), results_dir))
     return written
+
+
+def plot_costs(runs: pd.DataFrame, costs: pd.DataFrame, results_dir: Path) -> Path:
+    """Final test accuracy (mean over seeds) against optimizer state bytes per parameter
+    and against milliseconds per step: costs.png."""
+    final = runs[runs["step"] == runs["step"].max()]
+    accuracy = final[~final["diverged"].astype(bool)].groupby("optimizer")["test_accuracy"]
+    table = costs.assign(accuracy=costs["optimizer"].map(accuracy.mean()))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    colors = _colors(list(table["optimizer"]))
+    for ax, column, label in (
+        (axes[0], "state_bytes_per_param", "optimizer state (bytes per model parameter)"),
+        (axes[1], "ms_per_step", f"time per step of one run (ms, {table['device'].iloc[0]})"),
+    ):
+        for row in table.itertuples():
+            ax.scatter(getattr(row, column), row.accuracy, s=50, color=colors[row.optimizer])
+            ax.annotate(row.optimizer, (getattr(row, column), row.accuracy), fontsize=8)
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_xscale("symlog", linthresh=1)  # SGD holds no state: 0 stays on the axis
+    if table["ms_per_step"].max() > 30 * table["ms_per_step"].min():
+        axes[1].set_xscale("log")
+    axes[0].set_ylabel("final test accuracy (mean over seeds)")
+    fig.suptitle("What each optimizer costs, and what it reaches", fontsize=10)
+    return _save(fig, results_dir / "costs.png")

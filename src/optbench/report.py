@@ -24,6 +24,7 @@ PLOTS = [  # file, caption
     ("final_test_accuracy.png", "Final test accuracy of every seed"),
     ("lr_sensitivity.png", "Final test accuracy against learning rate"),
     ("tuning.png", "Expected best accuracy against tuning trials (equal budgets)"),
+    ("costs.png", "Final accuracy against optimizer state and time per step"),
 ]
 
 
@@ -105,6 +106,13 @@ def _provenance_text(config_path: Path) -> str:
     return "; ".join(f"{key}: {value}" for key, value in provenance.items() if key in shown)
 
 
+def _costs_table(results_dir: Path) -> pd.DataFrame:
+    """costs.csv as the report shows it: state in bytes per parameter and in total."""
+    costs = pd.read_csv(results_dir / "costs.csv")
+    shown = ["optimizer", "state_bytes_per_param", "state_bytes", "ms_per_step", "device"]
+    return costs[shown].round(3)
+
+
 def _ranking_table(results_dir: Path, runs: pd.DataFrame, n_protocols: int):
     """ranking.csv as written just before by write_ranking, else computed for one protocol
     with several settings; None where there is nothing to rank."""
@@ -142,6 +150,8 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
     diverged = _diverged_text(runs)
     if diverged:
         sections.append(("Diverged runs", "text", diverged))
+    if (results_dir / "costs.csv").is_file():
+        sections.append(("What each optimizer costs", "table", _costs_table(results_dir)))
     table = _ranking_table(results_dir, runs, len(protocol))
     if table is not None:
         sections.append(
