@@ -62,7 +62,10 @@ MAX_FUNCTION_LINES = 60
 # still hands them the composed config before the plan is made.)
 PLAIN_DATA_MODULES = [
     "benchmark",
+    "costs",
     "engine",
+    "progress",
+    "schedules",
     "trainers",
     "stack",
     "data",
