@@ -3,12 +3,14 @@ every trainer, recorded in runs.csv, part of the protocol, and bad keys refused.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
 from constants import SMOKE
 
-from optbench import engine, schedules
+from optbench import engine, schedules, tuning
 from optbench.config import ConfigError
 from optbench.plan import OptimizerSpec
 
@@ -118,3 +120,30 @@ def test_a_schedule_free_optimizer_given_a_schedule_gets_a_note():
     (note,) = schedules.notes(cosine, [free, plain])
     assert "sf is schedule-free" in note
     assert schedules.notes({"name": "constant"}, [free]) == []
+
+
+def test_a_setting_may_hold_its_own_warmup(data_dir):
+    """A tuning trial draws its warmup: its setting's `schedule` values win over the
+    protocol's, for that setting only."""
+    plan = sweep_plan(
+        "optimizers=[sgd]", SMOKE, "schedule=warmup_linear", "schedule.warmup_steps=10"
+    )
+    (sgd,) = plan.optimizers
+    own = OptimizerSpec.of({**sgd.config, "schedule": {"warmup_steps": 30}})
+    runs = engine.train(dataclasses.replace(plan, optimizers=[sgd, own]), progress=False)
+    for spec, warmup in ((sgd, 10), (own, 30)):
+        rows = runs[runs.hyperparameters == spec.hyperparameters]
+        keys = {"name": "warmup_linear", "warmup_steps": warmup, "final_lr_fraction": 0.0}
+        expected = [spec.lr * f for f in torch_factors("warmup_linear", keys, 40)]
+        assert rows["current_lr"].tolist() == pytest.approx([expected[s - 1] for s in rows.step])
+
+
+def test_tune_draws_the_warmup_length_with_the_lr(data_dir, tmp_path):
+    optimizers = sweep_plan("optimizers=[sgd,adam]").optimizers
+    cosine = {"name": "warmup_cosine", "warmup_steps": 100, "final_lr_fraction": 0.0}
+    trials, drawn = tuning.sample_trials(optimizers, 6, seed=1, schedule=cosine, total_steps=3000)
+    warmups = [trial.config["schedule"]["warmup_steps"] for trial in trials]
+    assert all(0 <= w <= 750 for w in warmups) and len(set(warmups)) > 1
+    assert drawn["warmup_steps"].tolist() == warmups
+    constant, _ = tuning.sample_trials(optimizers, 6, seed=1)
+    assert all("schedule" not in trial.config for trial in constant)

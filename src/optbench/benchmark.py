@@ -54,7 +54,11 @@ def tune(
     tuning tables and curve (tuning.*) and the report. Returns the runs."""
     out_dir = Path(out_dir)
     trials, drawn = tuning.sample_trials(
-        plan.optimizers, plan.tuning["trials"], plan.tuning["seed"]
+        plan.optimizers,
+        plan.tuning["trials"],
+        plan.tuning["seed"],
+        plan.lr_schedule,
+        plan.schedule().total_steps,
     )
     with files.exclusive(out_dir):
         runs = _train_and_record(plan, trials, plan.optimizers, out_dir, overrides, progress)

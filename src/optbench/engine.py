@@ -204,10 +204,19 @@ class Job:
             "groups": [len(group.trainers) for group in self.groups],
         }
 
-    def optimizers_and_lrs(self) -> list[tuple[torch.optim.Optimizer, float]]:
-        """Every torch.optim optimizer of the job, with its setting's configured lr."""
-        found = [pair for trainer in self.trainers for pair in trainer.optimizers_and_lrs()]
-        return found + [(group.optimizer, group.spec.lr) for group in self.groups]
+    def lr_multiples(self, schedule: dict, step: int, total_steps: int) -> dict:
+        """Each optimizer setting's schedule factor at the step-th update (0-based); where
+        the schedule changes anything, every optimizer's lr is set to it."""
+        specs = {run.optimizer for run in self.runs}
+        multiples = {
+            spec: schedules.factor(schedules.of_setting(schedule, spec), step, total_steps)
+            for spec in specs
+        }
+        if not all(schedules.is_constant(schedules.of_setting(schedule, s)) for s in specs):
+            found = [pair for trainer in self.trainers for pair in trainer.optimizers_and_specs()]
+            found += [(group.optimizer, group.spec) for group in self.groups]
+            schedules.set_lr([(o, spec.lr, multiples[spec]) for o, spec in found])
+        return multiples
 
     def evaluation_rows(self, step: int, tensors, test_batch_size: int, workers: Workers):
         """Every run's row at this evaluation step, in the order of the job's runs."""
@@ -287,9 +296,7 @@ def train(
         rows, done_steps = job.resume(checkpoint, device)
         bar = progress_bar(len(runs), schedule, done_steps, progress)
         for step in range(done_steps + 1, schedule.total_steps + 1):
-            multiple = schedules.factor(plan.lr_schedule, step - 1, schedule.total_steps)
-            if not schedules.is_constant(plan.lr_schedule):
-                schedules.set_lr(job.optimizers_and_lrs(), multiple)
+            multiples = job.lr_multiples(plan.lr_schedule, step - 1, schedule.total_steps)
             batches = {seed: order.next_batch() for seed, order in job.orders.items()}
             workers.map([partial(trainer.step, tensors, batches) for trainer in job.trainers])
             workers.map([group.step for group in job.groups])
@@ -298,8 +305,9 @@ def train(
                 continue
             evaluated = job.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
             epoch = step / schedule.steps_per_epoch
-            for row in evaluated:  # the lr in force at this step's update
-                rows.append({**context, **row, "epoch": epoch, "current_lr": row["lr"] * multiple})
+            for run, row in zip(job.runs, evaluated, strict=True):  # current_lr: this update's
+                current_lr = row["lr"] * multiples[run.optimizer]
+                rows.append({**context, **row, "epoch": epoch, "current_lr": current_lr})
             if checkpoint is not None:
                 save_checkpoint(checkpoint, job.state_dict(step, rows))
             report_progress(bar, evaluated, step, schedule.total_steps)

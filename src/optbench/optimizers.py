@@ -24,7 +24,7 @@ from optbench.config import ConfigError
 def optimizer_kwargs(optimizer: Mapping) -> dict:
     """The hyperparameters to pass to the optimizer class (lists become tuples, e.g. betas)."""
     kwargs = dict(plain(optimizer))
-    for key in ("name", "_target_", "elementwise"):
+    for key in ("name", "_target_", "elementwise", "schedule"):  # optbench's, not the class's
         kwargs.pop(key, None)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 

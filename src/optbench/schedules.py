@@ -79,10 +79,16 @@ def notes(schedule: Mapping, specs: list) -> list[str]:
     ]
 
 
-def set_lr(optimizers: list[tuple], multiple: float) -> None:
-    """For every (optimizer, configured lr): set each parameter group's lr to the
+def of_setting(schedule: Mapping, spec) -> dict:
+    """The schedule an optimizer setting trains with: the protocol's, with the values the
+    setting itself holds under `schedule` (a tuning trial's drawn warmup_steps)."""
+    return {**schedule, **spec.config.get("schedule", {})}
+
+
+def set_lr(optimizers: list[tuple]) -> None:
+    """For every (optimizer, configured lr, multiple): set each parameter group's lr to the
     configured lr x multiple (an optimizer configured without lr keeps its own)."""
-    for optimizer, base_lr in optimizers:
+    for optimizer, base_lr, multiple in optimizers:
         if math.isnan(base_lr):
             continue
         for group in optimizer.param_groups:

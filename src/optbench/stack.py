@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from optbench import models, optimizers
 from optbench.data import DatasetTensors
-from optbench.plan import RunSpec
+from optbench.plan import OptimizerSpec, RunSpec
 from optbench.trainers import Batches, Trainer, rows_by_optimizer, stream_seed
 
 
@@ -84,9 +84,9 @@ class StackTrainer(Trainer):
         losses, accuracies = (loss_sum / len(x)).tolist(), (correct.double() / len(x)).tolist()
         return list(zip(losses, accuracies, strict=True))
 
-    def optimizers_and_lrs(self) -> list[tuple[torch.optim.Optimizer, float]]:
-        """Each optimizer setting's optimizer, with its configured lr."""
-        return [(o, spec.lr) for (o, _, _), spec in zip(self.optimizers, self.specs, strict=True)]
+    def optimizers_and_specs(self) -> list[tuple[torch.optim.Optimizer, OptimizerSpec]]:
+        """Each optimizer setting's optimizer, with the setting."""
+        return [(o, spec) for (o, _, _), spec in zip(self.optimizers, self.specs, strict=True)]
 
     def state_dict(self) -> dict:
         params = {name: p.detach() for name, p in self.model.params.items()}

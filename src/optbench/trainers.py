@@ -183,9 +183,9 @@ class RunTrainer(Trainer):
             return [(math.nan, math.nan)]
         return [evaluate(self.model, tensors.test_x, tensors.test_y, batch_size)]
 
-    def optimizers_and_lrs(self) -> list[tuple[torch.optim.Optimizer, float]]:
-        """Its own optimizer (none when an OptimizerGroup steps it), with its configured lr."""
-        return [] if self.optimizer is None else [(self.optimizer, self.runs[0].optimizer.lr)]
+    def optimizers_and_specs(self) -> list[tuple[torch.optim.Optimizer, OptimizerSpec]]:
+        """Its own optimizer (none when an OptimizerGroup steps it), with its setting."""
+        return [] if self.optimizer is None else [(self.optimizer, self.runs[0].optimizer)]
 
     def state_dict(self) -> dict:
         optimizer = self.optimizer.state_dict() if self.optimizer is not None else None

@@ -7,6 +7,7 @@ draws from the same kind of space:
     lr        log-uniform in [configured lr / 100, configured lr x 100]
     momentum  uniform in [0, 0.99], for optimizers whose configured momentum is non-zero
     betas     beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
+    warmup    with a warmup schedule: whole steps uniform in [0, a quarter of the training]
 
 From the trials' final accuracies, the expected best accuracy after k trials (k = 1..n) is
 estimated by resampling the trials (k drawn with replacement, the best kept, many times):
@@ -30,9 +31,13 @@ from optbench.plan import OptimizerSpec
 RESAMPLES = 2000  # bootstrap draws per point of the expected-best curve
 
 
-def search_space(optimizer: Mapping) -> dict[str, optuna.distributions.BaseDistribution]:
+def search_space(
+    optimizer: Mapping, schedule: Mapping | None = None, total_steps: int = 0
+) -> dict[str, optuna.distributions.BaseDistribution]:
     """What a trial draws for an optimizer config: lr (log-uniform over two decades either
-    side of its configured lr), momentum where it has one, Adam's betas where it has them."""
+    side of its configured lr), momentum where it has one, Adam's betas where it has them,
+    and the schedule's warmup length where it has one (a whole number of steps from 0 to a
+    quarter of the training)."""
     space = {}
     if "lr" in optimizer:
         lr = float(optimizer["lr"])
@@ -42,11 +47,17 @@ def search_space(optimizer: Mapping) -> dict[str, optuna.distributions.BaseDistr
     if "betas" in optimizer:
         space["beta1"] = optuna.distributions.FloatDistribution(0.8, 0.99)
         space["one_minus_beta2"] = optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
+    if schedule is not None and "warmup_steps" in schedule:
+        space["warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
     return space
 
 
 def sample_trials(
-    optimizers: list[OptimizerSpec], trials: int, seed: int
+    optimizers: list[OptimizerSpec],
+    trials: int,
+    seed: int,
+    schedule: Mapping | None = None,
+    total_steps: int = 0,
 ) -> tuple[list[OptimizerSpec], pd.DataFrame]:
     """`trials` random settings per optimizer, named "<optimizer> trial <i>"; and a table
     of what was drawn (optimizer, trial, name, and each hyperparameter)."""
@@ -55,7 +66,7 @@ def sample_trials(
     for index, optimizer in enumerate(optimizers):
         sampler = optuna.samplers.RandomSampler(seed=seed + index)
         study = optuna.create_study(direction="maximize", sampler=sampler)
-        space = search_space(optimizer.config)
+        space = search_space(optimizer.config, schedule, total_steps)
         for trial_number in range(trials):
             params = study.ask(space).params
             config = copy.deepcopy(optimizer.config)
@@ -65,6 +76,8 @@ def sample_trials(
                     config["betas"] = [value, config["betas"][1]]
                 elif key == "one_minus_beta2":
                     config["betas"] = [config["betas"][0], 1 - value]
+                elif key == "warmup_steps":  # the trial's own schedule (schedules.of_setting)
+                    config["schedule"] = {"warmup_steps": value}
                 else:
                     config[key] = value
             settings.append(OptimizerSpec.of(config))
