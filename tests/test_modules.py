@@ -64,6 +64,7 @@ PLAIN_DATA_MODULES = [
     "benchmark",
     "costs",
     "engine",
+    "loggers",
     "progress",
     "schedules",
     "trainers",

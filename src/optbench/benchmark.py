@@ -16,6 +16,7 @@ from optbench import (
     engine,
     files,
     labels,
+    loggers,
     plots,
     preparation,
     provenance,
@@ -42,6 +43,7 @@ def benchmark(
         runs = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
         costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
         write_analysis(out_dir, runs)
+        loggers.write_logs(out_dir, plan.logger, runs)
     log.info("Results in %s", out_dir.resolve())
     return runs
 
@@ -64,6 +66,7 @@ def tune(
         runs = _train_and_record(plan, trials, plan.optimizers, out_dir, overrides, progress)
         tuning.write_tuning(out_dir, runs, drawn)
         report.write_report(out_dir)
+        loggers.write_logs(out_dir, plan.logger, runs)
     log.info("Results in %s", out_dir.resolve())
     return runs
 

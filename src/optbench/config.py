@@ -62,6 +62,7 @@ class Config:
     model: Any = MISSING
     optimizer: Any = MISSING
     schedule: Any = MISSING  # the learning-rate schedule (schedules.py)
+    logger: Any = MISSING  # where else results go (loggers.py)
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment_name: str = MISSING
     optimizers: list[str] = field(default_factory=list)  # what `optbench sweep` trains
@@ -198,7 +199,7 @@ def run_key(optimizer: str, hyperparameters_json: str, seed) -> tuple[str, str, 
 WHICH_RUNS = ("seeds", "optimizer", "optimizers", "lr_grid")
 # Where and how the runs train: not what they compute (threads, device and stack_runs
 # change the rounding of sums at most).
-WHERE_AND_HOW = ("data_dir", "threads", "device", "stack_runs", "resume")
+WHERE_AND_HOW = ("data_dir", "threads", "device", "stack_runs", "resume", "logger")
 # TensorFloat-32 on a GPU changes rounding as well; it keeps its own results folder.
 ROUNDING = ("allow_tf32",)
 # Records kept beside the protocol: the preset's values (merged into the protocol's

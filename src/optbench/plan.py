@@ -89,6 +89,7 @@ class Plan:
     model: dict  # name and the model's constructor arguments
     train: dict  # batch_size, epochs, steps, eval_every, test_batch_size
     lr_schedule: dict  # name and its keys (schedules.py)
+    logger: dict  # where else results go (loggers.py)
     optimizers: list[OptimizerSpec]  # in the order the job trains and reports them
     seeds: list[int]
     device: str  # auto, cpu or cuda
@@ -112,6 +113,7 @@ class Plan:
             model=config["model"],
             train=config["train"],
             lr_schedule=config["schedule"],
+            logger=config["logger"],
             optimizers=list(optimizers),
             seeds=seed_list(cfg.seeds),
             device=config["device"],

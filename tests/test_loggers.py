@@ -1,0 +1,46 @@
+"""Loggers: TensorBoard event files read back through TensorBoard's own reader equal runs.csv."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from constants import SMOKE
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from optbench import loggers
+
+from conftest import run_cli, sweep_plan
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_equal_runs_csv(tmp_path, data_dir):
+    out = tmp_path / "out"
+    done = run_cli(
+        "sweep",
+        "optimizers=[sgd,adam]",
+        "seeds=2",
+        SMOKE,
+        "logger=tensorboard",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    runs = pd.read_csv(out / "runs.csv")
+    runs_dirs = sorted(
+        p.relative_to(out / "tensorboard") for p in (out / "tensorboard").glob("*/*")
+    )
+    assert [str(p) for p in runs_dirs] == [f"{o}/seed_{s}" for o in ("adam", "sgd") for s in (0, 1)]
+    for (optimizer, seed), run in runs.groupby(["optimizer", "seed"]):
+        events = EventAccumulator(str(out / "tensorboard" / optimizer / f"seed_{seed}"))
+        events.Reload()
+        assert sorted(events.Tags()["scalars"]) == sorted(loggers.LOGGED)
+        for metric in loggers.LOGGED:
+            logged = [(e.step, e.value) for e in events.Scalars(metric)]
+            expected = list(zip(run["step"], run[metric], strict=True))
+            assert [s for s, _ in logged] == [s for s, _ in expected], metric
+            assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)
+
+
+def test_logger_none_writes_nothing_and_is_not_part_of_the_protocol(tmp_path):
+    assert loggers.write_logs(tmp_path, {"name": "none"}, pd.DataFrame()) == []
+    assert sweep_plan("logger=tensorboard").fingerprint == sweep_plan().fingerprint
