@@ -44,3 +44,32 @@ def test_tensorboard_logs_equal_runs_csv(tmp_path, data_dir):
 def test_logger_none_writes_nothing_and_is_not_part_of_the_protocol(tmp_path):
     assert loggers.write_logs(tmp_path, {"name": "none"}, pd.DataFrame()) == []
     assert sweep_plan("logger=tensorboard").fingerprint == sweep_plan().fingerprint
+
+
+@pytest.mark.slow
+def test_mlflow_store_holds_every_run_equal_to_runs_csv_and_the_plots(tmp_path, data_dir):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "out"
+    command = ("sweep", "optimizers=[sgd,adam]", "seeds=2", SMOKE, "logger=mlflow")
+    for _ in range(2):  # the same command again replaces the folder's runs, adds none
+        done = run_cli(*command, f"hydra.run.dir={out}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    runs = pd.read_csv(out / "runs.csv")
+    client = MlflowClient(tracking_uri=f"sqlite:///{out.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("wizard_ffnn")
+    logged = client.search_runs([experiment.experiment_id])
+    parents = [r for r in logged if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["optbench_run"]: r for r in logged if r not in parents}
+    assert len(parents) == 1 and sorted(children) == [
+        f"{o} seed {s}" for o in ("adam", "sgd") for s in (0, 1)
+    ]
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"test_accuracy.png", "costs.png", "report.html"} <= artifacts
+    for (optimizer, seed), run in runs.groupby(["optimizer", "seed"]):
+        child = children[f"{optimizer} seed {seed}"]
+        assert child.data.params["hyperparameters"] == run["hyperparameters"].iloc[0]
+        for metric in loggers.LOGGED:
+            history = client.get_metric_history(child.info.run_id, metric)
+            logged_values = sorted((m.step, m.value) for m in history)
+            assert logged_values == list(zip(run["step"], run[metric], strict=True)), metric
