@@ -194,6 +194,14 @@ class Job:
         if len(self.position) != len(runs):
             raise ValueError("a run appears twice in the runs to train")
         self.trainers, self.groups = build_trainers(plan, runs, device)
+        # each setting's schedule (the plan's, or a tuning trial's own warmup), and the
+        # optimizers whose lr a schedule changes (none when every schedule is constant)
+        specs = dict.fromkeys(run.optimizer for run in runs)
+        self.schedules = {spec: schedules.of_setting(plan.lr_schedule, spec) for spec in specs}
+        self.scheduled = []
+        if not all(schedules.is_constant(schedule) for schedule in self.schedules.values()):
+            self.scheduled = [pair for t in self.trainers for pair in t.optimizers_and_specs()]
+            self.scheduled += [(group.optimizer, group.spec) for group in self.groups]
         seeds = sorted({run.seed for run in runs})
         self.orders = {seed: DataOrder(seed, n_train, batch_size, device) for seed in seeds}
         self.identity = {  # a checkpoint is resumed only by the job that wrote it
@@ -204,18 +212,15 @@ class Job:
             "groups": [len(group.trainers) for group in self.groups],
         }
 
-    def lr_multiples(self, schedule: dict, step: int, total_steps: int) -> dict:
+    def lr_multiples(self, step: int, total_steps: int) -> dict:
         """Each optimizer setting's schedule factor at the step-th update (0-based); where
-        the schedule changes anything, every optimizer's lr is set to it."""
-        specs = {run.optimizer for run in self.runs}
+        a schedule changes anything, every optimizer's lr is set to it."""
         multiples = {
-            spec: schedules.factor(schedules.of_setting(schedule, spec), step, total_steps)
-            for spec in specs
+            spec: schedules.factor(schedule, step, total_steps)
+            for spec, schedule in self.schedules.items()
         }
-        if not all(schedules.is_constant(schedules.of_setting(schedule, s)) for s in specs):
-            found = [pair for trainer in self.trainers for pair in trainer.optimizers_and_specs()]
-            found += [(group.optimizer, group.spec) for group in self.groups]
-            schedules.set_lr([(o, spec.lr, multiples[spec]) for o, spec in found])
+        if self.scheduled:
+            schedules.set_lr([(o, spec.lr, multiples[spec]) for o, spec in self.scheduled])
         return multiples
 
     def evaluation_rows(self, step: int, tensors, test_batch_size: int, workers: Workers):
@@ -296,7 +301,7 @@ def train(
         rows, done_steps = job.resume(checkpoint, device)
         bar = progress_bar(len(runs), schedule, done_steps, progress)
         for step in range(done_steps + 1, schedule.total_steps + 1):
-            multiples = job.lr_multiples(plan.lr_schedule, step - 1, schedule.total_steps)
+            multiples = job.lr_multiples(step - 1, schedule.total_steps)
             batches = {seed: order.next_batch() for seed, order in job.orders.items()}
             workers.map([partial(trainer.step, tensors, batches) for trainer in job.trainers])
             workers.map([group.step for group in job.groups])
