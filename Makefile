@@ -19,7 +19,7 @@ RESUME ?= false
 TRAIN_ARGS = resume=$(RESUME) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data sweep rerun-check gpu-bundle gpu-check reproduce regimes test test-fast lint format bench constraints clean
+.PHONY: help install data sweep rerun-check gpu-bundle gpu-check reproduce regimes test test-fast lint format bench library constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ gpu-bundle: install data ## gather into gpu-bundle/ what `make gpu-check` needs 
 
 gpu-check: ## on a machine with CUDA: the device tests, stacked vs alone, wizard_ffnn and examples_cnn (10 seeds) timed
 	python3 scripts/gpu_check.py check
+
+library: install ## regenerate configs/optimizer/ for pytorch_optimizer's registry after upgrading it
+	$(BIN)/python scripts/optimizer_library.py
 
 constraints: install ## pin the installed versions into constraints.txt
 	$(BIN)/pip freeze --exclude-editable | grep -v '^optbench' > constraints.txt

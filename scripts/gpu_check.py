@@ -50,6 +50,8 @@ MISSING = [
     "hydra-joblib-launcher",
     "hydra-submitit-launcher",
     "submitit",
+    "pytorch_optimizer",  # optimizer=lion, soap, muon, ... (configs/optimizer/)
+    "opt_einsum",
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 STACKED_RTOL = 1e-6  # docs/reproducibility.md: a stacked ffnn run after one step

@@ -122,13 +122,24 @@ def test_plot_redraws_from_the_files_on_disk(tmp_path, data_dir):
 def test_hydra_flags_work(tmp_path):
     job = run_cli("run", "--cfg", "job", "optimizer=adam", cwd=tmp_path)
     assert job.returncode == 0 and OmegaConf.create(job.stdout).optimizer.name == "adam"
-    assert "optimizer: adadelta, adagrad" in run_cli("run", "--help", cwd=tmp_path).stdout
+    options = run_cli("run", "--help", cwd=tmp_path).stdout.split("optimizer: ")[1].split("\n")[0]
+    assert {"adam", "sgd", "lion", "pto_adam", "soap", "textbook_adam"} <= set(options.split(", "))
     assert "sweep [OVERRIDES]" in run_cli("--help", cwd=tmp_path).stdout
     assert list(tmp_path.iterdir()) == []
 
 
 BAD_INPUT = [
-    (["run", "optimizer=adamm"], ["'adamm'", "adadelta", "sgd"]),
+    (["run", "optimizer=adamm"], ["'adamm'", "close matches: adam,", "`optbench optimizers`"]),
+    (["run", "optimizer=LION"], ["'LION'", "close matches: lion"]),
+    (
+        ["run", "optimizer=lion", "+optimizer.momentum=0.9"],
+        ["no hyperparameter 'momentum'", "lr, betas"],
+    ),
+    (["run", "optimizer=lomo"], ["cannot train on optbench's models", "fused_backward"]),
+    (
+        ["run", "optimizer=adan", "optimizer.max_grad_norm=1"],
+        ["not element-wise", "elementwise=false"],
+    ),
     (["run", "model=resnet"], ["'resnet'", "ffnn, lenet"]),
     (["run", "dataset=imagenet"], ["'imagenet'", "cifar10, fashion_mnist, mnist"]),
     (["run", "experiment=nope"], ["'nope'", "wizard_ffnn"]),
@@ -140,7 +151,7 @@ BAD_INPUT = [
     (["run", "train.batch_size=70000"], ["train.batch_size=70000", "(60000 examples)"]),
     (["run", "dataset.train_size=70000"], ["dataset.train_size=70000", "from 1 to 60000"]),
     (["run", "optimizer.lr=-0.1"], ["lr=-0.1", "Invalid learning rate"]),
-    (["sweep", "optimizers=[sgd,nope]"], ["'nope'", "adamax"]),
+    (["sweep", "optimizers=[sgd,nope]"], ["'nope'", "no close match", "lists all 156"]),
     (["run", "-m", "optimizer=sgd,adamm"], ["'adamm'"]),
     (["run", "train.epoch=3"], ["train.epoch", "train.epochs"]),
     (["plot", "/nonexistent/results"], ["/nonexistent/results"]),
@@ -215,6 +226,7 @@ def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
     for config in [
         "config.yaml",
         "optimizer/adam.yaml",
+        "optimizer/lion.yaml",  # generated from pytorch_optimizer's registry
         "experiment/wizard_ffnn.yaml",
         "experiment/examples_cnn.yaml",
         "model/lenet.yaml",
@@ -238,7 +250,8 @@ def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
     )
     probe = (
         "import optbench, sys; from optbench.cli import main; "
-        "print(optbench.__file__); sys.exit(main(['run', '--cfg', 'job', 'optimizer=adamw']))"
+        "print(optbench.__file__); "
+        "sys.exit(main(['optimizers']) or main(['run', '--cfg', 'job', 'optimizer=adamw']))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -250,3 +263,4 @@ def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(site))  # the wheel's copy, not the checkout
     assert "_target_: torch.optim.AdamW" in result.stdout
+    assert "pytorch_optimizer 4.1.0" in result.stdout  # src/optbench/pytorch_optimizer.yaml

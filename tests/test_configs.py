@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from optbench import models
+from optbench import library, models
 from optbench.checks import check_config
 from optbench.config import ConfigError, seed_list
 from optbench.optimizers import build_optimizer, optimizer_class, optimizer_kwargs
@@ -24,7 +24,7 @@ def options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-OPTIMIZERS = options("optimizer")
+OPTIMIZERS = sorted(library.own_configs())  # tests/test_library.py: the generated ones
 EXPERIMENTS = options("experiment")
 
 # The defining hyperparameters of the variants that are not torch.optim's defaults.
@@ -53,7 +53,7 @@ def test_the_contracted_names_exist():
 
 @pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "experiment", "debug"])
 def test_every_option_of_every_group_composes_and_passes_the_checks(group):
-    for name in options(group):
+    for name in OPTIMIZERS if group == "optimizer" else options(group):
         cfg = compose_config(f"{group}={name}", *NEEDS.get(name, []))
         check_config(cfg, [cfg.optimizer])
 

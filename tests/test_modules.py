@@ -62,6 +62,8 @@ MAX_FUNCTION_LINES = 60
 # still hands them the composed config before the plan is made.)
 PLAIN_DATA_MODULES = [
     "benchmark",
+    "catalog",
+    "library",
     "costs",
     "engine",
     "loggers",

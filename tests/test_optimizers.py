@@ -1,11 +1,10 @@
-"""Every optimizer of the registry trains; L-BFGS, SparseAdam, users' own optimizers and
+"""Every optimizer of optbench's own configs trains; L-BFGS, SparseAdam, users' own optimizers and
 divergence each work as documented."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from importlib.resources import files
 
 import pandas as pd
 import pytest
@@ -13,18 +12,15 @@ import torch
 import torch.nn.functional as F
 from constants import LINE_SEARCH, NEEDS
 
-from optbench import data, engine, models, results
+from optbench import data, engine, library, models, results
 from optbench.checks import check_config
 from optbench.config import ConfigError
 from optbench.plan import OptimizerSpec
 
 from conftest import ROOT, compose_config, run_cli, run_plan, sweep_plan
 
-REGISTRY = sorted(
-    p.name[: -len(".yaml")]
-    for p in files("optbench.configs").joinpath("optimizer").iterdir()
-    if p.name.endswith(".yaml") and p.name != "custom.yaml"
-)
+# optbench's own configs; tests/test_library.py trains pytorch_optimizer's registry
+REGISTRY = sorted(library.own_configs() - {"custom"})
 # What each optimizer needs beside the shared protocol below.
 # L-BFGS is tested where it is meant to work: full batch, with a strong-Wolfe line search,
 # whose sufficient-decrease condition makes every step lower the loss. (On mini-batches its
@@ -102,21 +98,21 @@ def test_a_users_own_optimizer_runs_without_changing_optbench(data_dir, tmp_path
     # Through the CLI, with the optimizer as a YAML file in the user's own config folder.
     user_configs = tmp_path / "my_configs" / "optimizer"
     user_configs.mkdir(parents=True)
-    (user_configs / "signsgd.yaml").write_text(
-        "name: signsgd\n_target_: custom_optimizers.SignSGD\nlr: 0.001\n"
-    )
+    for name in ("my_signsgd", "signsgd"):  # signsgd: optbench has one of that name
+        (user_configs / f"{name}.yaml").write_text(
+            f"name: {name}\n_target_: custom_optimizers.SignSGD\nlr: 0.001\n"
+        )
     monkeypatch.syspath_prepend(ROOT / "tests")  # where the user's package would be importable
-    result = run_cli(
-        "run",
-        "optimizer=signsgd",
-        *SMALL,
-        f"data_dir={data_dir}",
-        f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]",
-        f"hydra.run.dir={tmp_path / 'out'}",
-        cwd=tmp_path,
-    )
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]"
+    out = f"hydra.run.dir={tmp_path / 'out'}"
+    result = run_cli("run", "optimizer=my_signsgd", *SMALL, searchpath, out, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert pd.read_csv(tmp_path / "out" / "runs.csv")["optimizer"].unique().tolist() == ["signsgd"]
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert runs["optimizer"].unique().tolist() == ["my_signsgd"]
+    # optbench's signsgd (pytorch_optimizer's) comes first in Hydra's search path: refused
+    hidden = run_cli("run", "optimizer=signsgd", *SMALL, searchpath, cwd=tmp_path)
+    assert hidden.returncode == 2 and "rename your file" in hidden.stderr
+    assert str(user_configs / "signsgd.yaml") in hidden.stderr
 
 
 def test_a_diverging_run_stops_and_the_rest_go_on(data_dir, tmp_path):

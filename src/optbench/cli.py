@@ -6,6 +6,7 @@
     optbench plot RESULTS_DIR     redraw every plot from the files on disk
     optbench compare RESULTS_DIR  ranking, published numbers beside ours, report
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
+    optbench optimizers           every optimizer a config can name, and how it trains
 
 This module parses the command line and calls the core: jobs.py composes and checks the
 jobs before Hydra starts them, benchmark.py trains and writes.
@@ -56,6 +57,9 @@ commands:
                            differ, no optimizer significantly) or inconsistent (exit 1)
   data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
                            in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
+  optimizers [--markdown]  every optimizer optimizer=NAME takes: torch.optim's, optbench's
+                           and pytorch_optimizer's registry (pto_NAME where torch.optim has
+                           NAME), whether its runs train stacked or alone, what it needs
 
 Results go to outputs/<experiment>/<overrides>/ unless hydra.run.dir=DIR is given. The
 same command again skips the runs already complete there and resumes an interrupted job
@@ -239,6 +243,19 @@ def _data(args: list[str]) -> int:
     return 0
 
 
+def _optimizers(args: list[str]) -> int:
+    from optbench import catalog
+
+    parser = argparse.ArgumentParser(
+        prog="optbench optimizers",
+        description="Every optimizer optimizer=NAME takes: where it comes from, whether its "
+        "runs train stacked (element-wise) or alone, what it needs, or why it is refused.",
+    )
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    print(catalog.text(markdown=parser.parse_args(args).markdown), end="")
+    return 0
+
+
 def version() -> str:
     """optbench's version and torch's, without importing torch (which takes seconds)."""
     from importlib.metadata import PackageNotFoundError
@@ -277,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(rest)
         if command == "data":
             return _data(rest)
+        if command == "optimizers":
+            return _optimizers(rest)
         raise ConfigError(
-            f"Unknown command {command!r}; valid commands: run, sweep, tune, plot, compare, data. "
+            f"Unknown command {command!r}; valid commands: run, sweep, tune, plot, compare, data, "
+            "optimizers. "
             "See `optbench --help`."
         )
     except ConfigError as error:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
+import pickle
 import time
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from optbench import data, files, optimizers, schedules
+from optbench import data, files, library, optimizers, schedules
 from optbench.config import ConfigError
 from optbench.plan import OptimizerSpec, Plan, RunSpec
 from optbench.progress import progress_bar, report_progress
@@ -166,7 +167,11 @@ def load_checkpoint(path: Path, device: torch.device) -> dict | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError:  # an optimizer state may hold a few known classes
+            with torch.serialization.safe_globals(library.checkpoint_classes()):
+                state = torch.load(path, map_location=device, weights_only=True)
         if not isinstance(state, dict) or "job" not in state:
             raise ValueError("not an optbench checkpoint")
         return state

@@ -8,6 +8,7 @@ and each job takes its own from them (composing a config takes about 0.3 s an op
 
 from __future__ import annotations
 
+import importlib.resources
 import re
 import tempfile
 from pathlib import Path
@@ -53,6 +54,7 @@ def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
     from optbench.optimizers import expand_lr_grid  # torch is slow to import: not for --help
 
     chosen = [cfg.optimizer] if command == "run" else _sweep_optimizers(cfg, overrides)
+    _check_not_shadowed([str(o.name) for o in chosen], overrides)
     optimizer_cfgs = chosen if command == "tune" else expand_lr_grid(chosen, cfg.lr_grid)
     check_config(cfg, optimizer_cfgs)
     return Plan.of(cfg, [OptimizerSpec.of(o) for o in optimizer_cfgs])
@@ -79,6 +81,27 @@ def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
             "the presets in optbench's configs/experiment/ only; put the preset there, or "
             "set its values in the experiment file directly (then for every choice)."
         )
+
+
+def _check_not_shadowed(names: list[str], overrides: list[str]) -> None:
+    """Refuse a user's optimizer file that optbench's own of the same name would hide:
+    optbench's configs come first in Hydra's search path, before hydra.searchpath's."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.searchpath=")]
+    folders = (
+        [f.strip().removeprefix("file://") for f in given[-1].strip("[]").split(",")]
+        if given
+        else []
+    )
+    for folder in folders:
+        for name in names:
+            mine = Path(folder) / "optimizer" / f"{name}.yaml"
+            ours = importlib.resources.files(CONFIG_PACKAGE) / "optimizer" / f"{name}.yaml"
+            if mine.is_file() and ours.is_file():
+                raise ConfigError(
+                    f"{mine} has the name of optbench's optimizer {name!r} (`optbench "
+                    "optimizers` lists them), which Hydra finds first, so yours would be "
+                    f"ignored; rename your file and its `name`, e.g. my_{name}.yaml."
+                )
 
 
 def compose_plan(command: str, *overrides: str) -> Plan:
@@ -112,8 +135,8 @@ def _sweep_optimizers(cfg: DictConfig, overrides: list[str]) -> list[DictConfig]
             composed = compose(CONFIG_NAME, overrides=kept + [f"optimizer={name}"])
         except MissingConfigException as error:
             raise ConfigError(
-                f"Unknown optimizer {name!r} in optimizers={list(cfg.optimizers)}; valid "
-                f"choices: {', '.join(error.options or [])}."
+                f"Unknown optimizer {name!r} in optimizers={list(cfg.optimizers)}; "
+                f"{_choices(name, error.options or [])}."
             ) from None
         configs.append(composed.optimizer)
     return configs
@@ -199,7 +222,7 @@ def _one_paragraph(error: BaseException, overrides: list[str] = ()) -> str:
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, name = error.missing_cfg_file.rpartition("/")
         return (
-            f"Unknown {group} {name!r}; valid choices: {', '.join(error.options)}. "
+            f"Unknown {group} {name!r}; {_choices(name, error.options)}. "
             f"Choose one with {group}=NAME."
         )
     text = str(error)
@@ -216,6 +239,17 @@ def _one_paragraph(error: BaseException, overrides: list[str] = ()) -> str:
     if "not in" in text and "Key '" in text:
         text += " " + _valid_keys_hint(text, overrides)
     return text
+
+
+def _choices(name: str, options: list[str]) -> str:
+    """The valid choices of a group, or for the optimizers (over 150) the close matches."""
+    if len(options) <= 30:
+        return f"valid choices: {', '.join(options)}"
+    from optbench.catalog import close_matches
+
+    close = close_matches(name, options)
+    found = f"close matches: {', '.join(close)}" if close else "no close match"
+    return f"{found} (`optbench optimizers` lists all {len(options)})"
 
 
 def _valid_keys_hint(message: str, overrides: list[str]) -> str:

@@ -1,6 +1,8 @@
-"""Optimizers come from config files: `_target_` names a torch.optim.Optimizer subclass and
+"""Optimizers come from configs: `_target_` names a torch.optim.Optimizer subclass and
 every other key but `name` and `elementwise` is passed to it. The registry is the
-`optimizer/` config group.
+`optimizer/` config group: optbench's files in configs/optimizer/, and every optimizer of
+pytorch_optimizer's registry (library.py), which this module also gives what it needs
+besides the parameters (a model, Muon's parameter groups, values of the protocol).
 
 `elementwise: true` declares that the update of every parameter element depends on that
 element's own gradient and state alone (no norms or dot products over a whole tensor):
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from optbench import library
 from optbench.config import ConfigError
 
 
@@ -57,12 +60,56 @@ def optimizer_class(optimizer: Mapping) -> type[torch.optim.Optimizer]:
 
 
 def build_optimizer(
-    optimizer: Mapping, params: Iterable[torch.Tensor], implementation: str = "default"
+    optimizer: Mapping,
+    model: torch.nn.Module | Iterable[torch.Tensor],
+    implementation: str = "default",
 ) -> torch.optim.Optimizer:
-    """implementation: "fused" or "foreach" (as implementation(optimizer) chose), or
-    "default": whatever the config and torch.optim choose."""
+    """The optimizer of a run's model, or of a list of tensors (an OptimizerGroup's or a
+    stack's runs: element-wise optimizers only). implementation: "fused" or "foreach" (as
+    implementation(optimizer) chose), or "default": whatever the config and the class
+    choose."""
     chosen = {"fused": {"fused": True}, "foreach": {"foreach": True}}.get(implementation, {})
-    return optimizer_class(optimizer)(params, **optimizer_kwargs(optimizer), **chosen)
+    needs = library.needs(optimizer)
+    kwargs = optimizer_kwargs(optimizer)
+    if isinstance(model, torch.nn.Module) and "model" in needs:
+        first = model  # the class takes the model itself (AdamMini)
+    elif isinstance(model, torch.nn.Module) and "muon_groups" in needs:
+        first = muon_parameter_groups(model)
+    elif isinstance(model, torch.nn.Module) and "low_rank_groups" in needs:
+        group = library.group_keys(optimizer)
+        kwargs = {k: v for k, v in kwargs.items() if k not in group}
+        matrices = [p for p in model.parameters() if p.ndim == 2]
+        others = [p for p in model.parameters() if p.ndim != 2]
+        first = [{"params": matrices, **group}, {"params": others}]
+    else:
+        first = model.parameters() if isinstance(model, torch.nn.Module) else model
+    return optimizer_class(optimizer)(first, **kwargs, **chosen)
+
+
+def muon_parameter_groups(model: torch.nn.Module) -> list[dict]:
+    """pytorch_optimizer's convention for Muon-style optimizers (prepare_muon_parameters):
+    the weight matrices of linear and convolution layers take the orthogonalised update
+    (use_muon=True), but for the classifier's output layer (the model's last linear
+    layer); that layer and every other parameter (biases, an embedding) take the
+    optimizer's AdamW update."""
+    layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    output = linear[-1] if linear else None
+    muon, other = [], []
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            matrix = isinstance(module, layers) and parameter.ndim >= 2 and module is not output
+            (muon if matrix else other).append(parameter)
+    return [{"params": muon, "use_muon": True}, {"params": other, "use_muon": False}]
+
+
+def fill_from_protocol(optimizer: DictConfig, train_size: int, steps: int) -> None:
+    """Set the arguments an optimizer needs from the protocol where the config leaves them
+    null (library.FROM_PROTOCOL: BSAM's num_data, Ranger21's num_iterations)."""
+    values = {"train_size": train_size, "steps": steps}
+    for key, source in library.FROM_PROTOCOL.get(library.registry_name(optimizer), {}).items():
+        if optimizer.get(key) is None:
+            optimizer[key] = values[source]
 
 
 def implementation(optimizer: Mapping) -> str:
@@ -84,7 +131,7 @@ def expand_lr_grid(optimizer_cfgs: list[DictConfig], lr_grid) -> list[DictConfig
         return list(optimizer_cfgs)
     expanded = []
     for optimizer in optimizer_cfgs:
-        if "lr" not in optimizer:
+        if optimizer.get("lr") is None:
             raise ConfigError(
                 f"lr_grid needs an lr to multiply, and optimizer {optimizer.name!r} has none."
             )
@@ -114,9 +161,19 @@ def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> Non
             f"Optimizer {optimizer.name!r}: elementwise={optimizer.elementwise!r} must be true "
             "(every element's update depends on its own gradient and state only) or false."
         )
+    why = library.refusal(optimizer)
+    if why:
+        raise ConfigError(
+            f"Optimizer {optimizer.name!r} cannot train on optbench's models: {why}. "
+            "`optbench optimizers` lists the ones that can."
+        )
+    why = library.not_elementwise_because(optimizer)
+    if why:
+        raise ConfigError(f"Optimizer {optimizer.name!r}: {why}.")
+    _check_names(optimizer)
     _check_numbers(optimizer)
     try:
-        build_optimizer(optimizer, model.parameters())
+        build_optimizer(optimizer, model)
     except ConfigError:
         raise
     except (ValueError, TypeError) as error:
@@ -127,9 +184,28 @@ def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> Non
         ) from None
 
 
+def _check_names(optimizer: DictConfig) -> None:
+    """Refuse a hyperparameter the class does not name (a class that takes **kwargs would
+    keep it and never use it), naming the ones it takes."""
+    parameters = inspect.signature(optimizer_class(optimizer)).parameters
+    named = [
+        name
+        for name, p in list(parameters.items())[1:]  # less params (or model)
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    named += list(library.group_keys(optimizer))  # its matrices' parameter group's
+    unknown = [key for key in optimizer_kwargs(optimizer) if key not in named]
+    if unknown:
+        raise ConfigError(
+            f"Optimizer {optimizer.name!r} ({optimizer._target_}) takes no hyperparameter "
+            f"{unknown[0]!r}; it takes: {', '.join(named)}."
+        )
+
+
 def _check_numbers(optimizer: DictConfig) -> None:
-    """Refuse a hyperparameter that is NaN or infinite, or text where the optimizer's
-    default is a number, naming the key (torch.optim's own checks would let NaN through)."""
+    """Refuse a hyperparameter that is NaN or infinite (unless that is the class's default,
+    as D-Adaptation's growth_rate=inf is), or text where the optimizer's default is a number,
+    naming the key (torch.optim's own checks would let NaN through)."""
     defaults = {
         name: parameter.default
         for name, parameter in inspect.signature(optimizer_class(optimizer)).parameters.items()
@@ -139,7 +215,7 @@ def _check_numbers(optimizer: DictConfig) -> None:
         default = defaults.get(key)
         number_expected = isinstance(default, (int, float, tuple)) and not isinstance(default, bool)
         for item in values:
-            if isinstance(item, float) and not math.isfinite(item):
+            if isinstance(item, float) and not math.isfinite(item) and value != default:
                 raise ConfigError(
                     f"Invalid optimizer.{key}={value!r} for {optimizer.name!r}: it must be a "
                     "finite number."

@@ -41,7 +41,9 @@ class OptimizerSpec:
 
     @property
     def lr(self) -> float:
-        return float(self.config.get("lr", math.nan))
+        """The configured lr; NaN for an optimizer without one (A2Grad sets its own)."""
+        lr = self.config.get("lr")
+        return math.nan if lr is None else float(lr)
 
 
 @dataclass(frozen=True)

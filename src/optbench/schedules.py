@@ -86,11 +86,13 @@ def of_setting(schedule: Mapping, spec) -> dict:
 
 
 def set_lr(optimizers: list[tuple]) -> None:
-    """For every (optimizer, configured lr, multiple): set each parameter group's lr to the
-    configured lr x multiple (an optimizer configured without lr keeps its own)."""
+    """For every (optimizer, configured lr, multiple): set each parameter group's lr to its
+    lr as built x multiple (kept in the group as `initial_lr`, as torch's schedulers do:
+    Muon's AdamW group has an lr of its own). An optimizer configured without an lr keeps
+    its own."""
     for optimizer, base_lr, multiple in optimizers:
         if math.isnan(base_lr):
             continue
         for group in optimizer.param_groups:
-            if "lr" in group:
-                group["lr"] = base_lr * multiple
+            if group.get("lr") is not None:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * multiple

@@ -10,22 +10,27 @@ Every trainer keeps the same per-run counters and turns them into rows the same 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import math
+import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
-from optbench import models, optimizers
+from optbench import library, models, optimizers
 from optbench.data import DatasetTensors
 from optbench.plan import OptimizerSpec, RunSpec
 
 METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN once diverged
 
 Batches = dict[int, torch.Tensor | None]  # a seed's mini-batch indices (None: the whole set)
+
+_GLOBAL_GENERATOR = threading.Lock()  # held by a step that draws from torch's global generator
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -132,20 +137,32 @@ class RunTrainer(Trainer):
             torch.channels_last if run.optimizer.elementwise else torch.contiguous_format
         )
         self.model.to(device, memory_format=memory_format)
+        self.device = device
+        needs = library.needs(run.optimizer.config)
+        self.draws_random = "random" in needs  # from torch's global generator: seeded()
         self.optimizer = None  # stepped by its OptimizerGroup
         if own_optimizer:
-            self.optimizer = optimizers.build_optimizer(
-                run.optimizer.config, self.model.parameters()
-            )
+            with self.seeded("init") if self.draws_random else contextlib.nullcontext():
+                self.optimizer = optimizers.build_optimizer(run.optimizer.config, self.model)
         # torch.optim's step(closure) evaluates the loss itself (L-BFGS several times);
         # a user's optimizer whose step takes no closure gets the gradient first.
         self.step_takes_closure = self.optimizer is not None and (
             "closure" in inspect.signature(self.optimizer.step).parameters
         )
+        # Hessian-vector products (AdaHessian, SophiaH) differentiate the gradient again
+        self.create_graph = "hessian" in needs
+        if self.create_graph:  # each step sets the gradients to None, which ends the cycle
+            warnings.filterwarnings("ignore", "Using backward.. with create_graph=True")
+        # schedule-free optimizers evaluate at their averaged weights: eval() swaps them in
+        self.has_modes = callable(getattr(self.optimizer, "eval", None)) and callable(
+            getattr(self.optimizer, "train", None)
+        )
         # the ffnn's forward and backward written out, where no optimizer needs autograd's
-        # graph (a differentiable optimizer does)
-        self.written_out = type(self.model) is models.FFNN and not run.optimizer.config.get(
-            "differentiable", False
+        # graph (a differentiable optimizer does, and so do Hessian-vector products)
+        self.written_out = (
+            type(self.model) is models.FFNN
+            and not run.optimizer.config.get("differentiable", False)
+            and not self.create_graph
         )
 
     def step(self, tensors: DatasetTensors, batches: Batches) -> None:
@@ -166,22 +183,47 @@ class RunTrainer(Trainer):
                 return models.ffnn_loss_and_grads(self.model, x, y)
             self.model.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.model(x), y)
-            loss.backward()
+            loss.backward(create_graph=self.create_graph)
             return loss
 
-        if self.optimizer is None:
-            loss = closure()
-        elif self.step_takes_closure:
-            loss = self.optimizer.step(closure)  # the loss before this step's update
-        else:
-            loss = closure()
-            self.optimizer.step()
+        with self.seeded(self.grad_evals) if self.draws_random else contextlib.nullcontext():
+            if self.optimizer is None:
+                loss = closure()
+            elif self.step_takes_closure:
+                loss = self.optimizer.step(closure)  # the loss before this step's update
+            else:
+                loss = closure()
+                self.optimizer.step()
         self.count_step(loss.detach().view(1), time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def seeded(self, moment: int | str):
+        """For an optimizer that draws from torch's global random generator: the generator
+        seeded from this run's seed and the moment (its construction, "init", or a step, by
+        the gradient evaluations before it), and restored after, one such optimizer at a
+        time (other threads' runs may train meanwhile; none of them draws from it). So the
+        run's draws are its own, whatever trains beside it, and a resumed run draws the same."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with _GLOBAL_GENERATOR, torch.random.fork_rng(devices=devices):
+            torch.manual_seed(stream_seed(self.seed, f"optimizer/{moment}"))
+            yield
 
     def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
         if self.diverged_at[0] is not None:
             return [(math.nan, math.nan)]
-        return [evaluate(self.model, tensors.test_x, tensors.test_y, batch_size)]
+        if not self.has_modes:
+            return [evaluate(self.model, tensors.test_x, tensors.test_y, batch_size)]
+        # eval() and train() move the weights there and back, which rounds: training goes
+        # on from the exact weights it had, however often it is evaluated
+        weights = [p.detach().clone() for p in self.model.parameters()]
+        self.optimizer.eval()
+        try:
+            return [evaluate(self.model, tensors.test_x, tensors.test_y, batch_size)]
+        finally:
+            self.optimizer.train()
+            with torch.no_grad():
+                for parameter, weight in zip(self.model.parameters(), weights, strict=True):
+                    parameter.copy_(weight)
 
     def optimizers_and_specs(self) -> list[tuple[torch.optim.Optimizer, OptimizerSpec]]:
         """Its own optimizer (none when an OptimizerGroup steps it), with its setting."""

@@ -39,7 +39,7 @@ def search_space(
     and the schedule's warmup length where it has one (a whole number of steps from 0 to a
     quarter of the training)."""
     space = {}
-    if "lr" in optimizer:
+    if optimizer.get("lr") is not None:  # A2Grad has none: it sets its own step size
         lr = float(optimizer["lr"])
         space["lr"] = optuna.distributions.FloatDistribution(lr / 100, lr * 100, log=True)
     if float(optimizer.get("momentum", 0.0) or 0.0) > 0:
@@ -73,9 +73,9 @@ def sample_trials(
             config["name"] = f"{optimizer.name} trial {trial_number}"
             for key, value in params.items():
                 if key == "beta1":
-                    config["betas"] = [value, config["betas"][1]]
-                elif key == "one_minus_beta2":
-                    config["betas"] = [config["betas"][0], 1 - value]
+                    config["betas"] = [value, *config["betas"][1:]]
+                elif key == "one_minus_beta2":  # AdEMAMix's third beta stays
+                    config["betas"] = [config["betas"][0], 1 - value, *config["betas"][2:]]
                 elif key == "warmup_steps":  # the trial's own schedule (schedules.of_setting)
                     config["schedule"] = {"warmup_steps": value}
                 else:

@@ -1,0 +1,104 @@
+"""Every optimizer a config can name, where it comes from and how it trains: what
+`optbench optimizers` lists, and what an unknown name is matched against. Reads configs and
+library.py's tables only (no torch), so it answers at once."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from optbench import library
+from optbench.config import CONFIG_PACKAGE
+
+NEEDS_TEXT = {
+    "hessian": "Hessian-vector products (backward with create_graph)",
+    "muon_groups": "Muon parameter groups (matrices / the rest)",
+    "low_rank_groups": "low-rank projection of the weight matrices (rank, update_proj_gap)",
+    "model": "takes the model itself",
+    "random": "draws random numbers (seeded per run and step)",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # what optimizer=NAME takes
+    source: str  # torch.optim, optbench, pytorch_optimizer 4.1.0, your class
+    target: str  # the class (_target_)
+    trains: str  # stacked (element-wise), alone, or refused
+    notes: str  # what it needs besides a gradient, or why it is refused
+
+
+def entries() -> list[Entry]:
+    """optbench's own optimizer configs, then pytorch_optimizer's registry, by name."""
+    own = []
+    folder = importlib.resources.files(CONFIG_PACKAGE) / "optimizer"
+    for name in sorted(library.own_configs()):
+        config = OmegaConf.load(str(folder / f"{name}.yaml"))
+        target = str(config.get("_target_")) if not OmegaConf.is_missing(config, "_target_") else ""
+        source = (
+            "torch.optim"
+            if target.startswith("torch.optim")
+            else ("your class" if not target else "optbench")
+        )
+        notes = "step(closure): several gradients a step" if name == "lbfgs" else ""
+        own.append(Entry(name, source, target or "optimizer._target_=...", _trains(config), notes))
+    configs = library.configs()
+    return own + [_library_entry(configs[name]) for name in sorted(configs)]
+
+
+def _trains(config) -> str:
+    return "stacked" if config.get("elementwise", False) else "alone"
+
+
+def _library_entry(config: dict) -> Entry:
+    source = f"pytorch_optimizer {library.version()}"
+    refusal = library.refusal(config)
+    if refusal:
+        return Entry(config["name"], source, config["_target_"], "refused", refusal)
+    notes = [NEEDS_TEXT[need] for need in sorted(library.needs(config))]
+    entry = library.entry(config)
+    if entry["step_needs_closure"]:
+        notes.append("step(closure): evaluates the loss itself")
+    if entry["train_eval_modes"]:
+        notes.append("evaluated at its averaged weights (eval mode)")
+    if library.FROM_PROTOCOL.get(library.registry_name(config)):
+        keys = ", ".join(library.FROM_PROTOCOL[library.registry_name(config)])
+        notes.append(f"{keys} from the protocol")
+    if library.registry_name(config) in library.NOT_RESUMABLE:
+        notes.append("an interrupted run starts again (its state is not safely readable)")
+    if config.get("lr", 0) is None:
+        notes.append("no lr (sets its own step size)")
+    return Entry(config["name"], source, config["_target_"], _trains(config), "; ".join(notes))
+
+
+def close_matches(name: str, options: list[str]) -> list[str]:
+    """The options nearest to a misspelt name (case aside), best first."""
+    lowered = {option.lower(): option for option in options}
+    found = difflib.get_close_matches(name.lower(), list(lowered), n=6, cutoff=0.6)
+    return [lowered[match] for match in found]
+
+
+def text(markdown: bool = False) -> str:
+    """The listing, as aligned columns or as a Markdown table."""
+    rows = [(e.name, e.source, e.trains, e.notes or "-") for e in entries()]
+    header = ("optimizer", "from", "trains", "needs, or why refused")
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, [*widths, 0], strict=True))
+        for row in rows
+    ]
+    counts = {trains: sum(row[2] == trains for row in rows) for trains in ("stacked", "alone")}
+    refused = sum(row[2] == "refused" for row in rows)
+    head = "  ".join(cell.ljust(width) for cell, width in zip(header, [*widths, 0], strict=True))
+    summary = (
+        f"{len(rows)} optimizers: {counts['stacked']} element-wise (their runs train stacked "
+        f"or share one optimizer call), {counts['alone']} train one model per run, {refused} "
+        "refused. optbench run optimizer=NAME [optimizer.KEY=VALUE ...]"
+    )
+    return "\n".join([head, *[line.rstrip() for line in lines], "", summary]) + "\n"

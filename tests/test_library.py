@@ -1,0 +1,268 @@
+"""pytorch_optimizer's registry: every optimizer trains, or is refused with its reason; the
+declarations of optbench.library (element-wise, random, Hessian, Muon groups) hold."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from constants import SMOKE
+from omegaconf import OmegaConf
+
+from optbench import catalog, engine, library, models, optimizers
+from optbench.config import ConfigError
+from optbench.data import load
+from optbench.plan import OptimizerSpec
+from optbench.trainers import RunTrainer, evaluate
+
+from conftest import ROOT, run_cli, run_plan, sweep_plan
+
+CONFIGS = library.configs()  # optbench name -> config
+REFUSED = sorted(name for name, config in CONFIGS.items() if library.refusal(config))
+TRAINABLE = sorted(set(CONFIGS) - set(REFUSED))
+ELEMENTWISE = sorted(name for name, config in CONFIGS.items() if config["elementwise"])
+RESULT_COLUMNS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
+
+# Documented exceptions to "lowers the training loss at the library's defaults": the
+# setting that does, and why the defaults do not.
+NOT_AT_DEFAULTS = {
+    "adahessian": ({"lr": 0.01}, "its default lr=0.1 diverges on the ffnn within 20 steps"),
+}
+
+
+def settings(names: list[str], plan) -> list[OptimizerSpec]:
+    """The optimizer settings `optimizers=[NAMES]` gives, filled in and checked as the CLI
+    checks them (checks.check_config), without composing each through Hydra (a tenth of a
+    second each): test_the_generated_configs... shows the files Hydra reads are these
+    configs, and test_composed_settings... that composing gives the same."""
+    model = models.build_model(plan.model, plan.dataset, seed=0)
+    schedule = plan.schedule()
+    result = []
+    for name in names:
+        config = OmegaConf.create(CONFIGS[name])
+        optimizers.fill_from_protocol(config, plan.dataset["train_size"], schedule.total_steps)
+        optimizers.check_optimizer_config(config, model)
+        result.append(OptimizerSpec.of(config))
+    return result
+
+
+def test_composed_settings_equal_the_library_configs(data_dir):
+    chosen = ["lion", "pto_adam", "muon", "ranger21", "galore"]
+    plan = sweep_plan(f"optimizers=[{','.join(chosen)}]", SMOKE)
+    assert plan.optimizers == settings(chosen, plan)
+    assert [spec.config for spec in plan.optimizers] == [
+        spec.config for spec in settings(chosen, plan)
+    ]
+
+
+def training(plan, **changes) -> pd.DataFrame:
+    return engine.train(dataclasses.replace(plan, **changes), progress=False).drop(columns="wall_s")
+
+
+def test_the_generated_configs_match_the_installed_library():
+    """configs/optimizer/<name>.yaml and src/optbench/pytorch_optimizer.yaml are what
+    scripts/optimizer_library.py writes from the installed pytorch_optimizer (its classes'
+    own signatures): nothing edited by hand, nothing stale after an upgrade."""
+    spec = importlib.util.spec_from_file_location(
+        "generator", ROOT / "scripts/optimizer_library.py"
+    )
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    wanted = generator.files()
+    for path, text in wanted.items():
+        assert path.read_text() == text, f"{path} is out of date: run `make library`"
+    assert len(wanted) == len(library.table()["optimizers"]) + 1 >= 129
+
+
+@pytest.mark.slow
+def test_every_registry_optimizer_trains_or_is_refused_with_its_reason(data_dir, capsys):
+    """A real short training (1,000 MNIST images, 40 steps) of every optimizer at the
+    library's defaults, as `optbench sweep optimizers=[...]` checks them: finite losses that
+    go down, or the documented reason they do not; the others are refused before training,
+    with their reason."""
+    plan = run_plan(SMOKE, "seeds=1")
+    defaults = settings(TRAINABLE, plan)
+    documented = [
+        OptimizerSpec.of({**spec.config, **NOT_AT_DEFAULTS[spec.name][0]})
+        for spec in defaults
+        if spec.name in NOT_AT_DEFAULTS
+    ]
+    runs = training(plan, optimizers=defaults + documented)
+    for spec in defaults + documented:
+        rows = runs[(runs.optimizer == spec.name) & (runs.hyperparameters == spec.hyperparameters)]
+        assert len(rows) == 2, spec.name
+        if spec in defaults and spec.name in NOT_AT_DEFAULTS:
+            assert rows["diverged"].all(), spec.name  # as documented
+            continue
+        assert not rows["diverged"].any(), spec.name
+        assert rows[RESULT_COLUMNS].map(math.isfinite).all().all(), spec.name
+        first, last = rows.sort_values("step")["train_loss"]
+        assert last < first, (spec.name, first, last)
+    for name in REFUSED:
+        with pytest.raises(ConfigError, match="cannot train on optbench's models"):
+            run_plan(f"optimizer={name}", SMOKE)
+    with capsys.disabled():
+        print(f"\npytorch_optimizer: {len(TRAINABLE)} train, {len(REFUSED)} refused")
+
+
+@pytest.mark.slow
+def test_the_declared_elementwise_ones_train_the_same_grouped_stacked_and_alone(data_dir):
+    """What the engine guarantees for an element-wise optimizer, for each one the table
+    declares: in an OptimizerGroup (the CPU's layout) bit for bit as alone; stacked (a GPU's
+    layout, here on the CPU) within the stated tolerance of float rounding."""
+    own = library.own_configs()
+    assert set(ELEMENTWISE) == {library.config_name(n, own) for n in library.ELEMENTWISE}
+    plan = run_plan(SMOKE, "seeds=2")
+    plan = dataclasses.replace(plan, optimizers=settings(ELEMENTWISE, plan))
+    together = training(plan)
+    for spec in plan.optimizers:
+        alone = training(plan, optimizers=[spec], seeds=[1]).reset_index(drop=True)
+        picked = together[(together.optimizer == spec.name) & (together.seed == 1)]
+        pd.testing.assert_frame_equal(picked.reset_index(drop=True), alone, check_exact=True)
+    one_step = {**plan.train, "steps": 1, "eval_every": 1}
+    stacked, alone = (
+        training(plan, train=one_step, stack_runs=mode) for mode in ("always", "never")
+    )
+    for column in RESULT_COLUMNS:
+        torch.testing.assert_close(
+            torch.tensor(stacked[column].to_numpy()),
+            torch.tensor(alone[column].to_numpy()),
+            rtol=1e-6,
+            atol=0,
+            msg=column,
+        )
+
+
+def steps_draw_random_numbers(config: dict, plan, tensors, count: int = 3) -> bool:
+    """Whether building the optimizer and `count` steps, outside the engine, draw from
+    torch's global random generator."""
+    model = models.build_model(plan.model, plan.dataset, seed=0)
+    before = torch.get_rng_state()
+    optimizer = optimizers.build_optimizer(config, model)
+    take_steps(optimizer, model, config, tensors, count)
+    return not torch.equal(before, torch.get_rng_state())
+
+
+def take_steps(optimizer, model, config: dict, tensors, count: int) -> None:
+    """count steps on the first 64 training images, outside the engine."""
+    hessian = "hessian" in library.needs(config)
+    x, y = tensors.train_x[:64], tensors.train_y[:64]
+
+    @torch.enable_grad()
+    def closure():
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward(create_graph=hessian)
+        return loss
+
+    for _ in range(count):
+        optimizer.step(closure)
+
+
+def test_the_optimizers_that_draw_random_numbers_are_the_declared_ones(data_dir):
+    """Each declared one draws from torch's global generator (the engine seeds it per run
+    and step), and no other does: the declaration is what keeps a run independent of what
+    trains beside it."""
+    plan = run_plan(SMOKE, f"data_dir={data_dir}")
+    tensors = load(plan.dataset, plan.data_dir, torch.device("cpu"))
+    drawing = {
+        library.registry_name(CONFIGS[name])
+        for name in TRAINABLE
+        if steps_draw_random_numbers(filled(CONFIGS[name]), plan, tensors)
+    }
+    assert drawing == set(library.RANDOM)
+
+
+def test_every_optimizers_state_comes_back_from_a_checkpoint(data_dir, tmp_path):
+    """After 3 steps, each optimizer's state goes through engine.save_checkpoint and
+    load_checkpoint (torch.load with weights_only: library.CHECKPOINT_CLASSES allowed) and
+    loads into a new optimizer: an interrupted run resumes, but for the declared exception
+    (library.NOT_RESUMABLE), whose checkpoint is set aside and whose run starts again."""
+    plan = run_plan(SMOKE, f"data_dir={data_dir}")
+    tensors = load(plan.dataset, plan.data_dir, torch.device("cpu"))
+    for name in TRAINABLE:
+        config = filled(CONFIGS[name])
+        model = models.build_model(plan.model, plan.dataset, seed=0)
+        optimizer = optimizers.build_optimizer(config, model)
+        take_steps(optimizer, model, config, tensors, 3)
+        path = tmp_path / f"{name}.pt"
+        engine.save_checkpoint(path, {"job": name, "optimizer": optimizer.state_dict()})
+        state = engine.load_checkpoint(path, torch.device("cpu"))
+        if library.registry_name(config) in library.NOT_RESUMABLE:
+            assert state is None and not path.exists(), name  # set aside, as declared
+            continue
+        assert state is not None and path.exists(), name  # not set aside as unreadable
+        optimizers.build_optimizer(config, model).load_state_dict(state["optimizer"])
+
+
+def filled(config: dict) -> dict:
+    """A config with the values the protocol supplies (Ranger21's num_iterations)."""
+    values = {"num_iterations": 40}
+    return {k: values.get(k, v) if v is None else v for k, v in config.items()}
+
+
+@pytest.mark.slow
+def test_a_random_optimizers_run_is_its_own_whatever_trains_beside_it(data_dir):
+    """Two worker threads train the declared random ones side by side; each run equals the
+    same run trained alone, bit for bit (trainers.RunTrainer.seeded)."""
+    names = ["apollo", "kron", "sophiah", "spam"]
+    plan = sweep_plan(f"optimizers=[{','.join(names)}]", SMOKE, "seeds=2", "threads=2")
+    together = training(plan)
+    for spec in plan.optimizers:
+        alone = training(plan, optimizers=[spec], seeds=[1], threads=1)
+        picked = together[(together.optimizer == spec.name) & (together.seed == 1)]
+        pd.testing.assert_frame_equal(picked.reset_index(drop=True), alone.reset_index(drop=True))
+
+
+def test_a_schedule_free_optimizer_is_evaluated_at_its_averaged_weights(data_dir):
+    """Schedule-free AdamW evaluates at x, trains at y: the trainer's test is the model after
+    optimizer.eval(), and training goes on from the weights it had before."""
+    plan = run_plan("optimizer=schedulefreeadamw", SMOKE)
+    tensors = load(plan.dataset, plan.data_dir, torch.device("cpu"))
+    trainer = RunTrainer(plan.runs[0], plan.model, plan.dataset, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        trainer.step(tensors, {0: torch.randint(0, 1000, (64,), generator=generator)})
+    weights = [p.clone() for p in trainer.model.parameters()]
+    reported = trainer.test(tensors, 1000)[0]
+    assert all(torch.equal(a, b) for a, b in zip(weights, trainer.model.parameters(), strict=True))
+    at_y = evaluate(trainer.model, tensors.test_x, tensors.test_y, 1000)
+    trainer.optimizer.eval()
+    at_x = evaluate(trainer.model, tensors.test_x, tensors.test_y, 1000)
+    assert reported == at_x != at_y
+
+
+@pytest.mark.parametrize("model", ["ffnn", "lenet"])
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(model):
+    """pytorch_optimizer's convention: linear and convolution weights get the orthogonalised
+    update, but the output layer, which gets AdamW's with the biases."""
+    dataset = {"name": "mnist", "input_shape": [1, 28, 28], "num_classes": 10}
+    net = models.build_model({"name": model}, dataset, seed=0)
+    names = {id(p): name for name, p in net.named_parameters()}
+    groups = optimizers.muon_parameter_groups(net)
+    muon, adamw = ([names[id(p)] for p in group["params"]] for group in groups)
+    hidden = {"ffnn": ["fc1.weight"], "lenet": ["conv1.weight", "conv2.weight", "fc1.weight"]}
+    assert (groups[0]["use_muon"], groups[1]["use_muon"]) == (True, False)
+    assert muon == hidden[model]
+    assert sorted(adamw) == sorted(set(names.values()) - set(muon))
+    optimizer = optimizers.build_optimizer(CONFIGS["muon"], net)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.02, 3e-4]  # muon, adamw
+
+
+def test_optbench_optimizers_lists_every_optimizer_and_the_docs_table_is_current(tmp_path):
+    result = run_cli("optimizers", cwd=tmp_path)
+    assert result.returncode == 0
+    listed = [line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()][:-1]
+    assert sorted(listed) == sorted(library.own_configs() | set(CONFIGS))
+    assert f"{len(listed)} optimizers" in result.stdout
+    for name in REFUSED:
+        assert library.REFUSED[library.registry_name(CONFIGS[name])] in result.stdout
+    docs = (ROOT / "docs" / "optimizers.md").read_text()
+    assert catalog.text(markdown=True) in docs, (
+        "docs/optimizers.md: paste `optbench optimizers --markdown`"
+    )
