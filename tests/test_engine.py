@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from constants import LINE_SEARCH, SMOKE
 from omegaconf import OmegaConf
 
-from optbench import engine, models
+from optbench import engine, library, models
 from optbench.data import DatasetTensors, load
 from optbench.plan import OptimizerSpec, make_schedule
 from optbench.trainers import stream_seed
@@ -91,10 +91,11 @@ def test_the_same_seed_gives_identical_rows(data_dir, device):
     )
 
 
+# optbench's own (tests/test_library.py: pytorch_optimizer's registry)
 ELEMENTWISE = sorted(
-    path.stem
-    for path in (ROOT / "configs" / "optimizer").glob("*.yaml")
-    if OmegaConf.load(path).get("elementwise", False)
+    name
+    for name in library.own_configs()
+    if OmegaConf.load(ROOT / "configs" / "optimizer" / f"{name}.yaml").get("elementwise", False)
 )
 
 
@@ -174,10 +175,12 @@ def test_every_elementwise_optimizer_gives_the_same_run_grouped_as_alone(data_di
     """Bit for bit: 2 seeds of every element-wise optimizer in one job, against seed 1 of
     each optimizer trained alone."""
     assert len(ELEMENTWISE) >= 20  # torch.optim's and the textbook ones
-    together = training(sweep_plan(f"optimizers=[{','.join(ELEMENTWISE)}]", "seeds=2", SMOKE))
-    for name in ELEMENTWISE:
-        alone = training(run_plan(f"optimizer={name}", "seeds=[1]", SMOKE))
-        picked = together[(together.optimizer == name) & (together.seed == 1)]
+    short = ("train.steps=20", "train.eval_every=10")
+    plan = sweep_plan(f"optimizers=[{','.join(ELEMENTWISE)}]", "seeds=2", SMOKE, *short)
+    together = training(plan)
+    for spec in plan.optimizers:  # each as `optbench run optimizer=NAME seeds=[1]` trains it
+        alone = training(dataclasses.replace(plan, optimizers=[spec], seeds=[1]))
+        picked = together[(together.optimizer == spec.name) & (together.seed == 1)]
         pd.testing.assert_frame_equal(picked.reset_index(drop=True), alone, check_exact=True)
 
 

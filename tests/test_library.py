@@ -27,6 +27,7 @@ REFUSED = sorted(name for name, config in CONFIGS.items() if library.refusal(con
 TRAINABLE = sorted(set(CONFIGS) - set(REFUSED))
 ELEMENTWISE = sorted(name for name, config in CONFIGS.items() if config["elementwise"])
 RESULT_COLUMNS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
+SHORT = ("train.steps=20", "train.eval_every=10")  # debug=smoke's 1,000 images, 20 steps
 
 # Documented exceptions to "lowers the training loss at the library's defaults": the
 # setting that does, and why the defaults do not.
@@ -117,7 +118,7 @@ def test_the_declared_elementwise_ones_train_the_same_grouped_stacked_and_alone(
     layout, here on the CPU) within the stated tolerance of float rounding."""
     own = library.own_configs()
     assert set(ELEMENTWISE) == {library.config_name(n, own) for n in library.ELEMENTWISE}
-    plan = run_plan(SMOKE, "seeds=2")
+    plan = run_plan(SMOKE, *SHORT, "seeds=2")
     plan = dataclasses.replace(plan, optimizers=settings(ELEMENTWISE, plan))
     together = training(plan)
     for spec in plan.optimizers:
@@ -211,7 +212,7 @@ def test_a_random_optimizers_run_is_its_own_whatever_trains_beside_it(data_dir):
     """Two worker threads train the declared random ones side by side; each run equals the
     same run trained alone, bit for bit (trainers.RunTrainer.seeded)."""
     names = ["apollo", "kron", "sophiah", "spam"]
-    plan = sweep_plan(f"optimizers=[{','.join(names)}]", SMOKE, "seeds=2", "threads=2")
+    plan = sweep_plan(f"optimizers=[{','.join(names)}]", SMOKE, *SHORT, "seeds=2", "threads=2")
     together = training(plan)
     for spec in plan.optimizers:
         alone = training(plan, optimizers=[spec], seeds=[1], threads=1)
