@@ -84,10 +84,11 @@ def files() -> dict[Path, str]:
         name: entry(pytorch_optimizer.load_optimizer(name))
         for name in pytorch_optimizer.get_supported_optimizers()
     }
-    table = {"version": version, "optimizers": optimizers}
+    taken = library.own_configs()  # what the table written before does not record
+    configs = [library.config_name(name, taken) for name in optimizers]
+    table = {"version": version, "configs": configs, "optimizers": optimizers}
     header = f"{library.GENERATED} from pytorch_optimizer {version}: do not edit.\n"
     result = {TABLE: header + yaml.safe_dump(table, sort_keys=False, width=100)}
-    taken = library.own_configs()
     for registry_name, info in optimizers.items():
         config = library.config(registry_name, info, taken)
         summary = textwrap.fill(info["summary"], 88, initial_indent="# ", subsequent_indent="# ")
@@ -103,8 +104,9 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     options = parser.parse_args()
     wanted = files()
-    stale = [p for p in CONFIGS.glob("*.yaml") if p.stem not in library.own_configs()]
-    stale = [path for path in stale if path not in wanted]
+    # files this script wrote before that the installed library no longer has
+    stale = [CONFIGS / f"{name}.yaml" for name in library.generated_configs()]
+    stale = [path for path in stale if path not in wanted and path.exists()]
     changed = [
         path for path, text in wanted.items() if not path.exists() or path.read_text() != text
     ]

@@ -136,6 +136,7 @@ BAD_INPUT = [
         ["no hyperparameter 'momentum'", "lr, betas"],
     ),
     (["run", "optimizer=lomo"], ["cannot train on optbench's models", "fused_backward"]),
+    (["run", "optimizer=soap", "optimizer.elementwise=true"], ["not element-wise", "soap"]),
     (
         ["run", "optimizer=adan", "optimizer.max_grad_norm=1"],
         ["not element-wise", "elementwise=false"],

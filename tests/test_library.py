@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import random
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from constants import SMOKE
 from omegaconf import OmegaConf
 
-from optbench import catalog, engine, library, models, optimizers
+from optbench import catalog, checkpoints, engine, library, models, optimizers
 from optbench.config import ConfigError
 from optbench.data import load
 from optbench.plan import OptimizerSpec
@@ -46,7 +48,7 @@ def settings(names: list[str], plan) -> list[OptimizerSpec]:
     result = []
     for name in names:
         config = OmegaConf.create(CONFIGS[name])
-        optimizers.fill_from_protocol(config, plan.dataset["train_size"], schedule.total_steps)
+        optimizers.fill_from_protocol(config, schedule.total_steps)
         optimizers.check_optimizer_config(config, model)
         result.append(OptimizerSpec.of(config))
     return result
@@ -140,13 +142,23 @@ def test_the_declared_elementwise_ones_train_the_same_grouped_stacked_and_alone(
 
 
 def steps_draw_random_numbers(config: dict, plan, tensors, count: int = 3) -> bool:
-    """Whether building the optimizer and `count` steps, outside the engine, draw from
-    torch's global random generator."""
+    """Whether building the optimizer and `count` steps, outside the engine, draw from a
+    global random generator: torch's, NumPy's or Python's."""
     model = models.build_model(plan.model, plan.dataset, seed=0)
-    before = torch.get_rng_state()
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     optimizer = optimizers.build_optimizer(config, model)
     take_steps(optimizer, model, config, tensors, count)
-    return not torch.equal(before, torch.get_rng_state())
+    return not (
+        torch.equal(states[0], torch.get_rng_state())
+        and np.array_equal(states[1], np.random.get_state()[1])
+        and states[2] == random.getstate()
+    )
+
+
+# Settings under which a declared optimizer draws within 3 steps (by default it draws later)
+DRAWS_SOONER = {"scalableshampoo": {"preconditioning_compute_steps": 1}}
+# Settings under which an optimizer of library.RANDOM_WHEN draws
+DRAWS_WHEN = {"sara": {"lambda_rank": 0.1}}
 
 
 def take_steps(optimizer, model, config: dict, tensors, count: int) -> None:
@@ -171,19 +183,23 @@ def test_the_optimizers_that_draw_random_numbers_are_the_declared_ones(data_dir)
     trains beside it."""
     plan = run_plan(SMOKE, f"data_dir={data_dir}")
     tensors = load(plan.dataset, plan.data_dir, torch.device("cpu"))
-    drawing = {
-        library.registry_name(CONFIGS[name])
-        for name in TRAINABLE
-        if steps_draw_random_numbers(filled(CONFIGS[name]), plan, tensors)
-    }
+    drawing = set()
+    for name in TRAINABLE:
+        config = {**filled(CONFIGS[name]), **DRAWS_SOONER.get(name, {})}
+        if steps_draw_random_numbers(config, plan, tensors):
+            drawing.add(library.registry_name(config))
+        assert ("random" in library.needs(config)) == (library.registry_name(config) in drawing)
     assert drawing == set(library.RANDOM)
+    for name, values in DRAWS_WHEN.items():
+        config = {**filled(CONFIGS[name]), **values}
+        assert "random" in library.needs(config), name
+        assert steps_draw_random_numbers(config, plan, tensors), name
 
 
 def test_every_optimizers_state_comes_back_from_a_checkpoint(data_dir, tmp_path):
-    """After 3 steps, each optimizer's state goes through engine.save_checkpoint and
-    load_checkpoint (torch.load with weights_only: library.CHECKPOINT_CLASSES allowed) and
-    loads into a new optimizer: an interrupted run resumes, but for the declared exception
-    (library.NOT_RESUMABLE), whose checkpoint is set aside and whose run starts again."""
+    """After 3 steps, each optimizer's state goes through checkpoints.save and load
+    (torch.load with weights_only: library.CHECKPOINT_CLASSES allowed, AdaShift's deque
+    saved as a list) and loads into a new optimizer: an interrupted run of any resumes."""
     plan = run_plan(SMOKE, f"data_dir={data_dir}")
     tensors = load(plan.dataset, plan.data_dir, torch.device("cpu"))
     for name in TRAINABLE:
@@ -192,19 +208,18 @@ def test_every_optimizers_state_comes_back_from_a_checkpoint(data_dir, tmp_path)
         optimizer = optimizers.build_optimizer(config, model)
         take_steps(optimizer, model, config, tensors, 3)
         path = tmp_path / f"{name}.pt"
-        engine.save_checkpoint(path, {"job": name, "optimizer": optimizer.state_dict()})
-        state = engine.load_checkpoint(path, torch.device("cpu"))
-        if library.registry_name(config) in library.NOT_RESUMABLE:
-            assert state is None and not path.exists(), name  # set aside, as declared
-            continue
+        checkpoints.save(path, {"job": name, "optimizer": optimizer.state_dict()})
+        state = checkpoints.load(path, torch.device("cpu"))
         assert state is not None and path.exists(), name  # not set aside as unreadable
         optimizers.build_optimizer(config, model).load_state_dict(state["optimizer"])
 
 
 def filled(config: dict) -> dict:
-    """A config with the values the protocol supplies (Ranger21's num_iterations)."""
-    values = {"num_iterations": 40}
-    return {k: values.get(k, v) if v is None else v for k, v in config.items()}
+    """A config with the values the protocol supplies (Ranger21's num_iterations) for a
+    training of 40 steps."""
+    config = OmegaConf.create(config)
+    optimizers.fill_from_protocol(config, 40)
+    return OmegaConf.to_container(config)
 
 
 @pytest.mark.slow

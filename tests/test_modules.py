@@ -64,6 +64,8 @@ PLAIN_DATA_MODULES = [
     "benchmark",
     "catalog",
     "library",
+    "checkpoints",
+    "workers",
     "costs",
     "engine",
     "loggers",

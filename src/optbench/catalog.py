@@ -67,10 +67,8 @@ def _library_entry(config: dict) -> Entry:
     if library.FROM_PROTOCOL.get(library.registry_name(config)):
         keys = ", ".join(library.FROM_PROTOCOL[library.registry_name(config)])
         notes.append(f"{keys} from the protocol")
-    if library.registry_name(config) in library.NOT_RESUMABLE:
-        notes.append("an interrupted run starts again (its state is not safely readable)")
     if config.get("lr", 0) is None:
-        notes.append("no lr (sets its own step size)")
+        notes.append("lr null: the class sets its own")
     return Entry(config["name"], source, config["_target_"], _trains(config), "; ".join(notes))
 
 
@@ -88,17 +86,16 @@ def text(markdown: bool = False) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)] + [0]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, [*widths, 0], strict=True))
-        for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
     ]
     counts = {trains: sum(row[2] == trains for row in rows) for trains in ("stacked", "alone")}
     refused = sum(row[2] == "refused" for row in rows)
-    head = "  ".join(cell.ljust(width) for cell, width in zip(header, [*widths, 0], strict=True))
     summary = (
         f"{len(rows)} optimizers: {counts['stacked']} element-wise (their runs train stacked "
         f"or share one optimizer call), {counts['alone']} train one model per run, {refused} "
         "refused. optbench run optimizer=NAME [optimizer.KEY=VALUE ...]"
     )
-    return "\n".join([head, *[line.rstrip() for line in lines], "", summary]) + "\n"
+    return "\n".join([*lines, "", summary]) + "\n"

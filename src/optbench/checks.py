@@ -57,5 +57,5 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
         )
     model = models.build_model(cfg.model, cfg.dataset, seed=0)  # a throwaway copy
     for optimizer_cfg in optimizer_cfgs:
-        optimizers.fill_from_protocol(optimizer_cfg, n_train, total_steps)
+        optimizers.fill_from_protocol(optimizer_cfg, total_steps)
         optimizers.check_optimizer_config(optimizer_cfg, model)

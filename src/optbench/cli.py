@@ -58,8 +58,8 @@ commands:
   data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
                            in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
   optimizers [--markdown]  every optimizer optimizer=NAME takes: torch.optim's, optbench's
-                           and pytorch_optimizer's registry (pto_NAME where torch.optim has
-                           NAME), whether its runs train stacked or alone, what it needs
+                           and pytorch_optimizer's registry (pto_NAME where optbench has a
+                           config NAME), whether its runs train stacked or alone, what it needs
 
 Results go to outputs/<experiment>/<overrides>/ unless hydra.run.dir=DIR is given. The
 same command again skips the runs already complete there and resumes an interrupted job

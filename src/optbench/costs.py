@@ -21,7 +21,7 @@ import torch
 from optbench import data, engine
 from optbench.files import write_csv
 from optbench.plan import OptimizerSpec, Plan, RunSpec
-from optbench.trainers import Workers
+from optbench.workers import Workers
 
 COSTS_CSV = "costs.csv"
 WARMUP_STEPS = 3  # untimed: the first steps allocate the state and warm the caches

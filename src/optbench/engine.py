@@ -2,7 +2,7 @@
 
 On the CPU every run is a RunTrainer (unless stack_runs=always): its own model, computed
 with its own tensors through single-threaded kernels, the runs spread over worker threads
-(trainers.Workers); the runs of one element-wise optimizer share one optimizer call
+(workers.Workers); the runs of one element-wise optimizer share one optimizer call
 (trainers.OptimizerGroup). So a run gives the same numbers bit for bit whatever trains
 beside it and whatever the number of threads, by how the computation is laid out. On a GPU
 the runs of element-wise optimizers train as one batched model (stack.StackTrainer), which
@@ -18,28 +18,22 @@ Evaluation points produce one flat row per run (a dict); `train` returns them as
 
 from __future__ import annotations
 
-import io
 import logging
-import pickle
-import time
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from optbench import data, files, library, optimizers, schedules
+from optbench import checkpoints, data, optimizers, schedules
 from optbench.config import ConfigError
 from optbench.plan import OptimizerSpec, Plan, RunSpec
 from optbench.progress import progress_bar, report_progress
 from optbench.stack import StackTrainer
-from optbench.trainers import OptimizerGroup, RunTrainer, Workers, rows_by_optimizer, stream_seed
+from optbench.trainers import OptimizerGroup, RunTrainer, rows_by_optimizer, stream_seed
+from optbench.workers import Workers
 
 log = logging.getLogger("optbench")
-
-# The layout of the trainers' states in a checkpoint; a checkpoint of another layout (an
-# earlier optbench) is not resumed.
-CHECKPOINT_FORMAT = 4
 
 
 def resolve_device(device: str) -> torch.device:
@@ -89,7 +83,7 @@ def should_stack(plan: Plan, spec: OptimizerSpec, device: torch.device) -> bool:
 
     stack_runs=auto stacks the element-wise optimizers' runs on a GPU, where one batched
     model keeps it busy; on the CPU every run trains in a RunTrainer, bit for bit the same
-    whatever trains beside it (see trainers.Workers)."""
+    whatever trains beside it (see workers.Workers)."""
     if plan.stack_runs == "never" or not in_group(plan, spec):
         return False
     return plan.stack_runs == "always" or device.type == "cuda"
@@ -148,46 +142,6 @@ def build_trainers(
     return trainers, groups
 
 
-# ---------------------------------------------------------------------------------------
-# Checkpoints: the whole training state at an evaluation point
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write the training state atomically; serialised in memory first, so that a full disk
-    is an OSError that says so (torch.save's own stream error does not)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    files.atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
-
-
-def load_checkpoint(path: Path, device: torch.device) -> dict | None:
-    """The training state saved at path; None when there is none. A checkpoint that cannot
-    be read (damaged, truncated, not optbench's) is set aside beside it, never loaded
-    unsafely, and training starts from the beginning."""
-    if not path.is_file():
-        return None
-    try:
-        try:
-            state = torch.load(path, map_location=device, weights_only=True)
-        except pickle.UnpicklingError:  # an optimizer state may hold a few known classes
-            with torch.serialization.safe_globals(library.checkpoint_classes()):
-                state = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(state, dict) or "job" not in state:
-            raise ValueError("not an optbench checkpoint")
-        return state
-    except Exception as error:
-        aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
-        path.rename(aside)
-        log.warning(
-            "%s cannot be read (%s); it is set aside as %s, and training starts from the "
-            "beginning.",
-            path,
-            type(error).__name__,
-            aside.name,
-        )
-        return None
-
-
 class Job:
     """A job's trainers, optimizer groups and data orders: what a checkpoint saves."""
 
@@ -210,7 +164,7 @@ class Job:
         seeds = sorted({run.seed for run in runs})
         self.orders = {seed: DataOrder(seed, n_train, batch_size, device) for seed in seeds}
         self.identity = {  # a checkpoint is resumed only by the job that wrote it
-            "format": CHECKPOINT_FORMAT,
+            "format": checkpoints.FORMAT,
             "fingerprint": plan.fingerprint,
             "runs": [run.key for run in runs],
             "trainers": [(type(t).__name__, len(t.runs)) for t in self.trainers],
@@ -225,7 +179,7 @@ class Job:
             for spec, schedule in self.schedules.items()
         }
         if self.scheduled:
-            schedules.set_lr([(o, spec.lr, multiples[spec]) for o, spec in self.scheduled])
+            schedules.set_lr([(o, multiples[spec]) for o, spec in self.scheduled])
         return multiples
 
     def evaluation_rows(self, step: int, tensors, test_batch_size: int, workers: Workers):
@@ -250,7 +204,7 @@ class Job:
     def resume(self, checkpoint: Path | None, device: torch.device) -> tuple[list[dict], int]:
         """The rows and the step of the checkpoint this same job left, its state loaded;
         no rows and step 0 when there is none."""
-        state = load_checkpoint(checkpoint, device) if checkpoint is not None else None
+        state = checkpoints.load(checkpoint, device) if checkpoint is not None else None
         if state is None:
             return [], 0
         if state["job"] != self.identity:
@@ -319,7 +273,7 @@ def train(
                 current_lr = row["lr"] * multiples[run.optimizer]
                 rows.append({**context, **row, "epoch": epoch, "current_lr": current_lr})
             if checkpoint is not None:
-                save_checkpoint(checkpoint, job.state_dict(step, rows))
+                checkpoints.save(checkpoint, job.state_dict(step, rows))
             report_progress(bar, evaluated, step, schedule.total_steps)
         bar.close()
     return pd.DataFrame(rows)

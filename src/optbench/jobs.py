@@ -86,12 +86,9 @@ def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
 def _check_not_shadowed(names: list[str], overrides: list[str]) -> None:
     """Refuse a user's optimizer file that optbench's own of the same name would hide:
     optbench's configs come first in Hydra's search path, before hydra.searchpath's."""
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.searchpath=")]
-    folders = (
-        [f.strip().removeprefix("file://") for f in given[-1].strip("[]").split(",")]
-        if given
-        else []
-    )
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
+    entries = given[-1].strip("[]").split(",") if given else []
+    folders = [entry.strip().strip("'\"").removeprefix("file://") for entry in entries]
     for folder in folders:
         for name in names:
             mine = Path(folder) / "optimizer" / f"{name}.yaml"

@@ -70,10 +70,11 @@ ELEMENTWISE = frozenset(
 # Element-wise only with these values (Adan clips by the global gradient norm otherwise).
 ELEMENTWISE_WHILE = {"adan": {"max_grad_norm": 0.0}}
 
-# They draw from torch's global random generator, building or stepping (Hutchinson probes,
-# random projections and masks, random update schedules): the engine seeds it from the run's
-# own seed and step first, one such optimizer at a time (trainers.RunTrainer.seeded), so
-# that a run's numbers do not depend on what trains beside it.
+# They draw from a global random generator (torch's, NumPy's or Python's), building or
+# stepping (Hutchinson probes, random projections and masks, power iterations, random update
+# schedules): the engine seeds all three from the run's own seed and step first, one such
+# optimizer at a time (trainers.RunTrainer.seeded), so that a run's numbers do not depend on
+# what trains beside it. RANDOM_WHEN: random only with these values.
 RANDOM = frozenset(
     {
         "adahessian",
@@ -82,10 +83,12 @@ RANDOM = frozenset(
         "dash",
         "gravity",
         "kron",
+        "scalableshampoo",  # a power iteration from a random start, every 1000 steps
         "sophiah",
         "spam",
     }
 )
+RANDOM_WHEN = {"sara": ("lambda_rank", lambda value: value > 0)}  # a random matrix a step
 
 # Hessian-vector products of the loss: the gradient is computed with create_graph=True.
 HESSIAN = frozenset({"adahessian", "sophiah"})
@@ -108,8 +111,8 @@ LOW_RANK = {
     "apollo": {"rank": 16, "update_proj_gap": 200, "scale": 1.0, "projection_type": "random"},
 }
 
-# Arguments without a default that the protocol supplies: the number of optimizer steps of
-# the training.
+# Arguments without a default that the protocol supplies: "steps", the number of optimizer
+# steps of the training.
 FROM_PROTOCOL = {"ranger21": {"num_iterations": "steps"}}
 
 # What cannot train on optbench's models, and why.
@@ -132,8 +135,9 @@ REFUSED = {
 
 
 # What some optimizers keep in their state besides tensors and numbers (a projector object,
-# a norm's kind): the classes a checkpoint may hold, allowed when one is read
-# back (torch.load with weights_only, engine.load_checkpoint).
+# a norm's kind): the classes a checkpoint may hold, allowed when one is read back (torch.load
+# with weights_only, checkpoints.load). A collections.deque (AdaShift's past gradients),
+# which torch's safe loader cannot rebuild, is saved as a list and rebuilt (checkpoints).
 CHECKPOINT_CLASSES = (
     "pytorch_optimizer.optimizer.utils.galore.GaLoreProjector",  # GaLore, Fira, APOLLO, Conda
     "pytorch_optimizer.optimizer.utils.preconditioner.PreConditioner",  # ScalableShampoo's
@@ -142,11 +146,6 @@ CHECKPOINT_CLASSES = (
     "pytorch_optimizer.optimizer.utils.graft.SGDGraft",
     "pytorch_optimizer.optimizer.scion.LMONorm",  # SCION
 )
-
-
-# AdaShift keeps its past gradients in a collections.deque, which torch's safe loader cannot
-# rebuild: an interrupted AdaShift run starts again from step 0 (the log says so).
-NOT_RESUMABLE = frozenset({"adashift"})
 
 
 def checkpoint_classes() -> list[type]:
@@ -199,15 +198,17 @@ def configs() -> dict[str, dict]:
     }
 
 
+def generated_configs() -> set[str]:
+    """The names of the files scripts/optimizer_library.py wrote (its table records them)."""
+    return set(table()["configs"])
+
+
 def own_configs() -> set[str]:
     """The names of optbench's own optimizer configs: the files of configs/optimizer/ that
-    scripts/optimizer_library.py did not generate."""
+    scripts/optimizer_library.py did not write."""
     folder = importlib.resources.files("optbench.configs") / "optimizer"
-    return {
-        path.name.removesuffix(".yaml")
-        for path in folder.iterdir()
-        if path.name.endswith(".yaml") and not path.read_text().startswith(GENERATED)
-    }
+    files = [path.name for path in folder.iterdir() if path.name.endswith(".yaml")]
+    return {name.removesuffix(".yaml") for name in files} - generated_configs()
 
 
 @functools.cache
@@ -233,6 +234,9 @@ def needs(optimizer: Mapping) -> set[str]:
     if name is None:
         return set()
     found = {need for need, names in _NEEDS.items() if name in names}
+    key, applies = RANDOM_WHEN.get(name, (None, None))
+    if key is not None and applies(optimizer.get(key)):
+        found.add("random")
     if name in LOW_RANK:
         found.add("low_rank_groups")
     if table()["optimizers"][name]["first_argument"] == "model":
@@ -250,11 +254,18 @@ def refusal(optimizer: Mapping) -> str | None:
 
 
 def not_elementwise_because(optimizer: Mapping) -> str | None:
-    """Why a config that declares `elementwise: true` is not element-wise with the values it
-    sets (Adan with max_grad_norm > 0); None when it is, or declares nothing."""
-    if not optimizer.get("elementwise", False):
+    """Why a registry optimizer's config that declares `elementwise: true` is not
+    element-wise (not in ELEMENTWISE, or Adan with max_grad_norm > 0); None when it is, or
+    declares nothing."""
+    name = registry_name(optimizer)
+    if not optimizer.get("elementwise", False) or name is None:
         return None
-    for key, value in ELEMENTWISE_WHILE.get(registry_name(optimizer), {}).items():
+    if name not in ELEMENTWISE:
+        return (
+            "elementwise=true, but its update is not element-wise (library.ELEMENTWISE lists "
+            "the ones that are): its runs must each train alone; drop optimizer.elementwise"
+        )
+    for key, value in ELEMENTWISE_WHILE.get(name, {}).items():
         if optimizer.get(key) != value:
             return (
                 f"with {key}={optimizer.get(key)} it is not element-wise (the library's "

@@ -87,11 +87,11 @@ def build_optimizer(
 
 
 def muon_parameter_groups(model: torch.nn.Module) -> list[dict]:
-    """pytorch_optimizer's convention for Muon-style optimizers (prepare_muon_parameters):
-    the weight matrices of linear and convolution layers take the orthogonalised update
-    (use_muon=True), but for the classifier's output layer (the model's last linear
-    layer); that layer and every other parameter (biases, an embedding) take the
-    optimizer's AdamW update."""
+    """Muon's parameter groups, adapted from pytorch_optimizer's prepare_muon_parameters
+    (which leaves out layers named `head`): the weight matrices of linear and convolution
+    layers take the orthogonalised update (use_muon=True), but for the classifier's output
+    layer (the model's last linear layer); that layer and every other parameter (biases, an
+    embedding) take the optimizer's AdamW update."""
     layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
     linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     output = linear[-1] if linear else None
@@ -103,10 +103,10 @@ def muon_parameter_groups(model: torch.nn.Module) -> list[dict]:
     return [{"params": muon, "use_muon": True}, {"params": other, "use_muon": False}]
 
 
-def fill_from_protocol(optimizer: DictConfig, train_size: int, steps: int) -> None:
+def fill_from_protocol(optimizer: DictConfig, steps: int) -> None:
     """Set the arguments an optimizer needs from the protocol where the config leaves them
-    null (library.FROM_PROTOCOL: BSAM's num_data, Ranger21's num_iterations)."""
-    values = {"train_size": train_size, "steps": steps}
+    null (library.FROM_PROTOCOL: Ranger21's num_iterations)."""
+    values = {"steps": steps}
     for key, source in library.FROM_PROTOCOL.get(library.registry_name(optimizer), {}).items():
         if optimizer.get(key) is None:
             optimizer[key] = values[source]
@@ -185,9 +185,13 @@ def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> Non
 
 
 def _check_names(optimizer: DictConfig) -> None:
-    """Refuse a hyperparameter the class does not name (a class that takes **kwargs would
-    keep it and never use it), naming the ones it takes."""
+    """Refuse a hyperparameter the class does not name, naming the ones it takes: for a
+    class without **kwargs, and for every registry optimizer (which would keep it in
+    **kwargs and never use it); a user's class that takes **kwargs decides itself."""
     parameters = inspect.signature(optimizer_class(optimizer)).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    if takes_any and library.registry_name(optimizer) is None:
+        return
     named = [
         name
         for name, p in list(parameters.items())[1:]  # less params (or model)
@@ -257,6 +261,9 @@ class SparseAdamWithAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for inner in (self.sparse, self.dense):  # a schedule sets this optimizer's lr
+            for group in inner.param_groups:
+                group["lr"] = self.param_groups[0]["lr"]
         self.sparse.step()
         self.dense.step()
         return loss

@@ -86,13 +86,11 @@ def of_setting(schedule: Mapping, spec) -> dict:
 
 
 def set_lr(optimizers: list[tuple]) -> None:
-    """For every (optimizer, configured lr, multiple): set each parameter group's lr to its
+    """For every (optimizer, multiple): set each parameter group's lr to its
     lr as built x multiple (kept in the group as `initial_lr`, as torch's schedulers do:
-    Muon's AdamW group has an lr of its own). An optimizer configured without an lr keeps
-    its own."""
-    for optimizer, base_lr, multiple in optimizers:
-        if math.isnan(base_lr):
-            continue
+    Muon's AdamW group has an lr of its own, SaRA works its own out). A group without an lr
+    (A2Grad's) has nothing to scale."""
+    for optimizer, multiple in optimizers:
         for group in optimizer.param_groups:
             if group.get("lr") is not None:
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * multiple

@@ -1,7 +1,7 @@
 """What trains runs: a RunTrainer (one run, its own model; stack.StackTrainer trains runs
-of element-wise optimizers as one batched model), the OptimizerGroup that steps the runs of
-one element-wise optimizer with one call, and the Workers threads that spread trainers over
-the CPU's cores.
+of element-wise optimizers as one batched model), and the OptimizerGroup that steps the
+runs of one element-wise optimizer with one call (workers.Workers spreads trainers over
+the CPU's cores).
 
 Every trainer keeps the same per-run counters and turns them into rows the same way
 (`Trainer.evaluation_rows`): one evaluation path and one representation of divergence,
@@ -14,11 +14,12 @@ import contextlib
 import hashlib
 import inspect
 import math
+import random
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,7 +31,11 @@ METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN
 
 Batches = dict[int, torch.Tensor | None]  # a seed's mini-batch indices (None: the whole set)
 
-_GLOBAL_GENERATOR = threading.Lock()  # held by a step that draws from torch's global generator
+# held by a step that draws from the global random generators (RunTrainer.seeded)
+_GLOBAL_GENERATORS = threading.Lock()
+# backward(create_graph=True) for Hessian-vector products: each step sets the gradients to
+# None, which ends the parameter-gradient reference cycle torch warns of
+warnings.filterwarnings("ignore", "Using backward.. with create_graph=True")
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -139,7 +144,7 @@ class RunTrainer(Trainer):
         self.model.to(device, memory_format=memory_format)
         self.device = device
         needs = library.needs(run.optimizer.config)
-        self.draws_random = "random" in needs  # from torch's global generator: seeded()
+        self.draws_random = "random" in needs  # from a global generator: seeded()
         self.optimizer = None  # stepped by its OptimizerGroup
         if own_optimizer:
             with self.seeded("init") if self.draws_random else contextlib.nullcontext():
@@ -151,8 +156,6 @@ class RunTrainer(Trainer):
         )
         # Hessian-vector products (AdaHessian, SophiaH) differentiate the gradient again
         self.create_graph = "hessian" in needs
-        if self.create_graph:  # each step sets the gradients to None, which ends the cycle
-            warnings.filterwarnings("ignore", "Using backward.. with create_graph=True")
         # schedule-free optimizers evaluate at their averaged weights: eval() swaps them in
         self.has_modes = callable(getattr(self.optimizer, "eval", None)) and callable(
             getattr(self.optimizer, "train", None)
@@ -198,15 +201,25 @@ class RunTrainer(Trainer):
 
     @contextlib.contextmanager
     def seeded(self, moment: int | str):
-        """For an optimizer that draws from torch's global random generator: the generator
-        seeded from this run's seed and the moment (its construction, "init", or a step, by
-        the gradient evaluations before it), and restored after, one such optimizer at a
-        time (other threads' runs may train meanwhile; none of them draws from it). So the
-        run's draws are its own, whatever trains beside it, and a resumed run draws the same."""
+        """For an optimizer that draws from a global random generator (torch's, NumPy's,
+        Python's): all three seeded from this run's seed and the moment (its construction,
+        "init", or a step, by the gradient evaluations before it), and restored after. One
+        such optimizer at a time holds them, forward and backward pass included (its runs
+        train one after another; other threads' runs, which draw from none of them, train
+        meanwhile). So the run's draws are its own, whatever trains beside it, and a resumed
+        run draws the same."""
         devices = [self.device] if self.device.type == "cuda" else []
-        with _GLOBAL_GENERATOR, torch.random.fork_rng(devices=devices):
-            torch.manual_seed(stream_seed(self.seed, f"optimizer/{moment}"))
-            yield
+        seed = stream_seed(self.seed, f"optimizer/{moment}")
+        with _GLOBAL_GENERATORS, torch.random.fork_rng(devices=devices):
+            numpy_state, python_state = np.random.get_state(), random.getstate()
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            try:
+                yield
+            finally:
+                np.random.set_state(numpy_state)
+                random.setstate(python_state)
 
     def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
         if self.diverged_at[0] is not None:
@@ -271,44 +284,6 @@ class OptimizerGroup:
         share = (time.perf_counter() - start) / len(self.trainers)
         for trainer in self.trainers:
             trainer.train_s += share
-
-
-class Workers:
-    """The threads that train a job's runs on the CPU, as a context manager.
-
-    Every kernel runs on one thread (torch.set_num_threads(1) in the calling thread and in
-    each worker, restored on exit), and the runs are spread over the workers instead. So a
-    run's numbers do not depend on the number of threads either: whichever worker computes
-    it, it goes through the same single-threaded kernels. On a GPU the tasks run one after
-    another in the calling thread."""
-
-    def __init__(self, count: int, device: torch.device):
-        self.count, self.device = count, device
-        self.pool = None
-
-    def __enter__(self) -> Workers:
-        self.threads_before = torch.get_num_threads()
-        if self.device.type == "cpu":
-            torch.set_num_threads(1)
-        if self.count > 1:
-            self.pool = ThreadPoolExecutor(
-                self.count, initializer=torch.set_num_threads, initargs=(1,)
-            )
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(self.threads_before)
-
-    def map(self, tasks: list) -> list:
-        """Call every task (a function of no argument); their results in order."""
-        if self.pool is None:
-            return [task() for task in tasks]
-        # one chunk of tasks a worker (a task queued on its own costs more than a small step)
-        chunks = [tasks[k :: self.count] for k in range(self.count)]
-        done = list(self.pool.map(lambda chunk: [task() for task in chunk], chunks))
-        return [done[i % self.count][i // self.count] for i in range(len(tasks))]
 
 
 @torch.no_grad()
