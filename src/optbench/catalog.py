@@ -64,9 +64,9 @@ def _library_entry(config: dict) -> Entry:
         notes.append("step(closure): evaluates the loss itself")
     if entry["train_eval_modes"]:
         notes.append("evaluated at its averaged weights (eval mode)")
-    if library.FROM_PROTOCOL.get(library.registry_name(config)):
-        keys = ", ".join(library.FROM_PROTOCOL[library.registry_name(config)])
-        notes.append(f"{keys} from the protocol")
+    from_protocol = library.FROM_PROTOCOL.get(library.registry_name(config), {})
+    if from_protocol:
+        notes.append(f"{', '.join(from_protocol)} from the protocol")
     if config.get("lr", 0) is None:
         notes.append("lr null: the class sets its own")
     return Entry(config["name"], source, config["_target_"], _trains(config), "; ".join(notes))

@@ -19,7 +19,9 @@ from optbench.plan import make_schedule
 
 
 def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
-    """Raise ConfigError for any value that would fail later; no data, no training."""
+    """Raise ConfigError for any value that would fail later; no data, no training. An
+    optimizer's values that the protocol supplies (Ranger21's num_iterations) are filled in
+    here, once the training's length is known to be valid, before its throwaway build."""
     seed_list(cfg.seeds)
     check_train(cfg.train)
     from optbench import data, models, optimizers  # torch is slow to import: after the cheap checks

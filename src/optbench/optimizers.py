@@ -69,21 +69,23 @@ def build_optimizer(
     implementation(optimizer) chose), or "default": whatever the config and the class
     choose."""
     chosen = {"fused": {"fused": True}, "foreach": {"foreach": True}}.get(implementation, {})
+    cls, kwargs = optimizer_class(optimizer), optimizer_kwargs(optimizer)
+    if not isinstance(model, torch.nn.Module):  # a list of tensors
+        return cls(model, **kwargs, **chosen)
     needs = library.needs(optimizer)
-    kwargs = optimizer_kwargs(optimizer)
-    if isinstance(model, torch.nn.Module) and "model" in needs:
+    if "model" in needs:
         first = model  # the class takes the model itself (AdamMini)
-    elif isinstance(model, torch.nn.Module) and "muon_groups" in needs:
+    elif "muon_groups" in needs:
         first = muon_parameter_groups(model)
-    elif isinstance(model, torch.nn.Module) and "low_rank_groups" in needs:
+    elif "low_rank_groups" in needs:  # the group's keys go to the matrices' group
         group = library.group_keys(optimizer)
         kwargs = {k: v for k, v in kwargs.items() if k not in group}
         matrices = [p for p in model.parameters() if p.ndim == 2]
         others = [p for p in model.parameters() if p.ndim != 2]
         first = [{"params": matrices, **group}, {"params": others}]
     else:
-        first = model.parameters() if isinstance(model, torch.nn.Module) else model
-    return optimizer_class(optimizer)(first, **kwargs, **chosen)
+        first = model.parameters()
+    return cls(first, **kwargs, **chosen)
 
 
 def muon_parameter_groups(model: torch.nn.Module) -> list[dict]:
