@@ -10,6 +10,7 @@ SEEDS ?= 5
 EXPERIMENT ?= wizard_ffnn
 # examples_cnn is heavy on a CPU: 3 seeds here, 10 where a GPU trains it.
 CNN_SEEDS ?= 3
+SUITE_SEEDS ?= 5
 # Extra overrides for the training targets, e.g. make sweep ARGS="threads=1 device=cpu"
 ARGS ?=
 # The training targets retrain into results/, moving what is there (the committed results)
@@ -19,7 +20,7 @@ RESUME ?= false
 TRAIN_ARGS = resume=$(RESUME) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install data sweep rerun-check gpu-bundle gpu-check reproduce regimes test test-fast lint format bench library constraints clean
+.PHONY: help install data sweep suite targets rerun-check gpu-bundle gpu-check reproduce regimes test test-fast lint format bench library constraints clean
 
 help: ## list the targets
 	@grep -E '^[a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,6 +51,12 @@ reproduce: install data ## the three tutorials' protocols with many seeds -> res
 	$(BIN)/optbench sweep experiment=simple_nn seeds=$(SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/simple_nn
 	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/examples_cnn
 	$(MAKE) regimes EXPERIMENT=wizard_ffnn ARGS="$(ARGS)" RESUME=$(RESUME)
+
+suite: install data ## every workload x optimizer x seed (SUITE_SEEDS, default 5) -> results/suite/: time-to-target, profiles, aggregates, suite.html
+	$(BIN)/optbench suite seeds=$(SUITE_SEEDS) $(TRAIN_ARGS) hydra.sweep.dir=results/suite
+
+targets: install data ## derive each workload's target from the reference optimizers (5 seeds) -> results/targets/, written into its preset
+	$(BIN)/optbench targets $(TRAIN_ARGS) hydra.sweep.dir=results/targets
 
 regimes: install data ## full-batch GD, pure SGD and mini-batch SGD on EXPERIMENT (3 seeds) -> results/regimes_EXPERIMENT/
 	$(BIN)/optbench run -m experiment=$(EXPERIMENT) optimizer=sgd seeds=3 $(TRAIN_ARGS) \

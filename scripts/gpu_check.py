@@ -52,6 +52,10 @@ MISSING = [
     "submitit",
     "pytorch_optimizer",  # optimizer=lion, soap, muon, ... (configs/optimizer/)
     "opt_einsum",
+    "scikit-posthocs",  # the suite's critical-difference diagram
+    "statsmodels",
+    "seaborn",
+    "patsy",
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 STACKED_RTOL = 1e-6  # docs/reproducibility.md: a stacked ffnn run after one step

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# configs/debug/smoke.yaml: the first 1,000 training examples, 40 steps, evaluated at 20 and 40
+# configs/debug/smoke.yaml: the first 1,000 training and test examples, 40 steps, evaluated twice
 SMOKE = "debug=smoke"
 
 # What an optimizer config needs beyond the default model to build and train.

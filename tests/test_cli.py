@@ -166,6 +166,18 @@ BAD_INPUT = [
     (["tune", "lr_grid=[1,2]"], ["does not apply to `optbench tune`"]),
     (["run", "optimizer=custom", "optimizer._target_=nope.Opt"], ["No module named 'nope'"]),
     (["run", "data_dir=/etc/hostname"], ["/etc/hostname cannot be used"]),
+    (
+        ["suite", "workloads=[mnist_ffnn,imagenet_vit]"],
+        ["imagenet_vit", "valid workloads: mnist_ffnn, fashion_ffnn, mnist_lenet"],
+    ),
+    (["suite", "workloads=[mnist_ffnn]", "target.test_accuracy=1.5"], ["=1.5", "in (0, 1]"]),
+    (["suite", "time=hours"], ["time='hours'", "steps, epochs, grad_evals, seconds"]),
+    (["suite", "experiment=wizard_ffnn"], ["experiment=wizard_ffnn", "workloads=["]),
+    (
+        ["suite", "workloads=[cifar10_lenet]", "data_dir=/nonexistent/data"],
+        ["'cifar10_lenet'", "not on disk under /nonexistent/data", "optbench data prepare cifar10"],
+    ),
+    (["targets", "lr_grid=[1,2]"], ["does not apply to `optbench targets`"]),
 ]
 
 

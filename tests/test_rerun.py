@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from optbench import cli, engine, rerun, results
+from optbench import cli, commands, engine, rerun, results
 from optbench.cli import main
 
 from conftest import sweep_plan
@@ -90,7 +90,7 @@ def test_a_shifted_optimizer_is_inconsistent(original, tmp_path, capsys):
     assert verdict.verdict == "inconsistent"
     flagged = verdict.table.set_index("optimizer")["flagged"]
     assert flagged["adam"] and not flagged["sgd"]
-    assert main(["compare", str(original), str(copy)]) == cli.EXIT_INCONSISTENT
+    assert main(["compare", str(original), str(copy)]) == commands.EXIT_INCONSISTENT
     assert "INCONSISTENT: the final test accuracy of adam" in capsys.readouterr().out
 
 

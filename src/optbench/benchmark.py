@@ -7,6 +7,7 @@ plan (jobs.py) and calls them, and the tests call them directly.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +70,20 @@ def tune(
         loggers.write_logs(out_dir, plan.logger, runs)
     log.info("Results in %s", out_dir.resolve())
     return runs
+
+
+def workload(
+    plan: Plan, out_dir: Path, overrides: list[str] | None = None, progress: bool = True
+) -> pd.DataFrame:
+    """One workload of `optbench suite` (or `targets`): benchmark its optimizers over its
+    seeds. With tuning.trials=K on the command line, each optimizer is first tuned with K
+    random-search trials on the first seed (into <out_dir>_tuning/), and its best trial's
+    setting then trains every seed, under the optimizer's own name."""
+    if any(o.startswith("tuning.trials=") for o in overrides or []):
+        trials_dir = Path(out_dir).with_name(f"{Path(out_dir).name}_tuning")
+        trial_runs = tune(replace(plan, seeds=plan.seeds[:1]), trials_dir, overrides, progress)
+        plan = replace(plan, optimizers=tuning.best_settings(trial_runs, plan.optimizers))
+    return benchmark(plan, out_dir, overrides, progress)
 
 
 def _train_and_record(

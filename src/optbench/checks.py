@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from optbench import preparation, schedules
 from optbench.config import (
     ConfigError,
+    check_target,
     check_train,
     hyperparameters,
     positive_int,
@@ -41,6 +42,7 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     if cfg.threads is not None:
         positive_int("threads", cfg.threads, " (or null for torch's default)")
     positive_int("tuning.trials", cfg.tuning.trials)
+    check_target(cfg.target.test_accuracy, cfg.experiment_name)
     if cfg.lr_grid is not None and (
         not cfg.lr_grid
         or not all(math.isfinite(m) and m > 0 for m in cfg.lr_grid)

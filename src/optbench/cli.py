@@ -3,6 +3,8 @@
     optbench run [OVERRIDES]      one optimizer over seeds (a Hydra app: -m, --cfg job, --help)
     optbench sweep [OVERRIDES]    every optimizer of the experiment in one job
     optbench tune [OVERRIDES]     the same random-search budget for every optimizer
+    optbench suite [OVERRIDES]    every workload x optimizer x seed, profiles, aggregates
+    optbench targets [OVERRIDES]  derive each workload's target into its preset
     optbench plot RESULTS_DIR     redraw every plot from the files on disk
     optbench compare RESULTS_DIR  ranking, published numbers beside ours, report
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
@@ -14,7 +16,6 @@ jobs before Hydra starts them, benchmark.py trains and writes.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import signal
 import sys
@@ -26,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError, ResourceError
-from optbench.jobs import COMMANDS, Plans, check_command_line, check_writable, job_key, make_plan
+from optbench.jobs import COMMANDS, Plans, check_command_line, job_key, make_plan
 
 USAGE = """\
 usage: optbench COMMAND [ARGS]     (optbench --version: optbench's and torch's versions)
@@ -45,6 +46,13 @@ commands:
                            lr (and momentum/betas) per optimizer of the experiment, then
                            the expected best accuracy against the number of trials
                            e.g. optbench tune optimizers=[sgd,adam] tuning.trials=16
+  suite [OVERRIDES]        every workload x optimizer x seed (3 seeds unless seeds=N), then
+                           time-to-target, performance profiles, robust aggregates and
+                           suite.html; workloads=[...] chooses the workloads, time=steps|
+                           grad_evals|seconds the profiles' headline, tuning.trials=K tunes
+                           e.g. optbench suite seeds=2 debug=smoke
+  targets [OVERRIDES]      derive each workload's target from the reference optimizers
+                           (adamw, nadam, nesterov, momentum; 5 seeds) into its preset
   plot RESULTS_DIR... [--x step|epoch|grad_evals|wall_s] [--out DIR] [--allow-mixed]
                            redraw every plot from RESULTS_DIR/runs.csv; several folders
                            are combined into --out (never two protocols, unless
@@ -66,7 +74,6 @@ same command again skips the runs already complete there and resumes an interrup
 from its last evaluation point; resume=false moves the old results aside first.
 """
 
-EXIT_INCONSISTENT = 1  # `optbench compare A B`: B does not reproduce A
 EXIT_BAD_INPUT = 2
 EXIT_RESOURCE = 74  # sysexits' EX_IOERR: a resource failed (a full disk), not the input
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -99,7 +106,12 @@ def hydra_app(command: str, plans: Plans):
         out_dir = Path(hydra_cfg.runtime.output_dir)
         try:
             plan = plans.get(job_key(overrides)) or make_plan(command, cfg, overrides)
-            (benchmark.tune if command == "tune" else benchmark.benchmark)(plan, out_dir, overrides)
+            job = {
+                "tune": benchmark.tune,
+                "suite": benchmark.workload,
+                "targets": benchmark.workload,
+            }
+            job.get(command, benchmark.benchmark)(plan, out_dir, overrides)
         except ConfigError as error:  # e.g. a results folder of another protocol
             print(f"optbench: error: {error}", file=sys.stderr)
             _discard_if_empty(out_dir)
@@ -142,117 +154,20 @@ def _discard_if_empty(folder: Path) -> None:
 # Entry point
 
 
-def _results_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR")
-    parser.add_argument(
-        "--out", type=Path, help="where several folders' combined results go (required then)"
-    )
-    parser.add_argument(
-        "--allow-mixed", action="store_true", help="combine folders of different protocols"
-    )
+def _suite(command: str, args: list[str]) -> int:
+    """`optbench suite` and `optbench targets`: one sweep job per workload (a Hydra
+    multirun, checked whole before it starts), then the suite's own files or the targets."""
+    from optbench import suite
 
-
-def _results_folder(options: argparse.Namespace):
-    """(folder to write into, its runs): the one RESULTS_DIR, or several combined into --out."""
-    from optbench import results
-
-    dirs = options.results_dirs
-    try:
-        if len(dirs) == 1 and options.out is None:
-            return dirs[0], results.read_runs(dirs[0])
-        if options.out is None:
-            raise ConfigError(f"Several folders ({', '.join(map(str, dirs))}) need --out DIR.")
-        runs = results.read_many(dirs, allow_mixed=options.allow_mixed)
-        check_writable(options.out, way_out="--out DIR")
-        results.write_results(options.out, runs)
-        return options.out, runs
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
-
-
-def _plot(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="optbench plot", description="Redraw every plot.")
-    _results_arguments(parser)
-    parser.add_argument(
-        "--x",
-        action="append",
-        choices=["step", "epoch", "grad_evals", "wall_s"],
-        help="what the curves are drawn against (repeatable; default: step)",
-    )
-    options = parser.parse_args(args)
-    from optbench import plots
-
-    folder, _ = _results_folder(options)
-    written = []
-    for x in options.x or ["step"]:
-        written += plots.plot_all(folder, x=x)
-    for path in written:
-        print(path)
-    return 0
-
-
-def _compare(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="optbench compare",
-        description="Rank the optimizers with paired tests, set the tutorial's published "
-        "numbers beside ours where there are some, and write the report.",
-    )
-    _results_arguments(parser)
-    options = parser.parse_args(args)
-    if len(options.results_dirs) == 2 and options.out is None:
-        return _rerun_check(*options.results_dirs)
-    from optbench.benchmark import write_analysis
-
-    folder, runs = _results_folder(options)
-    written = write_analysis(folder, runs, draw_plots=False)
-    for path in written:
-        print(path)
-    return 0
-
-
-def _rerun_check(first: Path, second: Path) -> int:
-    """Print whether `second` reproduces `first`; exit 1 when they are inconsistent."""
-    from optbench import rerun
-
-    try:
-        verdict = rerun.compare(first, second)
-    except FileNotFoundError as error:
-        raise ConfigError(str(error)) from None
-    print(rerun.report(first, second, verdict), end="")
-    return EXIT_INCONSISTENT if verdict.verdict == "inconsistent" else 0
-
-
-def _data(args: list[str]) -> int:
-    from optbench import preparation
-
-    parser = argparse.ArgumentParser(prog="optbench data", description="Manage datasets.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    prepare = sub.add_parser("prepare", help="put datasets on disk in torchvision's layout")
-    prepare.add_argument("names", nargs="+", metavar="NAME", help=", ".join(preparation.DATASETS))
-    prepare.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="default: $OPTBENCH_DATA_DIR, else data/ of the checkout, else ./data",
-    )
-    options = parser.parse_args(args)
-    data_dir = preparation.resolve_data_dir(str(options.data_dir) if options.data_dir else None)
-    for name in options.names:
-        preparation.prepare(name, data_dir)
-        print(f"{name}: ready under {data_dir.resolve()}")
-    return 0
-
-
-def _optimizers(args: list[str]) -> int:
-    from optbench import catalog
-
-    parser = argparse.ArgumentParser(
-        prog="optbench optimizers",
-        description="Every optimizer optimizer=NAME takes: where it comes from, whether its "
-        "runs train stacked (element-wise) or alone, what it needs, or why it is refused.",
-    )
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    print(catalog.text(markdown=parser.parse_args(args).markdown), end="")
+    request = suite.parse(command, args)
+    for line in request.left_out:
+        print(f"optbench: {line}")
+    plans = check_command_line(command, request.hydra_args)
+    suite.record_workloads(request, plans)
+    sys.argv = [f"optbench {command}", *request.hydra_args]  # what Hydra parses
+    hydra_app(command, plans)()
+    for line in suite.finish(request):
+        print(f"optbench: {line}")
     return 0
 
 
@@ -288,17 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             sys.argv = [f"optbench {command}", *rest]  # what Hydra parses
             hydra_app(command, plans)()
             return 0
-        if command == "plot":
-            return _plot(rest)
-        if command == "compare":
-            return _compare(rest)
-        if command == "data":
-            return _data(rest)
-        if command == "optimizers":
-            return _optimizers(rest)
+        if command in ("suite", "targets"):
+            return _suite(command, rest)
+        if command in ("plot", "compare", "data", "optimizers"):
+            from optbench import commands
+
+            return getattr(commands, command)(rest)
         raise ConfigError(
-            f"Unknown command {command!r}; valid commands: run, sweep, tune, plot, compare, data, "
-            "optimizers. "
+            f"Unknown command {command!r}; valid commands: run, sweep, tune, suite, targets, plot, "
+            "compare, data, optimizers. "
             "See `optbench --help`."
         )
     except ConfigError as error:

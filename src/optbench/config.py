@@ -57,6 +57,15 @@ class TuningConfig:
 
 
 @dataclass
+class TargetConfig:
+    """A workload's target (the suite's time-to-target): written into its preset by
+    `optbench targets`, with how and when it was derived."""
+
+    test_accuracy: float | None = None  # in (0, 1]; null: none derived yet
+    derived: Any = None  # the rule, the reference runs' values, the date and the revision
+
+
+@dataclass
 class Config:
     dataset: Any = MISSING
     model: Any = MISSING
@@ -85,6 +94,8 @@ class Config:
     # An experiment preset's values for a choice of a group, e.g. {optimizer: {sgd: {lr: 0.1}}};
     # already merged into dataset, model and optimizer (see register_preset_values).
     for_choice: Any = field(default_factory=dict)
+    # A workload's target test accuracy (optbench suite); a record, not part of the protocol.
+    target: TargetConfig = field(default_factory=TargetConfig)
 
 
 CONFIG_PACKAGE = "optbench.configs"
@@ -167,6 +178,17 @@ def check_train(train: DictConfig) -> None:
         positive_int("train.eval_every", train.eval_every, " (or null: once per epoch)")
 
 
+def check_target(value, workload: str) -> None:
+    """A target is a test accuracy in (0, 1]."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ConfigError(
+            f"Invalid target.test_accuracy={value!r} for workload {workload!r}: a target is a "
+            "test accuracy in (0, 1], e.g. 0.97; derive it with `optbench targets`."
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # What is "the same run": the same protocol (fingerprint), the same optimizer with the same
 # hyperparameters (name and hyperparameters), the same seed. Defined here, used everywhere.
@@ -204,7 +226,7 @@ WHERE_AND_HOW = ("data_dir", "threads", "device", "stack_runs", "resume", "logge
 ROUNDING = ("allow_tf32",)
 # Records kept beside the protocol: the preset's values (merged into the protocol's
 # dataset, model and optimizer), and what config.yaml adds.
-RECORDS = ("for_choice", "optimizer_configs", "provenance")
+RECORDS = ("for_choice", "optimizer_configs", "provenance", "target")
 NOT_PROTOCOL = WHICH_RUNS + WHERE_AND_HOW + ROUNDING + RECORDS
 # Not in a results folder's name (Hydra's override_dirname): the experiment names the
 # folder above it, more seeds add runs to a folder, where and how is not what is computed.
@@ -224,12 +246,14 @@ def changes_protocol(override: str) -> bool:
 def protocol(cfg: DictConfig | dict) -> dict:
     """The resolved config without the keys that do not change a run (NOT_PROTOCOL). A
     constant schedule is no schedule: left out, so that a protocol keeps the fingerprint it
-    had before optbench had schedules."""
+    had before optbench had schedules; so is the whole test set (dataset.test_size null)."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     container = OmegaConf.to_container(OmegaConf.create(container), enum_to_str=True)
     kept = {key: value for key, value in container.items() if key not in NOT_PROTOCOL}
     if kept.get("schedule", {}).get("name") == "constant":
         del kept["schedule"]
+    if "dataset" in kept and kept["dataset"].get("test_size", 0) is None:  # the whole test set
+        kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "test_size"}
     return kept
 
 

@@ -25,7 +25,7 @@ from optbench.workers import Workers
 
 COSTS_CSV = "costs.csv"
 WARMUP_STEPS = 3  # untimed: the first steps allocate the state and warm the caches
-TIMED_STEPS = 20
+TIMED_STEPS = 10  # ms_per_step is their median
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from optbench.config import ConfigError
-from optbench.preparation import DATASETS, TRAIN_SIZES, dataset_class, prepare
+from optbench.preparation import DATASETS, TEST_SIZE, TRAIN_SIZES, dataset_class, prepare
 
 
 @dataclass
@@ -32,15 +32,8 @@ def check_dataset_config(dataset: Mapping) -> None:
         raise ConfigError(
             f"Unknown dataset name {dataset['name']!r}; valid choices: {', '.join(DATASETS)}."
         )
-    size = dataset["train_size"]
-    full = TRAIN_SIZES[dataset["name"]]
-    if size is not None and (
-        isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= full
-    ):
-        raise ConfigError(
-            f"Invalid dataset.train_size={size!r} for {dataset['name']}: give a whole number "
-            f"from 1 to {full} (the first N training examples), or null for all {full}."
-        )
+    _check_size(dataset, "train_size", TRAIN_SIZES[dataset["name"]], "training")
+    _check_size(dataset, "test_size", TEST_SIZE, "test")
     if dataset["normalize"] is not None:
         channels = dataset["input_shape"][0]
         mean, std = list(dataset["normalize"]["mean"]), list(dataset["normalize"]["std"])
@@ -49,6 +42,18 @@ def check_dataset_config(dataset: Mapping) -> None:
                 f"Invalid dataset.normalize={dict(mean=mean, std=std)} for {dataset['name']}: "
                 f"give {channels} mean(s) and {channels} positive std(s), or null."
             )
+
+
+def _check_size(dataset: Mapping, key: str, full: int, split: str) -> None:
+    """dataset.train_size or dataset.test_size: null (all), or 1 to the split's size."""
+    size = dataset.get(key)
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= full
+    ):
+        raise ConfigError(
+            f"Invalid dataset.{key}={size!r} for {dataset['name']}: give a whole number "
+            f"from 1 to {full} (the first N {split} examples), or null for all {full}."
+        )
 
 
 def _images_as_float(images) -> torch.Tensor:
@@ -75,11 +80,13 @@ def _read(name: str, data_dir: Path) -> tuple[torch.Tensor, ...]:
 
 def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTensors:
     """The dataset as tensors on `device`: images float32 in [0, 1] (normalised where the
-    config says), the first train_size training examples."""
+    config says), the first train_size training and test_size test examples."""
     prepare(dataset["name"], data_dir)
     train_x, train_y, test_x, test_y = _read(dataset["name"], Path(data_dir).resolve())
     if dataset["train_size"] is not None:  # the first N training examples, the same for every run
         train_x, train_y = train_x[: dataset["train_size"]], train_y[: dataset["train_size"]]
+    if dataset.get("test_size") is not None:  # the first N test examples, for a quick look
+        test_x, test_y = test_x[: dataset["test_size"]], test_y[: dataset["test_size"]]
     if dataset["normalize"] is not None:  # as torchvision's Normalize: (x - mean) / std per channel
         mean = torch.tensor(list(dataset["normalize"]["mean"])).view(1, -1, 1, 1)
         std = torch.tensor(list(dataset["normalize"]["std"])).view(1, -1, 1, 1)

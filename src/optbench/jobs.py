@@ -40,16 +40,16 @@ def job_key(overrides: list[str]) -> tuple[str, ...]:
 
 
 def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
-    """The checked Plan of a composed config: `run` trains its one optimizer, `sweep` and
-    `tune` the experiment's list (`optimizers`); `run` and `sweep` at every multiple of
+    """The checked Plan of a composed config: `run` trains its one optimizer, the other
+    commands the experiment's list (`optimizers`); `run` and `sweep` at every multiple of
     lr_grid when one is given. Needs an initialised Hydra (inside a Hydra app, or
     initialize_config_module)."""
     _check_for_choice(cfg, overrides)
-    if command == "tune" and cfg.lr_grid is not None:
+    if command in ("tune", "suite", "targets") and cfg.lr_grid is not None:
         raise ConfigError(
-            f"lr_grid={list(cfg.lr_grid)} does not apply to `optbench tune`, which draws "
-            "every trial's lr itself (log-uniform over two decades either side); drop "
-            "lr_grid, or use it with `optbench sweep`."
+            f"lr_grid={list(cfg.lr_grid)} does not apply to `optbench {command}`, which "
+            "compares one setting of each optimizer (tuning.trials tunes it); drop lr_grid, "
+            "or use it with `optbench sweep`."
         )
     from optbench.optimizers import expand_lr_grid  # torch is slow to import: not for --help
 

@@ -28,6 +28,7 @@ from optbench.config import ConfigError, source_checkout
 # optbench name -> torchvision.datasets class name (also the folder name under data_dir)
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
+TEST_SIZE = 10_000  # test examples of each
 
 # MD5 of the four original (uncompressed) IDX files, as torchvision names them in raw/.
 IDX_MD5 = {

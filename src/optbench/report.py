@@ -178,6 +178,13 @@ def write_report(results_dir) -> list[Path]:
     """Write report.md and report.html into results_dir; return their paths."""
     results_dir = Path(results_dir)
     title, sections = _sections(results_dir)
+    return render(results_dir, "report", title, sections)
+
+
+def render(folder: Path, stem: str, title: str, sections: list) -> list[Path]:
+    """Write <stem>.md and a self-contained <stem>.html (images embedded) into folder from
+    sections (heading, kind, content), kind one of "text", "table" (a DataFrame), "image"
+    (a file in folder) or "links" (a list of (label, relative path)); return their paths."""
     markdown = [f"# {title}", ""]
     page = [
         "<!DOCTYPE html>",
@@ -197,12 +204,22 @@ def write_report(results_dir) -> list[Path]:
         elif kind == "table":
             markdown += [_markdown_table(content), ""]
             page.append(content.to_html(index=False, na_rep=""))
+        elif kind == "links":
+            markdown += [" · ".join(f"[{label}]({href})" for label, href in content), ""]
+            page.append(
+                "<p>"
+                + " · ".join(
+                    f"<a href='{html.escape(href)}'>{html.escape(label)}</a>"
+                    for label, href in content
+                )
+                + "</p>"
+            )
         else:
             markdown += [f"![{heading}]({content})", ""]
-            encoded = base64.b64encode((results_dir / content).read_bytes()).decode()
+            encoded = base64.b64encode((folder / content).read_bytes()).decode()
             page.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{encoded}'>")
     page.append("</body></html>")
-    md_path, html_path = results_dir / "report.md", results_dir / "report.html"
+    md_path, html_path = folder / f"{stem}.md", folder / f"{stem}.html"
     md_text, html_text = "\n".join(markdown), "\n".join(page)
     atomic_write(md_path, lambda tmp: tmp.write_text(md_text))
     atomic_write(html_path, lambda tmp: tmp.write_text(html_text))

@@ -18,6 +18,7 @@ compared at equal budget k rather than at one lucky or unlucky setting.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -135,6 +136,24 @@ def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame
         for k in range(1, len(values) + 1):
             curve.append({"optimizer": name, "trials": k, **expected_best(values, k, rng)})
     return trials, pd.DataFrame(curve)
+
+
+def best_settings(runs: pd.DataFrame, optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
+    """Each optimizer's best trial (highest mean final test accuracy over its seeds; a
+    diverged run counts 0), as a setting under the optimizer's own name."""
+    final = runs[runs["step"] == runs["step"].max()]
+    accuracy = final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
+    means = (
+        final.assign(test_accuracy=accuracy)
+        .groupby(["optimizer", "hyperparameters"], sort=False)["test_accuracy"]
+        .mean()
+    )
+    best = []
+    for spec in optimizers:
+        mine = means[[name.startswith(f"{spec.name} trial ") for name, _ in means.index]]
+        _, hyperparameters = mine.idxmax()
+        best.append(OptimizerSpec.of({"name": spec.name, **json.loads(hyperparameters)}))
+    return best
 
 
 def plot_tuning(curve: pd.DataFrame, title: str, path: Path) -> Path:

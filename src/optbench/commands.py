@@ -1,0 +1,127 @@
+"""The commands that read results and configs rather than train: plot, compare (a ranking,
+or whether one folder reproduces another), data prepare and optimizers. Each takes its
+arguments after the command's name and returns the exit code."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from optbench.config import ConfigError
+from optbench.jobs import check_writable
+
+EXIT_INCONSISTENT = 1  # `optbench compare A B`: B does not reproduce A
+
+
+def _results_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results_dirs", type=Path, nargs="+", metavar="RESULTS_DIR")
+    parser.add_argument(
+        "--out", type=Path, help="where several folders' combined results go (required then)"
+    )
+    parser.add_argument(
+        "--allow-mixed", action="store_true", help="combine folders of different protocols"
+    )
+
+
+def _results_folder(options: argparse.Namespace):
+    """(folder to write into, its runs): the one RESULTS_DIR, or several combined into --out."""
+    from optbench import results
+
+    dirs = options.results_dirs
+    try:
+        if len(dirs) == 1 and options.out is None:
+            return dirs[0], results.read_runs(dirs[0])
+        if options.out is None:
+            raise ConfigError(f"Several folders ({', '.join(map(str, dirs))}) need --out DIR.")
+        runs = results.read_many(dirs, allow_mixed=options.allow_mixed)
+        check_writable(options.out, way_out="--out DIR")
+        results.write_results(options.out, runs)
+        return options.out, runs
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+
+
+def plot(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="optbench plot", description="Redraw every plot.")
+    _results_arguments(parser)
+    parser.add_argument(
+        "--x",
+        action="append",
+        choices=["step", "epoch", "grad_evals", "wall_s"],
+        help="what the curves are drawn against (repeatable; default: step)",
+    )
+    options = parser.parse_args(args)
+    from optbench import plots
+
+    folder, _ = _results_folder(options)
+    written = []
+    for x in options.x or ["step"]:
+        written += plots.plot_all(folder, x=x)
+    for path in written:
+        print(path)
+    return 0
+
+
+def compare(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="optbench compare",
+        description="Rank the optimizers with paired tests, set the tutorial's published "
+        "numbers beside ours where there are some, and write the report.",
+    )
+    _results_arguments(parser)
+    options = parser.parse_args(args)
+    if len(options.results_dirs) == 2 and options.out is None:
+        return _rerun_check(*options.results_dirs)
+    from optbench.benchmark import write_analysis
+
+    folder, runs = _results_folder(options)
+    written = write_analysis(folder, runs, draw_plots=False)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _rerun_check(first: Path, second: Path) -> int:
+    """Print whether `second` reproduces `first`; exit 1 when they are inconsistent."""
+    from optbench import rerun
+
+    try:
+        verdict = rerun.compare(first, second)
+    except FileNotFoundError as error:
+        raise ConfigError(str(error)) from None
+    print(rerun.report(first, second, verdict), end="")
+    return EXIT_INCONSISTENT if verdict.verdict == "inconsistent" else 0
+
+
+def data(args: list[str]) -> int:
+    from optbench import preparation
+
+    parser = argparse.ArgumentParser(prog="optbench data", description="Manage datasets.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    prepare = sub.add_parser("prepare", help="put datasets on disk in torchvision's layout")
+    prepare.add_argument("names", nargs="+", metavar="NAME", help=", ".join(preparation.DATASETS))
+    prepare.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="default: $OPTBENCH_DATA_DIR, else data/ of the checkout, else ./data",
+    )
+    options = parser.parse_args(args)
+    data_dir = preparation.resolve_data_dir(str(options.data_dir) if options.data_dir else None)
+    for name in options.names:
+        preparation.prepare(name, data_dir)
+        print(f"{name}: ready under {data_dir.resolve()}")
+    return 0
+
+
+def optimizers(args: list[str]) -> int:
+    from optbench import catalog
+
+    parser = argparse.ArgumentParser(
+        prog="optbench optimizers",
+        description="Every optimizer optimizer=NAME takes: where it comes from, whether its "
+        "runs train stacked (element-wise) or alone, what it needs, or why it is refused.",
+    )
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    print(catalog.text(markdown=parser.parse_args(args).markdown), end="")
+    return 0

@@ -1,0 +1,254 @@
+"""`optbench suite` and `optbench targets`: every workload × optimizer × seed.
+
+A workload is an experiment preset with a `target` section (configs/experiment/mnist_ffnn.yaml
+and the others of WORKLOADS). A suite is a Hydra multirun of one sweep job per workload,
+`experiment=mnist_ffnn,fashion_ffnn,...`, into one folder with a subfolder per workload: so
+it resumes like any sweep, and Hydra's launchers run its jobs in parallel or on a cluster
+(hydra/launcher=joblib, submitit_slurm). When the jobs are done, the suite's own files are
+written from the workloads' runs.csv (suite_report.py).
+
+`optbench targets` runs the reference optimizers on the workloads the same way and writes
+each workload's target into its preset (targets.derive, targets.write_into_preset).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from optbench import preparation
+from optbench.config import (
+    CONFIG_PACKAGE,
+    WHERE_AND_HOW,
+    ConfigError,
+    changes_protocol,
+    check_target,
+)
+from optbench.files import write_csv
+from optbench.plan import Plan
+from optbench.targets import MEASURES
+
+WORKLOADS = ("mnist_ffnn", "fashion_ffnn", "mnist_lenet", "fashion_lenet", "cifar10_lenet")
+# AlgoPerf's target-setting optimizers, as far as optbench has them.
+REFERENCE = ["adamw", "nadam", "nesterov", "momentum"]
+DEFAULT_SEEDS = {"suite": 3, "targets": 5}
+WORKLOADS_CSV = "workloads.csv"
+# Suite arguments that are not Hydra overrides of its jobs.
+OWN_KEYS = ("workloads", "time")
+
+
+@dataclass
+class Request:
+    """What a `suite` or `targets` command line asks for."""
+
+    command: str  # suite or targets
+    workloads: list[str]
+    measure: str  # what the performance profiles measure time in (targets.MEASURES)
+    folder: Path
+    overrides: list[str]  # the jobs' own overrides (less the workload)
+    left_out: list[str] = field(default_factory=list)  # one line per workload left out
+
+    @property
+    def hydra_args(self) -> list[str]:
+        """The multirun that trains it: one sweep job per workload."""
+        return [
+            "-m",
+            f"experiment={','.join(self.workloads)}",
+            *self.overrides,
+            f"hydra.sweep.dir={self.folder}",
+            "hydra.sweep.subdir=${hydra:runtime.choices.experiment}",
+            "~hydra.callbacks.combine_multirun",  # workloads are not pooled: the suite's own files
+        ]
+
+
+def preset(name: str):
+    """A workload's preset file as written (its defaults list, target, ...)."""
+    path = importlib.resources.files(CONFIG_PACKAGE) / "experiment" / f"{name}.yaml"
+    return OmegaConf.create(path.read_text())
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(importlib.resources.files(CONFIG_PACKAGE) / "experiment" / f"{name}.yaml"))
+
+
+def dataset_of(name: str) -> str:
+    for entry in preset(name).defaults:
+        if "override /dataset" in entry:
+            return entry["override /dataset"]
+    raise ConfigError(f"Workload {name!r} names no dataset in its preset's defaults list.")
+
+
+def parse(command: str, args: list[str]) -> Request:
+    """The request of a command line: its own keys (workloads=, time=) taken out, the
+    default seeds (and for targets the reference optimizers) put in, the folder chosen."""
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OWN_KEYS}
+    rest = [a for a in args if a.split("=", 1)[0] not in OWN_KEYS]
+    for arg in rest:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if arg in ("-m", "--multirun") or key == "experiment" or key.startswith("hydra.sweep.sub"):
+            raise ConfigError(
+                f"{arg}: a {command} is itself one job per workload, each its experiment "
+                "preset; choose them with workloads=[mnist_ffnn,fashion_lenet,...]."
+            )
+    measure = own.get("time", "steps")
+    if measure not in MEASURES:
+        raise ConfigError(
+            f"Invalid time={measure!r}: the performance profiles measure time in one of "
+            f"{', '.join(MEASURES)}."
+        )
+    if not any(a.startswith("seeds=") for a in rest):
+        rest.append(f"seeds={DEFAULT_SEEDS[command]}")
+    if command == "targets" and not any(a.startswith("optimizers=") for a in rest):
+        rest.append(f"optimizers=[{','.join(REFERENCE)}]")
+    folder, rest = _folder(command, rest)
+    request = Request(command, [], measure, folder, rest)
+    _choose_workloads(request, own.get("workloads"))
+    return request
+
+
+def _folder(command: str, args: list[str]) -> tuple[Path, list[str]]:
+    """hydra.sweep.dir= (or hydra.run.dir=) when given, else outputs/<command>/<overrides>,
+    named by the overrides that change what is computed, so that the same command finds its
+    results again; and the arguments without it."""
+    given = [
+        a.split("=", 1)[1] for a in args if a.startswith(("hydra.sweep.dir=", "hydra.run.dir="))
+    ]
+    rest = [a for a in args if not a.startswith(("hydra.sweep.dir=", "hydra.run.dir="))]
+    if given:
+        return Path(given[-1]), rest
+    named = sorted(
+        a
+        for a in rest
+        if a.split("=", 1)[0].lstrip("+~") not in ("seeds", *WHERE_AND_HOW)
+        and not a.lstrip("+~").startswith("hydra")
+    )
+    return Path("outputs") / command / (",".join(named).replace("/", "_") or "default"), rest
+
+
+def _choose_workloads(request: Request, given: str | None) -> None:
+    """The workloads to run. Named ones must exist, have their data within reach and (for a
+    suite) a target; the default, every workload, leaves out those that do not, with one
+    line each saying why and what to do."""
+    names = list(WORKLOADS) if given is None else [n.strip() for n in given.strip("[]").split(",")]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown or not names:
+        raise ConfigError(
+            f"Unknown workload {', '.join(unknown) or '(none given)'} in workloads={given}; "
+            f"valid workloads: {', '.join(WORKLOADS)}."
+        )
+    data_dir = preparation.resolve_data_dir(
+        next((a.split("=", 1)[1] for a in request.overrides if a.startswith("data_dir=")), None)
+    )
+    override = next(
+        (a.split("=", 1)[1] for a in request.overrides if a.startswith("target.test_accuracy=")),
+        None,
+    )
+    for name in names:
+        reason = _why_not(name, request.command, data_dir, override)
+        if reason and given is None:
+            request.left_out.append(f"{name}: left out: {reason}")
+        elif reason:
+            raise ConfigError(f"Workload {name!r} cannot run: {reason}")
+        else:
+            request.workloads.append(name)
+    if not request.workloads:
+        raise ConfigError("No workload can run: " + " ".join(request.left_out))
+
+
+def _why_not(name: str, command: str, data_dir: Path, target_override: str | None) -> str:
+    """Why a workload cannot run now (one paragraph), or "" when it can: its data is not
+    on disk and cannot be fetched, or (for a suite) it has no target."""
+    dataset = dataset_of(name)
+    if dataset not in preparation.IDX_MD5 and not (data_dir / "cifar-10-batches-py").is_dir():
+        return (  # no offline source: a download attempt would only wait for the network
+            f"{dataset} is not on disk under {data_dir} and has no offline source; on a "
+            f"machine with a network, `optbench data prepare {dataset}` downloads it (its "
+            "message names the archive to copy in by hand otherwise)."
+        )
+    try:
+        preparation.prepare(dataset, data_dir)
+    except ConfigError as error:
+        return str(error)
+    target = preset(name).target.test_accuracy
+    if command == "suite" and target is None and target_override is None:
+        return (
+            "it has no target yet; derive one with `optbench targets "
+            f"workloads=[{name}]`, or give target.test_accuracy=VALUE."
+        )
+    check_target(target, name)
+    return ""
+
+
+def record_workloads(request: Request, plans: dict) -> pd.DataFrame:
+    """workloads.csv: each workload's dataset, model, target (with how it was derived),
+    chance accuracy, length and seeds, from the jobs' checked plans; and the workloads left
+    out, with why (status)."""
+    rows = [
+        {"workload": line.split(":")[0], "status": line.split(": ", 1)[1]}
+        for line in request.left_out
+    ]
+    by_name: dict[str, Plan] = {plan.experiment: plan for plan in plans.values()}
+    for name in request.workloads:
+        plan = by_name[name]
+        target = plan.config["target"]
+        check_target(target["test_accuracy"], name)
+        rows.append(
+            {
+                "workload": name,
+                "status": "ran",
+                "dataset": plan.dataset["name"],
+                "model": plan.model["name"],
+                "target": target["test_accuracy"],
+                "chance": 1 / plan.dataset["num_classes"],
+                "steps": plan.schedule().total_steps,
+                "seeds": " ".join(map(str, plan.seeds)),
+                "optimizers": " ".join(spec.name for spec in plan.optimizers),
+                "derived": json.dumps(target["derived"], sort_keys=True),
+            }
+        )
+    table = pd.DataFrame(rows[len(request.left_out) :] + rows[: len(request.left_out)])
+    write_csv(table, request.folder / WORKLOADS_CSV)
+    return table
+
+
+def finish(request: Request) -> list[str]:
+    """After the jobs: a suite's own files (suite_report.py), or for `targets` each
+    workload's target written into its preset. Returns what to tell the user."""
+    from optbench import __version__, suite_report, targets
+    from optbench.config import git_revision
+
+    if request.command == "suite":
+        written = suite_report.write(request.folder, request.measure)
+        told = [
+            f"{w}: no run of any optimizer reached the target; every file is written"
+            for w in suite_report.unreached(pd.read_csv(request.folder / "time_to_target.csv"))
+        ]
+        return told + [f"suite results in {written[-1]}"]
+    table = pd.read_csv(request.folder / WORKLOADS_CSV)
+    changed = [o for o in request.overrides if changes_protocol(o) and not o.startswith("tuning.")]
+    told, rows = [], []
+    revision = f"optbench {__version__} (git {git_revision() or 'unknown'})"
+    for workload in table[table["status"] == "ran"].itertuples():
+        runs = suite_report.workload_runs(request.folder, workload)
+        value, medians = targets.derive(runs)
+        rows.append({"workload": workload.workload, "target": value, **medians})
+        if changed:
+            continue
+        seeds = sorted(runs["seed"].unique())
+        where = request.folder / workload.workload
+        derived = targets.derivation(medians, seeds, where, revision, runs["fingerprint"].iloc[0])
+        targets.write_into_preset(preset_path(workload.workload), value, derived)
+        told.append(f"{workload.workload}: target {value:.4f} written into its preset")
+    write_csv(pd.DataFrame(rows), request.folder / "targets.csv")
+    if changed:
+        told.append(
+            f"targets in {request.folder / 'targets.csv'}; not written into the presets, as "
+            f"{' '.join(changed)} changes the workloads' protocol (a target belongs to the "
+            "protocol its preset defines)"
+        )
+    return told
