@@ -60,7 +60,7 @@ class Request:
             "-m",
             f"experiment={','.join(self.workloads)}",
             *self.overrides,
-            f"hydra.sweep.dir={self.folder}",
+            f"hydra.sweep.dir='{self.folder}'",  # quoted: a folder name may hold = [ ,
             "hydra.sweep.subdir=${hydra:runtime.choices.experiment}",
             "~hydra.callbacks.combine_multirun",  # workloads are not pooled: the suite's own files
         ]
