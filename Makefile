@@ -10,7 +10,7 @@ SEEDS ?= 5
 EXPERIMENT ?= wizard_ffnn
 # examples_cnn is heavy on a CPU: 3 seeds here, 10 where a GPU trains it.
 CNN_SEEDS ?= 3
-SUITE_SEEDS ?= 5
+SUITE_SEEDS ?= 3
 # Extra overrides for the training targets, e.g. make sweep ARGS="threads=1 device=cpu"
 ARGS ?=
 # The training targets retrain into results/, moving what is there (the committed results)
@@ -52,7 +52,7 @@ reproduce: install data ## the three tutorials' protocols with many seeds -> res
 	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/examples_cnn
 	$(MAKE) regimes EXPERIMENT=wizard_ffnn ARGS="$(ARGS)" RESUME=$(RESUME)
 
-suite: install data ## every workload x optimizer x seed (SUITE_SEEDS, default 5) -> results/suite/: time-to-target, profiles, aggregates, suite.html
+suite: install data ## every workload x optimizer x seed (SUITE_SEEDS, default 3) -> results/suite/: time-to-target, profiles, aggregates, suite.html
 	$(BIN)/optbench suite seeds=$(SUITE_SEEDS) $(TRAIN_ARGS) hydra.sweep.dir=results/suite
 
 targets: install data ## derive each workload's target from the reference optimizers (5 seeds) -> results/targets/, written into its preset

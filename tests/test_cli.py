@@ -171,13 +171,17 @@ BAD_INPUT = [
         ["imagenet_vit", "valid workloads: mnist_ffnn, fashion_ffnn, mnist_lenet"],
     ),
     (["suite", "workloads=[mnist_ffnn]", "target.test_accuracy=1.5"], ["=1.5", "in (0, 1]"]),
-    (["suite", "time=hours"], ["time='hours'", "steps, epochs, grad_evals, seconds"]),
+    (["suite", "time=hours"], ["time='hours'", "steps, grad_evals, seconds"]),
     (["suite", "experiment=wizard_ffnn"], ["experiment=wizard_ffnn", "workloads=["]),
     (
         ["suite", "workloads=[cifar10_lenet]", "data_dir=/nonexistent/data"],
         ["'cifar10_lenet'", "not on disk under /nonexistent/data", "optbench data prepare cifar10"],
     ),
     (["targets", "lr_grid=[1,2]"], ["does not apply to `optbench targets`"]),
+    (["suite", "--cfg", "job"], ["--cfg", "overrides only"]),
+    (["suite", "workloads=[mnist_ffnn]", "seeds=2,3"], ["one job per workload", "key=a,b"]),
+    (["suite", "workloads=[mnist_ffnn]", "optimizers=[adam]"], ["lists one", "two or more"]),
+    (["suite", "workloads=[mnist_ffnn]", "target.test_accuracy=0.05"], ["no better than guessing"]),
 ]
 
 

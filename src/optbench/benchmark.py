@@ -77,11 +77,13 @@ def workload(
 ) -> pd.DataFrame:
     """One workload of `optbench suite` (or `targets`): benchmark its optimizers over its
     seeds. With tuning.trials=K on the command line, each optimizer is first tuned with K
-    random-search trials on the first seed (into <out_dir>_tuning/), and its best trial's
-    setting then trains every seed, under the optimizer's own name."""
+    random-search trials on a seed none of the runs uses, one past the largest (into
+    <out_dir>_tuning/), and its best trial's setting then trains every seed, under the
+    optimizer's own name."""
     if any(o.startswith("tuning.trials=") for o in overrides or []):
         trials_dir = Path(out_dir).with_name(f"{Path(out_dir).name}_tuning")
-        trial_runs = tune(replace(plan, seeds=plan.seeds[:1]), trials_dir, overrides, progress)
+        tuning_seed = [max(plan.seeds) + 1]
+        trial_runs = tune(replace(plan, seeds=tuning_seed), trials_dir, overrides, progress)
         plan = replace(plan, optimizers=tuning.best_settings(trial_runs, plan.optimizers))
     return benchmark(plan, out_dir, overrides, progress)
 

@@ -27,7 +27,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError, ResourceError
-from optbench.jobs import COMMANDS, Plans, check_command_line, job_key, make_plan
+from optbench.jobs import (
+    COMMANDS,
+    Plans,
+    check_command_line,
+    check_writable,
+    job_key,
+    make_plan,
+)
 
 USAGE = """\
 usage: optbench COMMAND [ARGS]     (optbench --version: optbench's and torch's versions)
@@ -162,6 +169,7 @@ def _suite(command: str, args: list[str]) -> int:
     request = suite.parse(command, args)
     for line in request.left_out:
         print(f"optbench: {line}")
+    check_writable(request.folder)
     plans = check_command_line(command, request.hydra_args)
     suite.record_workloads(request, plans)
     sys.argv = [f"optbench {command}", *request.hydra_args]  # what Hydra parses

@@ -31,7 +31,7 @@ from optbench.config import (
 )
 from optbench.files import write_csv
 from optbench.plan import Plan
-from optbench.targets import MEASURES
+from optbench.targets import PROFILE_MEASURES
 
 WORKLOADS = ("mnist_ffnn", "fashion_ffnn", "mnist_lenet", "fashion_lenet", "cifar10_lenet")
 # AlgoPerf's target-setting optimizers, as far as optbench has them.
@@ -86,20 +86,29 @@ def dataset_of(name: str) -> str:
 def parse(command: str, args: list[str]) -> Request:
     """The request of a command line: its own keys (workloads=, time=) taken out, the
     default seeds (and for targets the reference optimizers) put in, the folder chosen."""
-    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in OWN_KEYS}
-    rest = [a for a in args if a.split("=", 1)[0] not in OWN_KEYS]
+    mine = [a for a in args if a.split("=", 1)[0] in OWN_KEYS]
+    if any("=" not in a for a in mine):
+        raise ConfigError(f"{mine[0]}: give a value, e.g. workloads=[mnist_ffnn] or time=steps.")
+    own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in mine}
+    rest = [a for a in args if a not in mine]
     for arg in rest:
         key = arg.split("=", 1)[0].lstrip("+~")
+        if arg.startswith("-") and arg not in ("-m", "--multirun"):
+            raise ConfigError(
+                f"{arg}: `optbench {command}` takes overrides only (see `optbench --help` and "
+                "docs/suite.md); `optbench sweep experiment=mnist_ffnn " + arg + "` shows a "
+                "workload's config."
+            )
         if arg in ("-m", "--multirun") or key == "experiment" or key.startswith("hydra.sweep.sub"):
             raise ConfigError(
                 f"{arg}: a {command} is itself one job per workload, each its experiment "
                 "preset; choose them with workloads=[mnist_ffnn,fashion_lenet,...]."
             )
     measure = own.get("time", "steps")
-    if measure not in MEASURES:
+    if measure not in PROFILE_MEASURES:
         raise ConfigError(
             f"Invalid time={measure!r}: the performance profiles measure time in one of "
-            f"{', '.join(MEASURES)}."
+            f"{', '.join(PROFILE_MEASURES)}."
         )
     if not any(a.startswith("seeds=") for a in rest):
         rest.append(f"seeds={DEFAULT_SEEDS[command]}")
@@ -125,6 +134,7 @@ def _folder(command: str, args: list[str]) -> tuple[Path, list[str]]:
         a
         for a in rest
         if a.split("=", 1)[0].lstrip("+~") not in ("seeds", *WHERE_AND_HOW)
+        and not a.lstrip("+~").startswith("target.")
         and not a.lstrip("+~").startswith("hydra")
     )
     return Path("outputs") / command / (",".join(named).replace("/", "_") or "default"), rest
@@ -185,35 +195,56 @@ def _why_not(name: str, command: str, data_dir: Path, target_override: str | Non
 
 
 def record_workloads(request: Request, plans: dict) -> pd.DataFrame:
-    """workloads.csv: each workload's dataset, model, target (with how it was derived),
-    chance accuracy, length and seeds, from the jobs' checked plans; and the workloads left
-    out, with why (status)."""
-    rows = [
+    """workloads.csv: each workload's dataset, model, target (with how it was derived, and
+    whether that was on the protocol it trains now), chance accuracy, length, seeds and
+    optimizers, from the jobs' checked plans; then the workloads left out, with why."""
+    by_name: dict[str, Plan] = {plan.experiment: plan for plan in plans.values()}
+    if sorted(by_name) != sorted(request.workloads) or len(plans) != len(request.workloads):
+        raise ConfigError(
+            f"A {request.command} runs one job per workload; a sweep over several values "
+            "(key=a,b) would put several into one workload's folder. Run one "
+            f"{request.command} per value, each with its own hydra.sweep.dir=DIR."
+        )
+    given = any(o.startswith("target.test_accuracy=") for o in request.overrides)
+    ran = [_workload_row(by_name[name], given) for name in request.workloads]
+    left = [
         {"workload": line.split(":")[0], "status": line.split(": ", 1)[1]}
         for line in request.left_out
     ]
-    by_name: dict[str, Plan] = {plan.experiment: plan for plan in plans.values()}
-    for name in request.workloads:
-        plan = by_name[name]
-        target = plan.config["target"]
-        check_target(target["test_accuracy"], name)
-        rows.append(
-            {
-                "workload": name,
-                "status": "ran",
-                "dataset": plan.dataset["name"],
-                "model": plan.model["name"],
-                "target": target["test_accuracy"],
-                "chance": 1 / plan.dataset["num_classes"],
-                "steps": plan.schedule().total_steps,
-                "seeds": " ".join(map(str, plan.seeds)),
-                "optimizers": " ".join(spec.name for spec in plan.optimizers),
-                "derived": json.dumps(target["derived"], sort_keys=True),
-            }
-        )
-    table = pd.DataFrame(rows[len(request.left_out) :] + rows[: len(request.left_out)])
+    table = pd.DataFrame(ran + left)
     write_csv(table, request.folder / WORKLOADS_CSV)
     return table
+
+
+def _workload_row(plan: Plan, target_given: bool) -> dict:
+    target, name = plan.config["target"], plan.experiment
+    chance = 1 / plan.dataset["num_classes"]
+    check_target(target["test_accuracy"], name)
+    if target["test_accuracy"] is not None and target["test_accuracy"] <= chance:
+        raise ConfigError(
+            f"target.test_accuracy={target['test_accuracy']} for {name!r} is no better than "
+            f"guessing ({chance:.2g}); give a target above it."
+        )
+    if len(plan.optimizers) < 2:
+        raise ConfigError(
+            f"A suite compares optimizers; optimizers={[o.name for o in plan.optimizers]} "
+            "lists one. Give two or more, e.g. optimizers=[adamw,lion]."
+        )
+    derived = target["derived"] or {}
+    return {
+        "workload": name,
+        "status": "ran",
+        "dataset": plan.dataset["name"],
+        "model": plan.model["name"],
+        "target": target["test_accuracy"],
+        "chance": chance,
+        "steps": plan.schedule().total_steps,
+        "seeds": " ".join(map(str, plan.seeds)),
+        "optimizers": " ".join(spec.name for spec in plan.optimizers),
+        "derived": "given on the command line" if target_given else json.dumps(derived),
+        "target_on_this_protocol": not target_given
+        and derived.get("fingerprint") == plan.fingerprint,
+    }
 
 
 def finish(request: Request) -> list[str]:

@@ -23,14 +23,18 @@ from optbench import aggregates, profiles, targets
 from optbench.files import ResultsError, write_csv
 from optbench.report import render
 from optbench.results import read_runs
-
-PROFILE_MEASURES = ("steps", "grad_evals", "seconds")
+from optbench.targets import PROFILE_MEASURES
 
 
 def workload_runs(folder: Path, workload) -> pd.DataFrame:
     """The runs a suite asked of one workload (its optimizers and seeds in workloads.csv),
     from <folder>/<workload>/runs.csv; several settings of one optimizer are refused."""
-    runs = read_runs(Path(folder) / workload.workload)
+    try:
+        runs = read_runs(Path(folder) / workload.workload)
+    except FileNotFoundError as error:
+        raise ResultsError(
+            f"{error} Run the same command again to train the workload's runs."
+        ) from None
     names, seeds = str(workload.optimizers).split(), [int(s) for s in str(workload.seeds).split()]
     runs = runs[runs["optimizer"].isin(names) & runs["seed"].isin(seeds)]
     settings = runs.groupby("optimizer")["hyperparameters"].nunique()
@@ -170,7 +174,9 @@ def _workload_table(per_optimizer: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "optimizer": per_optimizer["optimizer"],
-            "final accuracy (median)": per_optimizer["final_test_accuracy_median"].round(4),
+            "final accuracy (median of the runs that did not diverge)": per_optimizer[
+                "final_test_accuracy_median"
+            ].round(4),
             "reached": [f"{r.reached}/{r.seeds}" for r in per_optimizer.itertuples()],
             **{
                 f"{m} to target: median [interval]": [
@@ -218,7 +224,9 @@ def _aggregate_parts(t: dict) -> list:
     rank_text = (
         f"Ranked within {ranks['blocks']} blocks (workload × seed); Friedman p = "
         f"{ranks['friedman_p']:.3g}; critical difference (Nemenyi, α = {aggregates.ALPHA}) = "
-        f"{ranks['critical_difference']:.2f} ranks."
+        f"{ranks['critical_difference']:.2f} ranks. The seeds of one workload are not "
+        "independent datasets as Demšar's tests assume, so with few workloads read the "
+        "p-values and the diagram as optimistic."
     )
     parts = [
         ("IQM of normalised final accuracy (0: chance, 1: the target), 95% CI", "image", "iqm.png"),

@@ -26,6 +26,7 @@ from optbench.files import atomic_write
 
 # What time is measured in: the name a user gives -> the runs.csv column.
 MEASURES = {"steps": "step", "epochs": "epoch", "grad_evals": "grad_evals", "seconds": "wall_s"}
+PROFILE_MEASURES = ("steps", "grad_evals", "seconds")  # what performance profiles may measure
 CONFIDENCE = 0.95  # of the distribution-free interval of a median
 RULE = (
     "the highest, among the reference optimizers, of the median over seeds of each run's "
@@ -104,14 +105,20 @@ def optimizer_times(times: pd.DataFrame) -> pd.DataFrame:
 
 def derive(runs: pd.DataFrame) -> tuple[float, dict[str, float]]:
     """The target of a workload from its reference runs (RULE), and each reference
-    optimizer's median best accuracy. Diverged evaluations do not count."""
-    healthy = runs[~runs["diverged"].astype(bool)]
-    if healthy.empty:
+    optimizer's median best accuracy. A diverged evaluation counts 0."""
+    diverged = runs["diverged"].astype(bool)
+    if diverged.all():
         raise ConfigError(
             "Every reference run diverged, so no target can be derived; choose other "
             "reference optimizers with optimizers=[...]."
         )
-    best = healthy.groupby(["optimizer", "seed"], sort=False)["test_accuracy"].max()
+    # a diverged evaluation counts 0, so a run that diverged at once still counts, as 0
+    accuracy = runs["test_accuracy"].where(~diverged, 0.0)
+    best = (
+        runs.assign(test_accuracy=accuracy)
+        .groupby(["optimizer", "seed"], sort=False)["test_accuracy"]
+        .max()
+    )
     medians = best.groupby(level="optimizer", sort=False).median()
     value = math.floor(float(medians.max()) * 10_000 + 1e-6) / 10_000
     return value, {name: round(float(m), 6) for name, m in medians.items()}
