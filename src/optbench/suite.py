@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from optbench import preparation
+from optbench import preparation, suite_report, targets
 from optbench.config import (
     CONFIG_PACKAGE,
     WHERE_AND_HOW,
@@ -31,13 +31,13 @@ from optbench.config import (
 )
 from optbench.files import write_csv
 from optbench.plan import Plan
+from optbench.suite_report import WORKLOADS_CSV
 from optbench.targets import PROFILE_MEASURES
 
 WORKLOADS = ("mnist_ffnn", "fashion_ffnn", "mnist_lenet", "fashion_lenet", "cifar10_lenet")
 # AlgoPerf's target-setting optimizers, as far as optbench has them.
 REFERENCE = ["adamw", "nadam", "nesterov", "momentum"]
 DEFAULT_SEEDS = {"suite": 3, "targets": 5}
-WORKLOADS_CSV = "workloads.csv"
 # Suite arguments that are not Hydra overrides of its jobs.
 OWN_KEYS = ("workloads", "time")
 
@@ -250,7 +250,7 @@ def _workload_row(plan: Plan, target_given: bool) -> dict:
 def finish(request: Request) -> list[str]:
     """After the jobs: a suite's own files (suite_report.py), or for `targets` each
     workload's target written into its preset. Returns what to tell the user."""
-    from optbench import __version__, suite_report, targets
+    from optbench import __version__
     from optbench.config import git_revision
 
     if request.command == "suite":

@@ -25,6 +25,8 @@ from optbench.report import render
 from optbench.results import read_runs
 from optbench.targets import PROFILE_MEASURES
 
+WORKLOADS_CSV = "workloads.csv"  # written by suite.record_workloads, read by analyse
+
 
 def workload_runs(folder: Path, workload) -> pd.DataFrame:
     """The runs a suite asked of one workload (its optimizers and seeds in workloads.csv),
@@ -55,7 +57,7 @@ def workload_runs(folder: Path, workload) -> pd.DataFrame:
 
 def analyse(folder: Path) -> dict:
     """Every table of the suite's files, as DataFrames (and the ranks' results)."""
-    workloads = pd.read_csv(Path(folder) / "workloads.csv")
+    workloads = pd.read_csv(Path(folder) / WORKLOADS_CSV)
     ran = workloads[workloads["status"] == "ran"]
     times = pd.concat(
         [
@@ -72,12 +74,12 @@ def analyse(folder: Path) -> dict:
         ignore_index=True,
     )
     names = list(times["optimizer"].unique())
-    ratio_rows, score_rows = [], []
+    ratio_tables, ratio_rows, score_rows = {}, [], []
     for measure in PROFILE_MEASURES:
         medians = per_optimizer.pivot(
             index="workload", columns="optimizer", values=f"{measure}_median"
         )[names]
-        ratio = profiles.ratios(medians)
+        ratio = ratio_tables[measure] = profiles.ratios(medians)
         long = ratio.stack().rename("ratio").reset_index()
         ratio_rows.append(long.assign(measure=measure, median=medians.stack().to_numpy()))
         score = profiles.score(ratio)
@@ -90,6 +92,7 @@ def analyse(folder: Path) -> dict:
         "workloads": workloads,
         "times": times,
         "per_optimizer": per_optimizer,
+        "ratio_tables": ratio_tables,  # measure -> workloads x optimizers
         "ratios": pd.concat(ratio_rows, ignore_index=True),
         "profile_scores": pd.concat(score_rows, ignore_index=True),
         "iqm": aggregates.iqm_table(scores),
@@ -120,10 +123,7 @@ def write(folder: Path, measure: str = "steps") -> list[Path]:
         )
         written.append(folder / "nemenyi.csv")
     n_workloads = t["times"]["workload"].nunique()
-    for m in PROFILE_MEASURES:
-        ratio = t["ratios"][t["ratios"]["measure"] == m].pivot(
-            index="workload", columns="optimizer", values="ratio"
-        )[list(t["times"]["optimizer"].unique())]
+    for m, ratio in t["ratio_tables"].items():
         path = folder / f"performance_profile_{m}.png"
         written.append(profiles.plot_profile(profiles.profile(ratio), m, n_workloads, path))
     written.append(aggregates.plot_iqm(t["iqm"], folder / "iqm.png"))
