@@ -21,7 +21,23 @@ Prints:
   bandwidth. Their sum bounds training and evaluation from below, and so the ratio from
   above.
 
-    python scripts/bench.py              # about 12 minutes on a 2-core machine
+- the LeNet's step: the examples_cnn protocol's time per run-step as `optbench sweep`
+  trains it (two sweeps of all its optimizers, 2 seeds, one 200 steps longer than the
+  other: the difference is training alone, start-up, costs, evaluation and plots cancel)
+  against the step's arithmetic: each of its convolutions and matrix products (forward,
+  input gradient, weight gradient) timed at its own shape, one thread per core as the
+  engine runs them;
+- the start-up: from process start to the first training step of `optbench run` (its
+  debug log line), and of that, what importing torch and torch._dynamo takes alone
+  (torch.optim's optimizers import torch._dynamo when they are built).
+
+The first three lines it prints are the fractions of the floor it reaches and the start-up:
+
+    floor fraction, ffnn sweep: F
+    floor fraction, lenet step: F
+    start-up: S s
+
+    python scripts/bench.py              # about 15 minutes on a 2-core machine
     python scripts/bench.py --quick      # skips the 1-seed run and the 1-thread layouts
     python scripts/bench.py --repeats 1  # each timed once
 """
@@ -29,6 +45,7 @@ Prints:
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
 import shutil
@@ -36,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +62,7 @@ import torchvision
 from torch import nn
 
 from optbench.jobs import compose_plan
+from optbench.models import LeNet
 from optbench.optimizers import build_optimizer
 from optbench.plan import OptimizerSpec
 from optbench.preparation import default_data_dir, prepare
@@ -189,6 +208,135 @@ def sweep_flops(runs: int, hidden: int = 100, inputs: int = 784, classes: int = 
     return runs * (train + test)
 
 
+def lenet_kernels(batch: int = 64) -> list[tuple[str, float, dict]]:
+    """The arithmetic of one training step of the examples_cnn LeNet (MNIST, batch 64):
+    (name, FLOPs, {layout: the kernel call}) for each convolution's forward, input gradient
+    (not the first layer's: the images need none) and weight gradient, and each linear
+    layer's three matrix products. Shapes come from the model itself."""
+    model, shapes = LeNet((1, 28, 28), 10), {}
+    for name, layer in model.named_children():
+        layer.register_forward_hook(lambda m, i, o, name=name: shapes.update({name: i[0].shape}))
+    model(torch.zeros(batch, 1, 28, 28))
+    kernels = []
+    for name, layer in model.named_children():
+        x, w = torch.rand(shapes[name]), layer.weight.detach()
+        first = name == "conv1"
+        if isinstance(layer, nn.Conv2d):
+            out = nn.functional.conv2d(x, w)
+            flops = 2 * out.numel() * w[0].numel()
+            calls = {}
+            for layout in (torch.contiguous_format, torch.channels_last):
+                xl, wl = x.contiguous(memory_format=layout), w.contiguous(memory_format=layout)
+                gl = torch.rand_like(out).contiguous(memory_format=layout)
+                mask = [not first, True, True]
+                calls[str(layout)] = (
+                    lambda xl=xl, wl=wl: nn.functional.conv2d(xl, wl),
+                    lambda xl=xl, wl=wl, gl=gl, mask=mask: torch.ops.aten.convolution_backward(
+                        gl, xl, wl, [len(wl)], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
+                    ),
+                )
+            kernels.append((f"{name} forward", flops, {k: v[0] for k, v in calls.items()}))
+            passes = "weight gradient" if first else "input and weight gradients"
+            backward = flops * (1 if first else 2)
+            kernels.append((f"{name} {passes}", backward, {k: v[1] for k, v in calls.items()}))
+        else:
+            x, g, b = x.flatten(1), torch.rand(batch, layer.out_features), layer.bias.detach()
+            flops = 2 * batch * layer.in_features * layer.out_features
+            products = {
+                "forward": lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()),
+                "weight gradient": lambda x=x, g=g: g.t().mm(x),
+                "input gradient": lambda g=g, w=w: g.mm(w),
+            }
+            kernels += [(f"{name} {k}", flops, {"": f}) for k, f in products.items()]
+    return kernels
+
+
+def lenet_arithmetic_seconds(threads: int) -> tuple[float, float, list[str]]:
+    """Seconds of arithmetic per LeNet training step of one run, with `threads` runs side
+    by side (each kernel timed on one thread while the other threads run it too, the
+    engine's layout), in the faster memory layout of each kernel; with its FLOPs and a line
+    per kernel."""
+    seconds, flops, lines = 0.0, 0.0, []
+    for name, kernel_flops, calls in lenet_kernels():
+        best = min(_best_time_on_threads(call, threads) for call in calls.values())
+        seconds, flops = seconds + best, flops + kernel_flops
+        lines.append(f"  {name}: {kernel_flops / 1e6:.0f} MFLOP in {best * 1e3:.2f} ms")
+    return seconds, flops, lines
+
+
+def _best_time_on_threads(function, threads: int, calls: int = 10, rounds: int = 8) -> float:
+    """Seconds per call of `function` on one thread while `threads` threads each call it
+    `calls` times at once; the fastest of `rounds` rounds."""
+
+    def on_one_thread(_) -> None:
+        torch.set_num_threads(1)
+        for _ in range(calls):
+            function()
+
+    best = math.inf
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(on_one_thread, range(threads)))  # warm-up
+        for _ in range(rounds):
+            start = time.perf_counter()
+            list(pool.map(on_one_thread, range(threads)))
+            best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def lenet_run_step_seconds(data_dir: Path, repeats: int) -> tuple[float, int, list[str]]:
+    """Seconds per run-step of the examples_cnn protocol as `optbench sweep` trains it:
+    two sweeps of all its optimizers with 2 seeds, `short` and `short + 200` steps, each
+    evaluated once at its end; their difference in wall time is the 200 extra steps of
+    every run, the rest (start-up, costs, evaluation, plots) cancelling. The fastest of
+    `repeats`. Also the runs per sweep and a line per sweep."""
+    short, extra, lines, best = 50, 200, [], math.inf
+    common = ["sweep", "experiment=examples_cnn", "seeds=2", f"data_dir={data_dir}"]
+    for attempt in range(1, repeats + 1):
+        walls = {}
+        for steps in (short, short + extra):
+            command = [*common, f"train.steps={steps}", f"train.eval_every={steps}"]
+            walls[steps], _, dirs = run_optbench([command])
+            runs = len(pd.read_csv(dirs[0] / "runs.csv"))
+            shutil.rmtree(dirs[0])
+            lines.append(
+                f"[{attempt}] examples_cnn sweep, {runs} runs x {steps} steps: {walls[steps]:.1f} s"
+            )
+            _progress(lines[-1])
+        best = min(best, (walls[short + extra] - walls[short]) / (runs * extra))
+    return best, runs, lines
+
+
+STARTED = "training starts"  # the engine's debug line before its first step
+
+
+def startup_seconds(data_dir: Path) -> float:
+    """From process start to the first training step of `optbench run` (the default
+    experiment), by the time stamp of the engine's debug line."""
+    out_dir = Path(tempfile.mkdtemp(prefix="optbench_bench_"))
+    start = time.time()
+    command = [OPTBENCH, "run", f"data_dir={data_dir}", f"hydra.run.dir={out_dir}"]
+    process = subprocess.run(
+        [*command, "hydra.verbose=optbench"], capture_output=True, text=True, check=False
+    )
+    shutil.rmtree(out_dir)
+    lines = [line for line in (process.stdout + process.stderr).splitlines() if STARTED in line]
+    if process.returncode != 0 or not lines:
+        sys.exit(f"optbench run failed or logged no {STARTED!r}:\n{process.stderr[-3000:]}")
+    stamp = datetime.datetime.strptime(lines[0][1:24], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp() - start
+
+
+def torch_import_seconds() -> float:
+    """Wall time of a Python process that imports torch and torch._dynamo and exits."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, torch._dynamo"], check=True)
+    return time.perf_counter() - start
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the main figures only")
@@ -200,9 +348,26 @@ def main() -> None:
         parser.error(f"--repeats {options.repeats}: give 1 or more")
     data_dir = default_data_dir()
     prepare("mnist", data_dir)
-    common = ["experiment=wizard_ffnn", f"data_dir={data_dir}"]
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}")
+    details = [f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}"]
+    sweep_s, ffnn_floor_s = ffnn_sweep(data_dir, options, details)
+    step_s, lenet_floor_s = lenet_step(data_dir, options.repeats, details)
+    startup_s = min(startup_seconds(data_dir) for _ in range(options.repeats))
+    imports_s = min(torch_import_seconds() for _ in range(options.repeats))
+    details.append(
+        f"start-up of `optbench run`, fastest of {options.repeats}: {startup_s:.2f} s, of "
+        f"which a process that imports torch and torch._dynamo alone takes {imports_s:.2f} s"
+    )
+    print(f"floor fraction, ffnn sweep: {ffnn_floor_s / sweep_s:.2f}")
+    print(f"floor fraction, lenet step: {lenet_floor_s / step_s:.2f}")
+    print(f"start-up: {startup_s:.2f} s")
+    print("\n".join(details))
 
+
+def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, float]:
+    """The tutorial loop, `optbench run` and the wizard_ffnn sweep in each layout, timed;
+    the sweep's floor. Returns the whole sweep's fastest wall time (1 process x 2 threads)
+    and its floor, in seconds."""
+    common = ["experiment=wizard_ffnn", f"data_dir={data_dir}"]
     jobs = {}  # label: (runs, the optbench commands that run at once)
     for seeds in (1, 5) if not options.quick else (5,):
         jobs[f"optbench run optimizer=sgd seeds={seeds}"] = (
@@ -220,58 +385,77 @@ def main() -> None:
             [*sweep, "threads=1", f"optimizers=[{','.join(half)}]"] for half in halves
         ]
     n_runs = len(names) * sweep_seeds
+    sweep_label = f"optbench sweep, wizard_ffnn, {len(names)} optimizers x {sweep_seeds} seeds"
     for layout, commands in layouts.items():
-        label = f"optbench sweep, wizard_ffnn, {len(names)} optimizers x {sweep_seeds} seeds"
-        label += f", {layout}"
-        jobs[label] = (n_runs, commands)
+        jobs[f"{sweep_label}, {layout}"] = (n_runs, commands)
 
     tutorial = "tutorial loop, sgd, 1 seed"
     fastest = {tutorial: math.inf} | {label: math.inf for label in jobs}  # seconds per run
     for attempt in range(1, options.repeats + 1):
         seconds, accuracy = tutorial_loop(data_dir, seed=0)
         fastest[tutorial] = min(fastest[tutorial], seconds)
-        print(f"[{attempt}] {tutorial}: {seconds:.1f} s (final accuracy {accuracy:.2f}%)")
+        _progress(f"[{attempt}] {tutorial}: {seconds:.1f} s (final accuracy {accuracy:.2f}%)")
         for label, (runs, commands) in jobs.items():
             wall, peak_gb, dirs = run_optbench(commands)
             fastest[label] = min(fastest[label], wall / runs)
-            print(
+            _progress(
                 f"[{attempt}] {label}: {wall:.1f} s, {wall / runs:.2f} s per run, peak RSS "
                 f"{peak_gb:.2f} GB (mean final accuracy {final_accuracy(dirs):.2f}%)"
             )
             for directory in dirs:
                 shutil.rmtree(directory)
     tutorial_s = fastest.pop(tutorial)
-    print(f"fastest of {options.repeats}: {tutorial} {tutorial_s:.1f} s, and per run / ratio:")
+    details.append(f"fastest of {options.repeats}: {tutorial} {tutorial_s:.1f} s; per run / ratio:")
     for label, per_run in fastest.items():
-        print(f"  {label}: {per_run:.2f} s / {tutorial_s / per_run:.1f}x")
+        details.append(f"  {label}: {per_run:.2f} s / {tutorial_s / per_run:.1f}x")
 
     flops = sweep_flops(n_runs)
     for threads in (1, 2):
         rate = matmul_flops_per_second(threads)
-        print(
+        details.append(
             f"floor with {threads} thread(s): {flops / 1e12:.2f} TFLOP / "
             f"{rate / 1e9:.0f} GFLOP/s (2048^3 float32 matmul) = {flops / rate:.1f} s"
         )
     # the default layout (2 threads): what training and evaluation cannot go below
     rate = sweep_matmul_flops_per_second(2, n_runs)
     matmul_s = flops / rate
-    print(
+    details.append(
         f"with 2 threads at the sweep's own shapes ({n_runs} x [100,784] @ [784,100]): "
         f"{flops / 1e12:.2f} TFLOP / {rate / 1e9:.0f} GFLOP/s = {matmul_s:.1f} s"
     )
     traffic = optimizer_traffic_bytes(specs, sweep_seeds)
     bandwidth = memory_bytes_per_second(2)
     traffic_s = traffic / bandwidth
-    print(
+    details.append(
         f"optimizer updates, 2 threads: {traffic / 1e9:.0f} GB read and written at least / "
         f"{bandwidth / 1e9:.1f} GB/s (256 MB copy) = {traffic_s:.1f} s"
     )
     floor = matmul_s + traffic_s
-    print(
-        f"floor of the matmuls and optimizer updates (the two above): {floor:.1f} s, a ratio "
-        f"of at most {tutorial_s / (floor / n_runs):.0f}x even with no start-up, evaluation "
-        "or plots"
+    sweep_s = fastest[f"{sweep_label}, 1 process x 2 threads"] * n_runs
+    details.append(
+        f"ffnn sweep: floor of the matmuls and optimizer updates (the two above) {floor:.1f} s "
+        f"/ the whole process {sweep_s:.1f} s; a ratio to the tutorial loop of at most "
+        f"{tutorial_s / (floor / n_runs):.0f}x even with no start-up, evaluation or plots"
     )
+    return sweep_s, floor
+
+
+def lenet_step(data_dir: Path, repeats: int, details: list[str]) -> tuple[float, float]:
+    """The examples_cnn LeNet's time per run-step and the floor of its arithmetic per
+    run-step, in seconds."""
+    step_s, runs, lines = lenet_run_step_seconds(data_dir, repeats)
+    threads = torch.get_num_threads()  # the engine's worker threads, one run each at a time
+    arithmetic_s, flops, kernels = lenet_arithmetic_seconds(threads)
+    floor = arithmetic_s / threads
+    details += lines
+    details.append(
+        f"lenet step: {flops / 1e9:.2f} GFLOP of convolutions and matrix products per step, "
+        f"{arithmetic_s * 1e3:.2f} ms on one thread with {threads} runs side by side "
+        f"({flops / arithmetic_s / 1e9:.0f} GFLOP/s), so {floor * 1e3:.2f} ms per run-step; "
+        f"`optbench sweep` takes {step_s * 1e3:.2f} ms per run-step ({runs} runs)"
+    )
+    details += kernels
+    return step_s, floor
 
 
 if __name__ == "__main__":

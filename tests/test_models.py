@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from optbench import models
 
@@ -46,6 +47,34 @@ def test_lenet_is_the_2019_example_sized_for_the_dataset(dataset, expected):
     assert n_params(model) == expected
     x = torch.zeros(5, *cfg.dataset.input_shape)
     assert model(x).shape == (5, 10)
+
+
+def example_forward(model: models.LeNet, x: torch.Tensor) -> torch.Tensor:
+    """The 2019 PyTorch MNIST example's forward, in its own order: ReLU, then pool."""
+    x = F.max_pool2d(F.relu(model.conv1(x)), 2, 2)
+    x = F.max_pool2d(F.relu(model.conv2(x)), 2, 2)
+    return model.fc2(F.relu(model.fc1(x.flatten(1))))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_lenet_gives_the_examples_logits_and_gradients_bit_for_bit(layout):
+    """LeNet pools before its ReLU; the example pools after. Both orders must give the same
+    bits, forward and backward, also where whole windows are negative or exactly zero."""
+    model = models.LeNet((1, 28, 28), 10).to(memory_format=layout)
+    with torch.no_grad():  # many windows entirely <= 0 after each convolution
+        model.conv1.bias.sub_(0.3)
+        model.conv2.bias.sub_(0.1)
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x[:, :, :8] = 0.0  # rows of exact zeros
+    y = torch.arange(16) % 10
+    results = []
+    for forward in (model.forward, lambda x: example_forward(model, x)):
+        model.zero_grad(set_to_none=True)
+        logits = forward(x)
+        F.cross_entropy(logits, y).backward()
+        results.append([logits.detach(), *(p.grad for p in model.parameters())])
+    ours, example = results
+    assert all(torch.equal(a, b) for a, b in zip(ours, example, strict=True))
 
 
 def test_initial_weights_depend_on_the_seed_alone():

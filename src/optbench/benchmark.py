@@ -18,16 +18,16 @@ from optbench import (
     files,
     labels,
     loggers,
-    plots,
     preparation,
     provenance,
-    published,
-    report,
     results,
     schedules,
-    tuning,
 )
 from optbench.plan import OptimizerSpec, Plan, RunSpec
+
+# The analysis modules (plots, report, published, tuning) are imported where they are used:
+# with matplotlib, SciPy and Optuna they take about a second to import, which every command
+# would otherwise spend before its first training step.
 
 log = logging.getLogger("optbench")
 
@@ -55,6 +55,8 @@ def tune(
     """Random search with the same number of trials (tuning.trials) for every optimizer of
     the plan, all trained in one step loop; writes runs.csv, summary.csv, config.yaml, the
     tuning tables and curve (tuning.*) and the report. Returns the runs."""
+    from optbench import report, tuning
+
     out_dir = Path(out_dir)
     trials, drawn = tuning.sample_trials(
         plan.optimizers,
@@ -81,6 +83,8 @@ def workload(
     <out_dir>_tuning/), and its best trial's setting then trains every seed, under the
     optimizer's own name."""
     if any(o.startswith("tuning.trials=") for o in overrides or []):
+        from optbench import tuning
+
         trials_dir = Path(out_dir).with_name(f"{Path(out_dir).name}_tuning")
         tuning_seed = [max(plan.seeds) + 1]
         trial_runs = tune(replace(plan, seeds=tuning_seed), trials_dir, overrides, progress)
@@ -158,6 +162,8 @@ def write_analysis(out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True) -
     """Everything derived from runs.csv: the published comparison (for presets that have
     published numbers), the paired ranking, the plots (unless draw_plots is False) and the
     report."""
+    from optbench import plots, published, report
+
     written = published.write_comparison(out_dir, runs)
     written += results.write_ranking(out_dir, runs)
     if draw_plots:

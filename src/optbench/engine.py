@@ -259,6 +259,7 @@ def train(
         job = Job(plan, runs, schedule.batch_size, len(tensors.train_x), device)
         rows, done_steps = job.resume(checkpoint, device)
         bar = progress_bar(len(runs), schedule, done_steps, progress)
+        log.debug("training starts at step %d", done_steps + 1)  # scripts/bench.py's start-up
         for step in range(done_steps + 1, schedule.total_steps + 1):
             multiples = job.lr_multiples(step - 1, schedule.total_steps)
             batches = {seed: order.next_batch() for seed, order in job.orders.items()}

@@ -12,7 +12,9 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+
+# SciPy is imported where it is used: it takes a few tenths of a second to import, which a
+# training command would otherwise spend before its first step.
 
 CONFIDENCE = 0.95  # for the t-intervals of the mean
 ALPHA = 0.05  # family-wise error rate of the pairwise tests, Holm-corrected
@@ -24,6 +26,8 @@ def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[floa
     n = len(values)
     if n < 2:
         return math.nan, math.nan
+    from scipy import stats
+
     mean = values.mean()
     half_width = stats.t.ppf((1 + confidence) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
     return mean - half_width, mean + half_width
@@ -69,6 +73,8 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     differences = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     if len(differences) < 2 or np.allclose(differences, 0):
         return 1.0, 1.0
+    from scipy import stats
+
     t_p = stats.ttest_rel(a, b).pvalue
     if np.isnan(t_p):  # a constant non-zero difference: as strong as evidence gets
         t_p = 0.0
