@@ -1,6 +1,7 @@
 """What each optimizer costs, measured on the run's own model and device: the bytes of
 optimizer state per model parameter (counted in the state after a few real steps) and the
-milliseconds a step of one run alone takes (a short timed loop on real batches).
+milliseconds a step of one run takes on one core, as the engine trains it (a short timed
+loop on real batches, the other cores timing other settings meanwhile).
 
 costs.csv holds one row per optimizer setting of a results folder; the report shows it and
 costs.png sets it beside the final accuracy. Memory is counted, not quoted: it is what the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -84,12 +86,13 @@ def write_costs(out_dir: Path, plan: Plan, settings: dict[str, dict]) -> list[Pa
     if not missing:
         return []
     device = engine.resolve_device(plan.device)
-    measured = {}
-    with Workers(1, device):  # single-threaded kernels, as the engine computes a run
+    # single-threaded kernels and one run per worker thread, as the engine trains: each
+    # setting is timed on one core while the other cores time other settings
+    with Workers(engine.worker_count(plan, device), device) as workers:
         tensors = data.load(plan.dataset, plan.data_dir, device)
-        for label in missing:
-            spec = OptimizerSpec.of(settings[label])
-            measured[label] = measure(plan, spec, tensors, device)
+        specs = [OptimizerSpec.of(settings[label]) for label in missing]
+        timed = workers.map([partial(measure, plan, spec, tensors, device) for spec in specs])
+    measured = dict(zip(missing, timed, strict=True))
     rows = [
         {"optimizer": label, **(measured[label] if label in measured else known.loc[label])}
         for label in settings
