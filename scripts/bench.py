@@ -26,7 +26,8 @@ Prints:
   other: the difference is training alone, start-up, costs, evaluation and plots cancel)
   against the step's arithmetic: each of its convolutions and matrix products (forward,
   input gradient, weight gradient) timed at its own shape, one thread per core as the
-  engine runs them;
+  engine runs them; and torch.compile (Inductor) of the LeNet's step against eager, with
+  Inductor's on-disk cache empty and then warm;
 - the start-up: from process start to the first training step of `optbench run` (its
   debug log line), and of that, what importing torch and torch._dynamo takes alone
   (torch.optim's optimizers import torch._dynamo when they are built).
@@ -455,8 +456,49 @@ def lenet_step(data_dir: Path, repeats: int, details: list[str]) -> tuple[float,
         f"`optbench sweep` takes {step_s * 1e3:.2f} ms per run-step ({runs} runs)"
     )
     details += kernels
+    at_peak = flops / matmul_flops_per_second(1) / threads
+    details.append(
+        f"  (at the 2048^3 matmul rate of one thread instead: {at_peak * 1e3:.2f} ms per "
+        f"run-step, a floor fraction of {at_peak / step_s:.2f})"
+    )
+    with tempfile.TemporaryDirectory(prefix="optbench_inductor_") as cache:
+        env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache}
+        for cache_state in ("empty", "warm"):
+            probe = [sys.executable, __file__, "--compile-probe"]
+            line = subprocess.run(probe, env=env, capture_output=True, text=True).stdout
+            details.append(f"  {line.strip()} (Inductor's cache {cache_state})")
     return step_s, floor
 
 
+def compile_probe() -> str:
+    """torch.compile (Inductor) of the LeNet's forward, trained a step at a time on one
+    thread as a run trains, against eager: the first call's time (compiling) and then the
+    time per step."""
+    torch.set_num_threads(1)
+    model = LeNet((1, 28, 28), 10).to(memory_format=torch.channels_last)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+
+    def step(forward) -> None:
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(forward(x), y).backward()
+
+    eager_s = _best_time(lambda: step(model))
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    try:
+        step(compiled)
+    except Exception as error:  # no C compiler, or a model Inductor cannot compile
+        return f"torch.compile of the LeNet step failed ({type(error).__name__}): eager only"
+    first_s = time.perf_counter() - start
+    compiled_s = _best_time(lambda: step(compiled))
+    return (
+        f"lenet step on one thread: eager {eager_s * 1e3:.2f} ms; torch.compile (Inductor) "
+        f"{compiled_s * 1e3:.2f} ms after a first call of {first_s:.1f} s"
+    )
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--compile-probe"]:  # lenet_step's subprocess, with its own cache
+        print(compile_probe())
+        sys.exit(0)
     sys.exit(main())
