@@ -79,7 +79,7 @@ format: install ## format the code with ruff
 	$(BIN)/ruff format src tests scripts
 	$(BIN)/ruff check --fix src tests scripts
 
-bench: install data ## time the tutorial loop against optbench run and sweep (scripts/bench.py)
+bench: install data ## the fractions of the machine's floor that the ffnn sweep and the LeNet step reach, and the start-up (scripts/bench.py)
 	$(BIN)/python scripts/bench.py
 
 gpu-bundle: install data ## gather into gpu-bundle/ what `make gpu-check` needs on a GPU machine without a network

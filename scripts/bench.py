@@ -38,7 +38,7 @@ The first three lines it prints are the fractions of the floor it reaches and th
     floor fraction, lenet step: F
     start-up: S s
 
-    python scripts/bench.py              # about 15 minutes on a 2-core machine
+    python scripts/bench.py              # about 16 minutes on a 2-core machine
     python scripts/bench.py --quick      # skips the 1-seed run and the 1-thread layouts
     python scripts/bench.py --repeats 1  # each timed once
 """
