@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -213,7 +214,8 @@ def lenet_kernels(batch: int = 64) -> list[tuple[str, float, dict]]:
     """The arithmetic of one training step of the examples_cnn LeNet (MNIST, batch 64):
     (name, FLOPs, {layout: the kernel call}) for each convolution's forward, input gradient
     (not the first layer's: the images need none) and weight gradient, and each linear
-    layer's three matrix products. Shapes come from the model itself."""
+    layer's three matrix products. Shapes come from the model itself; each call is a
+    functools.partial of the torch function with its tensors."""
     model, shapes = LeNet((1, 28, 28), 10), {}
     for name, layer in model.named_children():
         layer.register_forward_hook(lambda m, i, o, name=name: shapes.update({name: i[0].shape}))
@@ -221,32 +223,30 @@ def lenet_kernels(batch: int = 64) -> list[tuple[str, float, dict]]:
     kernels = []
     for name, layer in model.named_children():
         x, w = torch.rand(shapes[name]), layer.weight.detach()
-        first = name == "conv1"
         if isinstance(layer, nn.Conv2d):
             out = nn.functional.conv2d(x, w)
             flops = 2 * out.numel() * w[0].numel()
-            calls = {}
+            first = name == "conv1"
+            forward, backward = {}, {}
             for layout in (torch.contiguous_format, torch.channels_last):
                 xl, wl = x.contiguous(memory_format=layout), w.contiguous(memory_format=layout)
                 gl = torch.rand_like(out).contiguous(memory_format=layout)
-                mask = [not first, True, True]
-                calls[str(layout)] = (
-                    lambda xl=xl, wl=wl: nn.functional.conv2d(xl, wl),
-                    lambda xl=xl, wl=wl, gl=gl, mask=mask: torch.ops.aten.convolution_backward(
-                        gl, xl, wl, [len(wl)], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, mask
-                    ),
+                forward[str(layout)] = partial(nn.functional.conv2d, xl, wl)
+                backward[str(layout)] = partial(
+                    torch.ops.aten.convolution_backward,
+                    *(gl, xl, wl, [len(wl)], [1, 1], [0, 0], [1, 1], False, [0, 0], 1),
+                    [not first, True, True],  # which gradients: input, weight, bias
                 )
-            kernels.append((f"{name} forward", flops, {k: v[0] for k, v in calls.items()}))
+            kernels.append((f"{name} forward", flops, forward))
             passes = "weight gradient" if first else "input and weight gradients"
-            backward = flops * (1 if first else 2)
-            kernels.append((f"{name} {passes}", backward, {k: v[1] for k, v in calls.items()}))
+            kernels.append((f"{name} {passes}", flops * (1 if first else 2), backward))
         else:
             x, g, b = x.flatten(1), torch.rand(batch, layer.out_features), layer.bias.detach()
             flops = 2 * batch * layer.in_features * layer.out_features
             products = {
-                "forward": lambda x=x, w=w, b=b: torch.addmm(b, x, w.t()),
-                "weight gradient": lambda x=x, g=g: g.t().mm(x),
-                "input gradient": lambda g=g, w=w: g.mm(w),
+                "forward": partial(torch.addmm, b, x, w.t()),
+                "weight gradient": partial(torch.mm, g.t(), x),
+                "input gradient": partial(torch.mm, g, w),
             }
             kernels += [(f"{name} {k}", flops, {"": f}) for k, f in products.items()]
     return kernels

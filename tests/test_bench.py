@@ -1,0 +1,59 @@
+"""scripts/bench.py's counting, against hand counts and autograd; its timings are not tested
+(speed is measured by running the script, never in a timed test)."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from optbench import engine
+
+from conftest import ROOT, sweep_plan
+
+spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_the_lenet_kernels_are_the_hand_counted_flops():
+    # conv1: 64 images x 20 channels x 24x24 outputs x 25 taps x 2; conv2: 64 x 50 x 8x8 x
+    # (20 x 25) x 2; fc1: 64 x 800 x 500 x 2; fc2: 64 x 500 x 10 x 2
+    conv1, conv2 = 64 * 20 * 24 * 24 * 25 * 2, 64 * 50 * 8 * 8 * 500 * 2
+    fc1, fc2 = 64 * 800 * 500 * 2, 64 * 500 * 10 * 2
+    expected = {
+        "conv1 forward": conv1,
+        "conv1 weight gradient": conv1,  # the images need no gradient
+        "conv2 forward": conv2,
+        "conv2 input and weight gradients": 2 * conv2,
+        **{f"fc1 {k}": fc1 for k in ("forward", "weight gradient", "input gradient")},
+        **{f"fc2 {k}": fc2 for k in ("forward", "weight gradient", "input gradient")},
+    }
+    counted = {name: flops for name, flops, _ in bench.lenet_kernels()}
+    assert counted == expected
+    assert sum(counted.values()) == 843_648_000
+
+
+def test_the_convolution_kernels_compute_autograds_gradients_in_both_layouts():
+    """The timed backward call is the one autograd makes: the same gradients, either layout."""
+    kernels = {name: calls for name, _, calls in bench.lenet_kernels(batch=4)}
+    for layout, backward in kernels["conv2 input and weight gradients"].items():
+        grad_input, grad_weight, grad_bias = backward()
+        g, x, w = (t.detach() for t in backward.args[:3])
+        x, w = x.requires_grad_(), w.requires_grad_()
+        bias = torch.zeros(len(w), requires_grad=True)
+        F.conv2d(x, w, bias).backward(g)
+        assert torch.allclose(grad_input, x.grad, rtol=1e-4, atol=1e-5), layout
+        assert torch.allclose(grad_weight, w.grad, rtol=1e-4, atol=1e-4), layout
+        assert torch.allclose(grad_bias, bias.grad, rtol=1e-4, atol=1e-4), layout
+
+
+def test_the_engine_logs_when_training_starts(caplog):
+    """bench.py's start-up ends at this debug line."""
+    plan = sweep_plan("optimizers=[sgd]", "seeds=1", "debug=smoke")
+    with caplog.at_level(logging.DEBUG, logger="optbench"):
+        engine.train(plan, progress=False)
+    starts = [r.getMessage() for r in caplog.records if bench.STARTED in r.getMessage()]
+    assert starts == ["training starts at step 1"]
