@@ -1,6 +1,12 @@
-"""Time optbench against the classic tutorial loop, in one run on one machine.
+"""How close optbench comes to what the machine allows, measured in one run.
 
-Prints:
+Prints first the fractions of the floor it reaches and the start-up:
+
+    floor fraction, ffnn sweep: F
+    floor fraction, lenet step: F
+    start-up: S s
+
+and then the measurements behind them (progress goes to stderr meanwhile):
 - the tutorial loop's time per run: the wizard_ffnn tutorial's own code (torchvision's
   MNIST with ToTensor, a DataLoader with batch 100, Linear(784, 100) -> ReLU ->
   Linear(100, 10), SGD lr=0.1, 3000 iterations, test accuracy every 500) for one seed;
@@ -8,35 +14,26 @@ Prints:
   data loading, evaluation, CSVs and plots included);
 - the full wizard_ffnn sweep (8 optimizers x 5 seeds, `optbench sweep`) in each CPU
   layout: one process with 2 threads, one process with 1 thread, and two processes of
-  1 thread (one per core) that each train half of the optimizers;
-- per layout: the wall time and the peak resident memory of the optbench process;
-- each of these is timed twice (--repeats), in two passes over the list: on a shared
-  machine another tenant's load can slow any one timing, so the fastest time of each
-  counts, the tutorial's as optbench's; then the ratio of the tutorial's time per run to
-  each optbench command's time per run;
-- the floor: the sweep's matrix-multiply FLOPs (training and evaluation) divided by the
-  machine's measured float32 matmul throughput, at its best (2048^3) and at the sweep's
-  own shapes; and the memory traffic of the optimizer updates (each parameter, gradient
-  and optimizer state read and written once per step) divided by the measured memory
-  bandwidth. Their sum bounds training and evaluation from below, and so the ratio from
-  above.
-
+  1 thread (one per core) that each train half of the optimizers; per layout, the wall
+  time and the peak resident memory of the optbench process;
+- the ffnn sweep's floor: its matrix-multiply FLOPs (training and evaluation) divided by
+  the machine's measured float32 matmul throughput with 2 threads, at its best (2048^3)
+  and at the sweep's own shapes; plus the memory traffic of the optimizer updates (each
+  parameter, gradient and optimizer state read and written once per step) divided by the
+  measured memory bandwidth. Their sum bounds training and evaluation from below;
 - the LeNet's step: the examples_cnn protocol's time per run-step as `optbench sweep`
-  trains it (two sweeps of all its optimizers, 2 seeds, one 200 steps longer than the
+  trains it (sweeps of all its optimizers with 2 seeds, one 200 steps longer than the
   other: the difference is training alone, start-up, costs, evaluation and plots cancel)
   against the step's arithmetic: each of its convolutions and matrix products (forward,
   input gradient, weight gradient) timed at its own shape, one thread per core as the
   engine runs them; and torch.compile (Inductor) of the LeNet's step against eager, with
   Inductor's on-disk cache empty and then warm;
 - the start-up: from process start to the first training step of `optbench run` (its
-  debug log line), and of that, what importing torch and torch._dynamo takes alone
-  (torch.optim's optimizers import torch._dynamo when they are built).
+  debug log line), and what importing torch and torch._dynamo takes alone (torch.optim's
+  optimizers import torch._dynamo when they are built).
 
-The first three lines it prints are the fractions of the floor it reaches and the start-up:
-
-    floor fraction, ffnn sweep: F
-    floor fraction, lenet step: F
-    start-up: S s
+Each is timed --repeats times (2), in passes over the list: on a shared machine another
+tenant's load can slow any one timing, so the fastest of each counts.
 
     python scripts/bench.py              # about 16 minutes on a 2-core machine
     python scripts/bench.py --quick      # skips the 1-seed run and the 1-thread layouts
@@ -49,6 +46,7 @@ import argparse
 import datetime
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,45 +284,59 @@ def _best_time_on_threads(function, threads: int, calls: int = 10, rounds: int =
 
 def lenet_run_step_seconds(data_dir: Path, repeats: int) -> tuple[float, int, list[str]]:
     """Seconds per run-step of the examples_cnn protocol as `optbench sweep` trains it:
-    two sweeps of all its optimizers with 2 seeds, `short` and `short + 200` steps, each
-    evaluated once at its end; their difference in wall time is the 200 extra steps of
-    every run, the rest (start-up, costs, evaluation, plots) cancelling. The fastest of
-    `repeats`. Also the runs per sweep and a line per sweep."""
-    short, extra, lines, best = 50, 200, [], math.inf
+    sweeps of all its optimizers with 2 seeds, `short` and `short + 200` steps, each
+    evaluated once at its end; the difference of their fastest wall times is the 200
+    extra steps of every run, the rest (start-up, costs, evaluation, plots) cancelling.
+    Also the runs per sweep and a line per sweep."""
+    short, extra, lines = 50, 200, []
+    fastest = {short: math.inf, short + extra: math.inf}
     common = ["sweep", "experiment=examples_cnn", "seeds=2", f"data_dir={data_dir}"]
     for attempt in range(1, repeats + 1):
-        walls = {}
-        for steps in (short, short + extra):
+        for steps in fastest:
             command = [*common, f"train.steps={steps}", f"train.eval_every={steps}"]
-            walls[steps], _, dirs = run_optbench([command])
+            wall, _, dirs = run_optbench([command])
+            fastest[steps] = min(fastest[steps], wall)
             runs = len(pd.read_csv(dirs[0] / "runs.csv"))
             shutil.rmtree(dirs[0])
             lines.append(
-                f"[{attempt}] examples_cnn sweep, {runs} runs x {steps} steps: {walls[steps]:.1f} s"
+                f"[{attempt}] examples_cnn sweep, {runs} runs x {steps} steps: {wall:.1f} s"
             )
             _progress(lines[-1])
-        best = min(best, (walls[short + extra] - walls[short]) / (runs * extra))
-    return best, runs, lines
+    return (fastest[short + extra] - fastest[short]) / (runs * extra), runs, lines
 
 
 STARTED = "training starts"  # the engine's debug line before its first step
+# Hydra's log line: [2026-11-24 20:02:12,900][optbench][DEBUG] - training starts at step 1
+STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
 def startup_seconds(data_dir: Path) -> float:
     """From process start to the first training step of `optbench run` (the default
-    experiment), by the time stamp of the engine's debug line."""
+    experiment, one step: the same start-up), by the time stamp of the engine's debug
+    line."""
     out_dir = Path(tempfile.mkdtemp(prefix="optbench_bench_"))
-    start = time.time()
     command = [OPTBENCH, "run", f"data_dir={data_dir}", f"hydra.run.dir={out_dir}"]
+    start = time.time()
     process = subprocess.run(
-        [*command, "hydra.verbose=optbench"], capture_output=True, text=True, check=False
+        [*command, "train.steps=1", "hydra.verbose=optbench"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     shutil.rmtree(out_dir)
-    lines = [line for line in (process.stdout + process.stderr).splitlines() if STARTED in line]
-    if process.returncode != 0 or not lines:
-        sys.exit(f"optbench run failed or logged no {STARTED!r}:\n{process.stderr[-3000:]}")
-    stamp = datetime.datetime.strptime(lines[0][1:24], "%Y-%m-%d %H:%M:%S,%f")
-    return stamp.timestamp() - start
+    if process.returncode != 0:
+        sys.exit(f"optbench run failed:\n{process.stderr[-3000:]}")
+    return started_at(process.stdout + process.stderr) - start
+
+
+def started_at(log: str) -> float:
+    """The time (seconds since the epoch, local time) of the engine's first "training
+    starts" line in a log written with Hydra's default format."""
+    for line in log.splitlines():
+        if STARTED in line and (match := STAMP.match(line)):
+            stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp()
+    sys.exit(f"no time-stamped {STARTED!r} line in optbench's log (Hydra's default format)")
 
 
 def torch_import_seconds() -> float:
@@ -347,11 +359,12 @@ def main() -> None:
     options = parser.parse_args()
     if options.repeats < 1:
         parser.error(f"--repeats {options.repeats}: give 1 or more")
+    cores = torch.get_num_threads()  # torch's default: the engine's worker threads
     data_dir = default_data_dir()
-    prepare("mnist", data_dir)
+    prepare("mnist", data_dir, log=_progress)
     details = [f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}"]
     sweep_s, ffnn_floor_s = ffnn_sweep(data_dir, options, details)
-    step_s, lenet_floor_s = lenet_step(data_dir, options.repeats, details)
+    step_s, lenet_floor_s = lenet_step(data_dir, options.repeats, cores, details)
     startup_s = min(startup_seconds(data_dir) for _ in range(options.repeats))
     imports_s = min(torch_import_seconds() for _ in range(options.repeats))
     details.append(
@@ -365,9 +378,9 @@ def main() -> None:
 
 
 def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, float]:
-    """The tutorial loop, `optbench run` and the wizard_ffnn sweep in each layout, timed;
-    the sweep's floor. Returns the whole sweep's fastest wall time (1 process x 2 threads)
-    and its floor, in seconds."""
+    """The tutorial loop, `optbench run` and the wizard_ffnn sweep in each layout, timed.
+    Returns the whole sweep's fastest wall time (1 process x 2 threads) and its floor, in
+    seconds."""
     common = ["experiment=wizard_ffnn", f"data_dir={data_dir}"]
     jobs = {}  # label: (runs, the optbench commands that run at once)
     for seeds in (1, 5) if not options.quick else (5,):
@@ -409,29 +422,7 @@ def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, floa
     details.append(f"fastest of {options.repeats}: {tutorial} {tutorial_s:.1f} s; per run / ratio:")
     for label, per_run in fastest.items():
         details.append(f"  {label}: {per_run:.2f} s / {tutorial_s / per_run:.1f}x")
-
-    flops = sweep_flops(n_runs)
-    for threads in (1, 2):
-        rate = matmul_flops_per_second(threads)
-        details.append(
-            f"floor with {threads} thread(s): {flops / 1e12:.2f} TFLOP / "
-            f"{rate / 1e9:.0f} GFLOP/s (2048^3 float32 matmul) = {flops / rate:.1f} s"
-        )
-    # the default layout (2 threads): what training and evaluation cannot go below
-    rate = sweep_matmul_flops_per_second(2, n_runs)
-    matmul_s = flops / rate
-    details.append(
-        f"with 2 threads at the sweep's own shapes ({n_runs} x [100,784] @ [784,100]): "
-        f"{flops / 1e12:.2f} TFLOP / {rate / 1e9:.0f} GFLOP/s = {matmul_s:.1f} s"
-    )
-    traffic = optimizer_traffic_bytes(specs, sweep_seeds)
-    bandwidth = memory_bytes_per_second(2)
-    traffic_s = traffic / bandwidth
-    details.append(
-        f"optimizer updates, 2 threads: {traffic / 1e9:.0f} GB read and written at least / "
-        f"{bandwidth / 1e9:.1f} GB/s (256 MB copy) = {traffic_s:.1f} s"
-    )
-    floor = matmul_s + traffic_s
+    floor = ffnn_floor(specs, sweep_seeds, details)
     sweep_s = fastest[f"{sweep_label}, 1 process x 2 threads"] * n_runs
     details.append(
         f"ffnn sweep: floor of the matmuls and optimizer updates (the two above) {floor:.1f} s "
@@ -441,32 +432,61 @@ def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, floa
     return sweep_s, floor
 
 
-def lenet_step(data_dir: Path, repeats: int, details: list[str]) -> tuple[float, float]:
+def ffnn_floor(specs: list[OptimizerSpec], seeds: int, details: list[str]) -> float:
+    """Seconds the wizard_ffnn sweep cannot go below with 2 threads (its layout above): its
+    matmuls at their own shapes, and its optimizer updates' least memory traffic."""
+    n_runs = len(specs) * seeds
+    flops = sweep_flops(n_runs)
+    for threads in (1, 2):
+        rate = matmul_flops_per_second(threads)
+        details.append(
+            f"floor with {threads} thread(s): {flops / 1e12:.2f} TFLOP / "
+            f"{rate / 1e9:.0f} GFLOP/s (2048^3 float32 matmul) = {flops / rate:.1f} s"
+        )
+    rate = sweep_matmul_flops_per_second(2, n_runs)
+    matmul_s = flops / rate
+    details.append(
+        f"with 2 threads at the sweep's own shapes ({n_runs} x [100,784] @ [784,100]): "
+        f"{flops / 1e12:.2f} TFLOP / {rate / 1e9:.0f} GFLOP/s = {matmul_s:.1f} s"
+    )
+    traffic = optimizer_traffic_bytes(specs, seeds)
+    bandwidth = memory_bytes_per_second(2)
+    traffic_s = traffic / bandwidth
+    details.append(
+        f"optimizer updates, 2 threads: {traffic / 1e9:.0f} GB read and written at least / "
+        f"{bandwidth / 1e9:.1f} GB/s (256 MB copy) = {traffic_s:.1f} s"
+    )
+    return matmul_s + traffic_s
+
+
+def lenet_step(data_dir: Path, repeats: int, cores: int, details: list[str]) -> tuple:
     """The examples_cnn LeNet's time per run-step and the floor of its arithmetic per
-    run-step, in seconds."""
+    run-step with one run on each of `cores` worker threads, in seconds."""
     step_s, runs, lines = lenet_run_step_seconds(data_dir, repeats)
-    threads = torch.get_num_threads()  # the engine's worker threads, one run each at a time
-    arithmetic_s, flops, kernels = lenet_arithmetic_seconds(threads)
-    floor = arithmetic_s / threads
+    arithmetic_s, flops, kernels = lenet_arithmetic_seconds(cores)
+    floor = arithmetic_s / cores
     details += lines
     details.append(
         f"lenet step: {flops / 1e9:.2f} GFLOP of convolutions and matrix products per step, "
-        f"{arithmetic_s * 1e3:.2f} ms on one thread with {threads} runs side by side "
+        f"{arithmetic_s * 1e3:.2f} ms on one thread with {cores} runs side by side "
         f"({flops / arithmetic_s / 1e9:.0f} GFLOP/s), so {floor * 1e3:.2f} ms per run-step; "
         f"`optbench sweep` takes {step_s * 1e3:.2f} ms per run-step ({runs} runs)"
     )
     details += kernels
-    at_peak = flops / matmul_flops_per_second(1) / threads
+    at_peak = flops / matmul_flops_per_second(1) / cores
     details.append(
         f"  (at the 2048^3 matmul rate of one thread instead: {at_peak * 1e3:.2f} ms per "
         f"run-step, a floor fraction of {at_peak / step_s:.2f})"
     )
     with tempfile.TemporaryDirectory(prefix="optbench_inductor_") as cache:
-        env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache}
+        env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache}  # empty, then warm
         for cache_state in ("empty", "warm"):
             probe = [sys.executable, __file__, "--compile-probe"]
-            line = subprocess.run(probe, env=env, capture_output=True, text=True).stdout
-            details.append(f"  {line.strip()} (Inductor's cache {cache_state})")
+            done = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                details.append(f"  the torch.compile probe failed:\n{done.stderr[-2000:]}")
+                break
+            details.append(f"  {done.stdout.strip()} (Inductor's cache {cache_state})")
     return step_s, floor
 
 

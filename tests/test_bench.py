@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 
 import torch
 import torch.nn.functional as F
 
 from optbench import engine
 
-from conftest import ROOT, sweep_plan
+from conftest import ROOT, run_cli, sweep_plan
 
 spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
@@ -57,3 +58,16 @@ def test_the_engine_logs_when_training_starts(caplog):
         engine.train(plan, progress=False)
     starts = [r.getMessage() for r in caplog.records if bench.STARTED in r.getMessage()]
     assert starts == ["training starts at step 1"]
+
+
+def test_the_start_up_is_read_from_the_time_stamp_of_optbenchs_log(tmp_path, data_dir):
+    """bench.started_at parses the debug line in the log optbench really writes (Hydra's
+    format): a time between the command's start and its end."""
+    before = time.time()
+    done = run_cli(
+        "run", "debug=smoke", "hydra.verbose=optbench", f"hydra.run.dir={tmp_path}", cwd=tmp_path
+    )
+    after = time.time()
+    assert done.returncode == 0, done.stderr
+    started = bench.started_at((tmp_path / "optbench.log").read_text())
+    assert before - 0.001 <= started <= after  # the stamp has milliseconds

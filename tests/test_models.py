@@ -58,8 +58,9 @@ def example_forward(model: models.LeNet, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_lenet_gives_the_examples_logits_and_gradients_bit_for_bit(layout):
-    """LeNet pools before its ReLU; the example pools after. Both orders must give the same
-    bits, forward and backward, also where whole windows are negative or exactly zero."""
+    """LeNet pools before its ReLU; the example pools after. Both orders must give equal
+    logits and gradients (torch.equal: 0.0 equals -0.0), also where whole windows are
+    negative or exactly zero."""
     model = models.LeNet((1, 28, 28), 10).to(memory_format=layout)
     with torch.no_grad():  # many windows entirely <= 0 after each convolution
         model.conv1.bias.sub_(0.3)

@@ -1,7 +1,7 @@
 """What each optimizer costs, measured on the run's own model and device: the bytes of
 optimizer state per model parameter (counted in the state after a few real steps) and the
 milliseconds a step of one run takes on one core, as the engine trains it (a short timed
-loop on real batches, the other cores timing other settings meanwhile).
+loop on real batches; the settings are timed side by side, one per core).
 
 costs.csv holds one row per optimizer setting of a results folder; the report shows it and
 costs.png sets it beside the final accuracy. Memory is counted, not quoted: it is what the
@@ -46,11 +46,22 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 def measure(plan: Plan, spec: OptimizerSpec, tensors, device: torch.device) -> dict:
-    """One run of the setting alone (seed 0, its own model, the engine's kernels): its
-    state bytes after the warm-up steps, and the median milliseconds of the timed steps."""
+    """One run of the setting on its own (not grouped with other runs; seed 0, its own
+    model, the engine's kernels): its state bytes after the warm-up steps, and the median
+    milliseconds of the timed steps."""
+    return time_steps(plan, build_one_run(plan, spec, device), tensors, device)
+
+
+def build_one_run(plan: Plan, spec: OptimizerSpec, device: torch.device) -> tuple:
+    """The trainer and optimizer groups of the setting's run with seed 0. Built in the
+    calling thread: drawing the initial weights seeds torch's global generator."""
     alone = dataclasses.replace(plan, stack_runs="never")
-    trainers, groups = engine.build_trainers(alone, [RunSpec(spec, 0)], device)
-    (trainer,) = trainers
+    return engine.build_trainers(alone, [RunSpec(spec, 0)], device)
+
+
+def time_steps(plan: Plan, built: tuple, tensors, device: torch.device) -> dict:
+    """Train a run built by build_one_run for the warm-up and timed steps; its costs."""
+    (trainer,), groups = built
     batch_size = plan.schedule().batch_size
     order = engine.DataOrder(0, len(tensors.train_x), batch_size, device)
     times = []
@@ -86,12 +97,12 @@ def write_costs(out_dir: Path, plan: Plan, settings: dict[str, dict]) -> list[Pa
     if not missing:
         return []
     device = engine.resolve_device(plan.device)
-    # single-threaded kernels and one run per worker thread, as the engine trains: each
-    # setting is timed on one core while the other cores time other settings
+    # single-threaded kernels and one run per worker thread, as the engine trains: the
+    # settings are timed side by side, one per core
     with Workers(engine.worker_count(plan, device), device) as workers:
         tensors = data.load(plan.dataset, plan.data_dir, device)
-        specs = [OptimizerSpec.of(settings[label]) for label in missing]
-        timed = workers.map([partial(measure, plan, spec, tensors, device) for spec in specs])
+        runs = [build_one_run(plan, OptimizerSpec.of(settings[label]), device) for label in missing]
+        timed = workers.map([partial(time_steps, plan, run, tensors, device) for run in runs])
     measured = dict(zip(missing, timed, strict=True))
     rows = [
         {"optimizer": label, **(measured[label] if label in measured else known.loc[label])}

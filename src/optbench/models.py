@@ -111,9 +111,10 @@ class LeNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The example's relu-then-pool, computed as pool-then-relu: ReLU is monotone, so
-        # max(relu(window)) = relu(max(window)) exactly, and the gradients agree too (where a
-        # window's maximum is <= 0 both orders pass none back). The ReLU then touches a
-        # quarter of the values: about 6% off a training step on the CPU.
+        # max(relu(window)) = relu(max(window)), the same value (only a window whose maximum
+        # is -0.0 gives -0.0 instead of 0.0), and the gradients agree too (where a window's
+        # maximum is <= 0 both orders pass none back). The ReLU then touches a quarter of
+        # the values: about 6% off a training step on the CPU.
         x = F.relu(F.max_pool2d(self.conv1(x), 2, 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2, 2))
         x = F.relu(self.fc1(x.flatten(1)))
