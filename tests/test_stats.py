@@ -3,6 +3,8 @@ is known."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,6 +20,19 @@ def test_t_interval_equals_scipys():
     )
     assert stats.t_interval(values) == pytest.approx(expected, rel=1e-12)
     assert all(np.isnan(stats.t_interval(np.array([0.9]))))
+
+
+def test_differences_equal_but_for_rounding_give_scipys_p_without_a_warning():
+    a = np.array([0.5, 0.6])
+    b = a - 0.1  # differences 0.1 and 0.09999999999999998
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t_p, _ = stats.paired_tests(a, b)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        expected = scipy_stats.ttest_rel(a, b).pvalue
+    assert seen  # SciPy itself warns here
+    assert t_p == expected
 
 
 def test_describe_equals_numpy_percentiles():

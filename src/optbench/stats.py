@@ -9,6 +9,7 @@ per-seed differences are therefore much more sensitive than comparing two means.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -75,7 +76,12 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
         return 1.0, 1.0
     from scipy import stats
 
-    t_p = stats.ttest_rel(a, b).pvalue
+    with warnings.catch_warnings():
+        # differences equal but for float rounding (accuracies are multiples of 1/N, their
+        # differences are not): SciPy warns of the precision lost, and its p is about 0,
+        # as for a constant difference below
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        t_p = stats.ttest_rel(a, b).pvalue
     if np.isnan(t_p):  # a constant non-zero difference: as strong as evidence gets
         t_p = 0.0
     wilcoxon_p = stats.wilcoxon(differences, zero_method="zsplit").pvalue
