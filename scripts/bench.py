@@ -26,8 +26,10 @@ and then the measurements behind them (progress goes to stderr meanwhile):
   other: the difference is training alone, start-up, costs, evaluation and plots cancel)
   against the step's arithmetic: each of its convolutions and matrix products (forward,
   input gradient, weight gradient) timed at its own shape, one thread per core as the
-  engine runs them; and torch.compile (Inductor) of the LeNet's step against eager, with
-  Inductor's on-disk cache empty and then warm;
+  engine runs them;
+- torch.compile (Inductor) of each model's step against eager (and, for the ffnn, against
+  the forward and backward pass optbench writes out), with Inductor's on-disk cache empty
+  and then warm;
 - the start-up: from process start to the first training step of `optbench run` (its
   debug log line), and what importing torch and torch._dynamo takes alone (torch.optim's
   optimizers import torch._dynamo when they are built).
@@ -62,7 +64,7 @@ import torchvision
 from torch import nn
 
 from optbench.jobs import compose_plan
-from optbench.models import LeNet
+from optbench.models import FFNN, LeNet, ffnn_loss_and_grads
 from optbench.optimizers import build_optimizer
 from optbench.plan import OptimizerSpec
 from optbench.preparation import default_data_dir, prepare
@@ -429,6 +431,7 @@ def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, floa
         f"/ the whole process {sweep_s:.1f} s; a ratio to the tutorial loop of at most "
         f"{tutorial_s / (floor / n_runs):.0f}x even with no start-up, evaluation or plots"
     )
+    details += compile_probe_lines("ffnn")
     return sweep_s, floor
 
 
@@ -478,25 +481,40 @@ def lenet_step(data_dir: Path, repeats: int, cores: int, details: list[str]) -> 
         f"  (at the 2048^3 matmul rate of one thread instead: {at_peak * 1e3:.2f} ms per "
         f"run-step, a floor fraction of {at_peak / step_s:.2f})"
     )
-    with tempfile.TemporaryDirectory(prefix="optbench_inductor_") as cache:
-        env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache}  # empty, then warm
-        for cache_state in ("empty", "warm"):
-            probe = [sys.executable, __file__, "--compile-probe"]
-            done = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                details.append(f"  the torch.compile probe failed:\n{done.stderr[-2000:]}")
-                break
-            details.append(f"  {done.stdout.strip()} (Inductor's cache {cache_state})")
+    details += compile_probe_lines("lenet")
     return step_s, floor
 
 
-def compile_probe() -> str:
-    """torch.compile (Inductor) of the LeNet's forward, trained a step at a time on one
-    thread as a run trains, against eager: the first call's time (compiling) and then the
-    time per step."""
+def compile_probe_lines(model: str) -> list[str]:
+    """compile_probe of `model` in a fresh process, twice: with Inductor's on-disk cache
+    empty, then warm."""
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="optbench_inductor_") as cache:
+        env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache}
+        for cache_state in ("empty", "warm"):
+            probe = [sys.executable, __file__, "--compile-probe", model]
+            done = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                lines.append(f"  the torch.compile probe failed:\n{done.stderr[-2000:]}")
+                break
+            lines.append(f"  {done.stdout.strip()} (Inductor's cache {cache_state})")
+    return lines
+
+
+def compile_probe(name: str) -> str:
+    """torch.compile (Inductor) of a model's forward, trained a step at a time on one
+    thread as a run trains, against eager autograd: the first call's time (compiling) and
+    then the time per step. `lenet`: the examples_cnn LeNet, batch 64, channels-last;
+    `ffnn`: the wizard_ffnn net, batch 100, also against the forward and backward pass
+    that optbench writes out for it (models.ffnn_loss_and_grads, what the engine runs)."""
     torch.set_num_threads(1)
-    model = LeNet((1, 28, 28), 10).to(memory_format=torch.channels_last)
-    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    if name == "lenet":
+        model = LeNet((1, 28, 28), 10).to(memory_format=torch.channels_last)
+        x = torch.rand(64, 1, 28, 28)
+    else:
+        model = FFNN((1, 28, 28), 10)
+        x = torch.rand(100, 1, 28, 28)
+    y = torch.randint(0, 10, (len(x),))
 
     def step(forward) -> None:
         model.zero_grad(set_to_none=True)
@@ -508,17 +526,21 @@ def compile_probe() -> str:
     try:
         step(compiled)
     except Exception as error:  # no C compiler, or a model Inductor cannot compile
-        return f"torch.compile of the LeNet step failed ({type(error).__name__}): eager only"
+        return f"torch.compile of the {name} step failed ({type(error).__name__}): eager only"
     first_s = time.perf_counter() - start
     compiled_s = _best_time(lambda: step(compiled))
-    return (
-        f"lenet step on one thread: eager {eager_s * 1e3:.2f} ms; torch.compile (Inductor) "
+    line = (
+        f"{name} step on one thread: eager {eager_s * 1e3:.2f} ms; torch.compile (Inductor) "
         f"{compiled_s * 1e3:.2f} ms after a first call of {first_s:.1f} s"
     )
+    if name == "ffnn":
+        written_s = _best_time(lambda: ffnn_loss_and_grads(model, x, y))
+        line += f"; optbench's written-out pass {written_s * 1e3:.2f} ms"
+    return line
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--compile-probe"]:  # lenet_step's subprocess, with its own cache
-        print(compile_probe())
+    if sys.argv[1:2] == ["--compile-probe"]:  # compile_probe_lines' subprocess, own cache
+        print(compile_probe(sys.argv[2]))
         sys.exit(0)
     sys.exit(main())
