@@ -485,17 +485,17 @@ def lenet_step(data_dir: Path, repeats: int, cores: int, details: list[str]) -> 
     return step_s, floor
 
 
-def compile_probe_lines(model: str) -> list[str]:
-    """compile_probe of `model` in a fresh process, twice: with Inductor's on-disk cache
-    empty, then warm."""
+def compile_probe_lines(name: str) -> list[str]:
+    """compile_probe of model `name` in a fresh process, twice: with Inductor's on-disk
+    cache empty, then warm."""
     lines = []
     with tempfile.TemporaryDirectory(prefix="optbench_inductor_") as cache:
         env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": cache}
         for cache_state in ("empty", "warm"):
-            probe = [sys.executable, __file__, "--compile-probe", model]
+            probe = [sys.executable, __file__, "--compile-probe", name]
             done = subprocess.run(probe, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                lines.append(f"  the torch.compile probe failed:\n{done.stderr[-2000:]}")
+                lines.append(f"  the {name} compile probe failed:\n{done.stderr[-2000:]}")
                 break
             lines.append(f"  {done.stdout.strip()} (Inductor's cache {cache_state})")
     return lines
@@ -511,9 +511,11 @@ def compile_probe(name: str) -> str:
     if name == "lenet":
         model = LeNet((1, 28, 28), 10).to(memory_format=torch.channels_last)
         x = torch.rand(64, 1, 28, 28)
-    else:
+    elif name == "ffnn":
         model = FFNN((1, 28, 28), 10)
         x = torch.rand(100, 1, 28, 28)
+    else:
+        raise ValueError(f"compile_probe: no model {name!r}; lenet or ffnn")
     y = torch.randint(0, 10, (len(x),))
 
     def step(forward) -> None:
@@ -521,26 +523,26 @@ def compile_probe(name: str) -> str:
         nn.functional.cross_entropy(forward(x), y).backward()
 
     eager_s = _best_time(lambda: step(model))
+    line = f"{name} step on one thread: eager {eager_s * 1e3:.2f} ms"
+    if name == "ffnn":
+        written_s = _best_time(lambda: ffnn_loss_and_grads(model, x, y))
+        line += f"; optbench's written-out pass {written_s * 1e3:.2f} ms"
     compiled = torch.compile(model)
     start = time.perf_counter()
     try:
         step(compiled)
     except Exception as error:  # no C compiler, or a model Inductor cannot compile
-        return f"torch.compile of the {name} step failed ({type(error).__name__}): eager only"
+        return f"{line}; torch.compile failed ({type(error).__name__}): eager only"
     first_s = time.perf_counter() - start
     compiled_s = _best_time(lambda: step(compiled))
-    line = (
-        f"{name} step on one thread: eager {eager_s * 1e3:.2f} ms; torch.compile (Inductor) "
-        f"{compiled_s * 1e3:.2f} ms after a first call of {first_s:.1f} s"
+    return (
+        f"{line}; torch.compile (Inductor) {compiled_s * 1e3:.2f} ms after a first call of "
+        f"{first_s:.1f} s"
     )
-    if name == "ffnn":
-        written_s = _best_time(lambda: ffnn_loss_and_grads(model, x, y))
-        line += f"; optbench's written-out pass {written_s * 1e3:.2f} ms"
-    return line
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--compile-probe"]:  # compile_probe_lines' subprocess, own cache
+    if len(sys.argv) == 3 and sys.argv[1] == "--compile-probe":  # compile_probe_lines'
         print(compile_probe(sys.argv[2]))
         sys.exit(0)
     sys.exit(main())
