@@ -13,7 +13,7 @@ import pytest
 from constants import PLOTS, SMOKE, check_plots
 from omegaconf import OmegaConf
 
-from conftest import ROOT, run_cli
+from conftest import OPTBENCH, ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -239,7 +239,7 @@ def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "optbench = optbench.cli:main" in archive.read(entry_points).decode()
+        assert "optbench = optbench.cli:console" in archive.read(entry_points).decode()
     for config in [
         "config.yaml",
         "optimizer/adam.yaml",
@@ -281,3 +281,23 @@ def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
     assert result.stdout.startswith(str(site))  # the wheel's copy, not the checkout
     assert "_target_: torch.optim.AdamW" in result.stdout
     assert "pytorch_optimizer 4.1.0" in result.stdout  # src/optbench/pytorch_optimizer.yaml
+
+
+def test_the_console_script_exits_with_the_commands_code_and_everything_written(tmp_path):
+    """The console script skips Python's teardown after the work (cli.console): its exit
+    code is still main's, and its output, log and files are complete."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [OPTBENCH, "run", "seeds=1", SMOKE, f"hydra.run.dir={out}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"Results in {out}" in done.stdout  # the last line, flushed into the pipe
+    assert f"Results in {out}" in (out / "optbench.log").read_text()
+    assert len(pd.read_csv(out / "runs.csv")) == 2 and no_temporary_files(out)
+    refused = subprocess.run(
+        [OPTBENCH, "run", "optimizer=nope"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "Unknown optimizer 'nope'" in refused.stderr
