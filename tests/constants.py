@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# configs/debug/smoke.yaml: the first 1,000 training and test examples, 40 steps, evaluated twice
+# configs/debug/smoke.yaml: the first 1,000 training and 500 test examples, 20 steps, evaluated
+# at 10 and 20
 SMOKE = "debug=smoke"
 
 # What an optimizer config needs beyond the default model to build and train.

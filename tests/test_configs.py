@@ -190,7 +190,8 @@ def test_the_three_regimes_compose_on_both_ffnn_presets(experiment):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_debug_smoke_shrinks_any_experiment_and_the_command_line_still_wins(experiment):
     cfg = compose_config(f"experiment={experiment}", "debug=smoke")
-    assert (cfg.dataset.train_size, cfg.train.steps, cfg.train.eval_every) == (1000, 40, 20)
+    shrunk = (cfg.dataset.train_size, cfg.dataset.test_size, cfg.train.steps, cfg.train.eval_every)
+    assert shrunk == (1000, 500, 20, 10)
     assert cfg.train.batch_size == compose_config(f"experiment={experiment}").train.batch_size
     cfg = compose_config(f"experiment={experiment}", "debug=smoke", "train.steps=10")
     assert cfg.train.steps == 10

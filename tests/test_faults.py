@@ -279,7 +279,7 @@ def test_a_multirun_whose_job_diverges_everywhere_still_combines(tmp_path, data_
     )
     assert done.returncode == 0, done.stderr
     report = (tmp_path / "m" / "report.md").read_text()
-    assert "2 of 4 runs diverged" in report and "sgd lr=1e+08 seed 0 from step 20" in report
+    assert "2 of 4 runs diverged" in report and "sgd lr=1e+08 seed 0 from step 10" in report
     summary = pd.read_csv(tmp_path / "m" / "summary.csv").set_index("optimizer")
     assert summary.loc["sgd lr=0.1", "n"].max() == 2
     assert summary.loc["sgd lr=1e+08", "n"].max() == 0

@@ -99,7 +99,7 @@ def test_a_scheduled_run_is_the_same_in_a_group_and_alone(data_dir):
     ("overrides", "message"),
     [
         (["schedule=warmup_cosine", "schedule.warmup_steps=-1"], "warmup_steps=-1"),
-        (["schedule=warmup_linear", "schedule.warmup_steps=40"], "the training has 40 steps"),
+        (["schedule=warmup_linear", "schedule.warmup_steps=20"], "the training has 20 steps"),
         (
             ["schedule=warmup_cosine", "schedule.warmup_steps=5", "schedule.final_lr_fraction=2"],
             "=2",
@@ -126,15 +126,16 @@ def test_a_setting_may_hold_its_own_warmup(data_dir):
     """A tuning trial draws its warmup: its setting's `schedule` values win over the
     protocol's, for that setting only."""
     plan = sweep_plan(
-        "optimizers=[sgd]", SMOKE, "schedule=warmup_linear", "schedule.warmup_steps=10"
+        "optimizers=[sgd]", SMOKE, "schedule=warmup_linear", "schedule.warmup_steps=5"
     )
     (sgd,) = plan.optimizers
-    own = OptimizerSpec.of({**sgd.config, "schedule": {"warmup_steps": 30}})
+    own = OptimizerSpec.of({**sgd.config, "schedule": {"warmup_steps": 15}})
     runs = engine.train(dataclasses.replace(plan, optimizers=[sgd, own]), progress=False)
-    for spec, warmup in ((sgd, 10), (own, 30)):
+    steps = plan.schedule().total_steps
+    for spec, warmup in ((sgd, 5), (own, 15)):
         rows = runs[runs.hyperparameters == spec.hyperparameters]
         keys = {"name": "warmup_linear", "warmup_steps": warmup, "final_lr_fraction": 0.0}
-        expected = [spec.lr * f for f in torch_factors("warmup_linear", keys, 40)]
+        expected = [spec.lr * f for f in torch_factors("warmup_linear", keys, steps)]
         assert rows["current_lr"].tolist() == pytest.approx([expected[s - 1] for s in rows.step])
 
 

@@ -19,7 +19,7 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 SMALL = ("workloads=[mnist_ffnn,mnist_lenet]", "optimizers=[sgd,adam,schedulefreeadamw]", SMOKE)
-TARGET = 0.75  # reached within debug=smoke's 40 steps by some runs, not all
+TARGET = 0.75  # reached within debug=smoke's 20 steps by some runs, not all
 SUITE_FILES = [
     "workloads.csv",
     "time_to_target_runs.csv",
