@@ -98,3 +98,67 @@ def test_folders_of_different_protocols_are_refused(original, tmp_path, capsys):
     copy = altered(original, tmp_path, lambda runs: runs.assign(fingerprint="0123456789ab"))
     assert main(["compare", str(original), str(copy)]) == cli.EXIT_BAD_INPUT
     assert "different protocols" in capsys.readouterr().err
+
+
+def test_one_seed_a_side_cannot_be_tested(original, tmp_path, capsys):
+    """One seed per folder and numbers that differ: Welch's test needs two values a side,
+    so the verdict is "cannot test" with its own exit code, never CONSISTENT."""
+    one_seed = altered(original, tmp_path, lambda runs: runs[runs["seed"] == 0])
+    other = tmp_path / "other"
+    results.write_results(
+        other,
+        results.read_runs(one_seed).pipe(lambda r: r.assign(test_accuracy=r["test_accuracy"] / 2)),
+    )
+    verdict = rerun.compare(one_seed, other)
+    assert verdict.verdict == "cannot test"
+    assert verdict.untestable == ["sgd", "adam"] and verdict.table["p"].isna().all()
+    assert main(["compare", str(one_seed), str(other)]) == commands.EXIT_CANNOT_TEST
+    out = capsys.readouterr().out
+    assert "CANNOT TEST: sgd, adam have fewer than 2 finite final test accuracies" in out
+    assert "CONSISTENT" not in out and "nan" not in out
+
+
+def test_every_run_diverged_on_one_side_cannot_be_tested(original, tmp_path, capsys):
+    def diverge_adam(runs):
+        adam = runs["optimizer"] == "adam"
+        runs.loc[adam, ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]] = math.nan
+        return runs.assign(diverged=runs["diverged"] | adam)
+
+    copy = altered(original, tmp_path, diverge_adam)
+    verdict = rerun.compare(original, copy)
+    assert verdict.verdict == "cannot test" and verdict.untestable == ["adam"]
+    assert main(["compare", str(original), str(copy)]) == commands.EXIT_CANNOT_TEST
+    out = capsys.readouterr().out
+    assert "adam" in out.split("CANNOT TEST:")[1] and "(n=0)" in out
+
+
+def test_runs_only_in_one_folder_are_named_and_the_header_follows_the_arguments(
+    original, tmp_path, capsys
+):
+    fewer = altered(original, tmp_path, lambda runs: runs[runs["seed"] < 2])
+    assert main(["compare", str(fewer), str(original)]) == 0
+    out = capsys.readouterr().out
+    assert out.index(str(fewer)) < out.index(str(original))  # first argument named first
+    assert f"Only in {original}, so not compared run by run: sgd seeds 2-3; adam seeds 2-3" in out
+    assert "BIT-IDENTICAL: the 4 runs both folders hold" in out
+
+
+def test_different_protocols_name_the_keys_that_differ(data_dir, tmp_path, capsys):
+    from optbench import provenance
+
+    folders = []
+    for steps in (8, 12):
+        plan = sweep_plan(
+            "optimizers=[sgd]",
+            "seeds=1",
+            "dataset.train_size=300",
+            f"train.steps={steps}",
+            "train.eval_every=4",
+        )
+        folder = tmp_path / f"steps{steps}"
+        results.write_results(folder, engine.train(plan, progress=False))
+        provenance.write_config(folder / provenance.CONFIG_YAML, plan, {}, [])
+        folders.append(folder)
+    assert main(["compare", *map(str, folders)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "different protocols" in err and "train.steps" in err and "Traceback" not in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from constants import SMOKE
 
 from optbench import files, results
 from optbench.provenance import CONFIG_YAML
@@ -239,3 +241,117 @@ def test_hydra_launchers_write_one_sweep_folder_and_combine_every_job(launcher, 
     assert len(combined) == 2 * 2 * 2  # optimizers x seeds x evaluations
     assert (sweep / "summary.csv").is_file()
     assert os.listdir(sweep / "0") and (sweep / "0" / CONFIG_YAML).is_file()
+
+
+def test_out_never_writes_over_results_and_names_the_seeds_compared(tmp_path, data_dir):
+    """Five adam seeds and one sgd seed combined: --out into either job's folder is refused
+    with its files untouched; into a new folder the ranking says which seeds it compares (the
+    one they share, where no test can be computed), on screen and in its files; the same
+    combination again into the folder it made is allowed."""
+    adam, sgd = tmp_path / "adam", tmp_path / "sgd"
+    for folder, seeds, optimizer in ((adam, 5, "adam"), (sgd, 1, "sgd")):
+        done = run_cli(
+            "run",
+            f"optimizer={optimizer}",
+            f"seeds={seeds}",
+            SMOKE,
+            f"hydra.run.dir={folder}",
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+    before = {p.name: p.read_bytes() for p in adam.iterdir() if p.is_file()}
+    for command in ("compare", "plot"):
+        refused = run_cli(command, str(adam), str(sgd), "--out", str(adam), cwd=tmp_path)
+        assert refused.returncode == 2
+        assert f"--out {adam} already holds a job's results" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert {p.name: p.read_bytes() for p in adam.iterdir() if p.is_file()} == before
+    assert not list(adam.glob("replaced-*"))
+
+    both = tmp_path / "both"
+    for _ in range(2):  # the same combination again rewrites what it wrote
+        done = run_cli("compare", str(adam), str(sgd), "--out", str(both), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert (
+            "the ranking compares seeds 0 (those they all have): adam has 0-4; sgd has 0."
+            in done.stdout
+        )
+    ranking = pd.read_csv(both / "ranking.csv").set_index("optimizer")
+    assert ranking.loc["adam", "seeds_left_out"] == "1-4"
+    assert ranking["seeds"].astype(str).tolist() == ["0", "0"]
+    assert ranking["p_vs_best_holm"].isna().sum() == 1  # one seed in common: no test
+    text = (both / "ranking.md").read_text()
+    assert "Seeds compared: 0" in text and "left out: adam seeds 1-4" in text
+    second = next(line for line in text.splitlines() if line.startswith("| 2 |"))
+    assert "cannot test" in second and "≈ best" not in second
+
+    other = run_cli("plot", str(sgd), "--out", str(both), cwd=tmp_path)
+    assert other.returncode == 2 and f"already holds other runs ({both}" in other.stderr
+
+
+def test_a_multirun_with_its_values_reordered_is_refused_before_training(tmp_path, data_dir):
+    """Job i writes into folder i: the same sweep with its values in another order would
+    retrain every job into another job's folder, so it is refused, naming the values."""
+    sweep = tmp_path / "sweep"
+    first = run_cli(
+        "run",
+        "-m",
+        "optimizer=adam,sgd",
+        "seeds=1",
+        SMOKE,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert first.returncode == 0, first.stderr
+    before = {
+        p: p.read_bytes() for p in sweep.rglob("*") if p.is_file() and p.name != "optbench.log"
+    }
+    again = run_cli(
+        "run",
+        "-m",
+        "optimizer=sgd,adam",
+        "seeds=1",
+        SMOKE,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 2
+    assert (
+        f"{sweep} already holds the jobs of another multirun: its job 0 was trained with "
+        "optimizer=adam, and this command's job 0 has optimizer=sgd" in again.stderr
+    )
+    assert "Traceback" not in again.stderr
+    after = {
+        p: p.read_bytes() for p in sweep.rglob("*") if p.is_file() and p.name != "optbench.log"
+    }
+    assert after == before
+    added = run_cli(  # the same order, one value more: the new job joins the sweep
+        "run",
+        "-m",
+        "optimizer=adam,sgd,rmsprop",
+        "seeds=1",
+        SMOKE,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert added.returncode == 0, added.stderr
+    combined = pd.read_csv(sweep / results.RUNS_CSV)
+    assert sorted(combined["optimizer"].unique()) == ["adam", "rmsprop", "sgd"]
+    assert not combined.duplicated(["optimizer", "seed", "step"]).any()
+
+    shutil.copytree(sweep / "0", sweep / "copy_of_0")  # a job folder copied by hand
+    twice = run_cli(
+        "run",
+        "-m",
+        "optimizer=adam,sgd,rmsprop",
+        "seeds=1",
+        SMOKE,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert twice.returncode == 2 and "Traceback" not in twice.stderr
+    assert (
+        f"the jobs' results cannot be combined: run adam seed 0 is in two job folders, "
+        f"{sweep / '0'} and {sweep / 'copy_of_0'}" in twice.stderr
+    )
+    assert pd.read_csv(sweep / results.RUNS_CSV).equals(combined)  # left as it was

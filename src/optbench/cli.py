@@ -72,7 +72,8 @@ commands:
                            the tutorial's published numbers beside ours (comparison.csv,
                            .md: wizard_ffnn, examples_cnn) and write report.md/.html
   compare A B              does B reproduce A? bit-identical, consistent (last digits
-                           differ, no optimizer significantly) or inconsistent (exit 1)
+                           differ, no optimizer significantly), inconsistent (exit 1)
+                           or cannot test (exit 3: too few runs a side)
   data prepare NAME...     put datasets on disk (mnist, fashion_mnist, cifar10)
                            in data_dir (default: $OPTBENCH_DATA_DIR, else data/ of the checkout)
   optimizers [--markdown]  every optimizer optimizer=NAME takes: torch.optim's, optbench's
@@ -143,11 +144,20 @@ class CombineMultirun(Callback):
         from optbench.benchmark import write_analysis
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        combined = results.combine_jobs(sweep_dir)
-        if combined is None:
-            return
-        results.write_results(sweep_dir, combined)
-        write_analysis(sweep_dir, combined)
+        try:  # Hydra turns a callback's exception into a warning: exit here instead
+            combined = results.combine_jobs(sweep_dir)
+            if combined is None:
+                return
+            results.write_results(sweep_dir, combined)
+            write_analysis(sweep_dir, combined)
+        except ConfigError as error:  # e.g. one run in two job folders
+            print(
+                f"optbench: error: the jobs' results cannot be combined: {error}", file=sys.stderr
+            )
+            sys.exit(EXIT_BAD_INPUT)
+        except ResourceError as error:
+            print(f"optbench: error: {error.strerror}", file=sys.stderr)
+            sys.exit(EXIT_RESOURCE)
         print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")
 
 

@@ -11,6 +11,7 @@ from optbench.config import ConfigError
 from optbench.jobs import check_writable
 
 EXIT_INCONSISTENT = 1  # `optbench compare A B`: B does not reproduce A
+EXIT_CANNOT_TEST = 3  # `optbench compare A B`: the numbers differ and cannot be tested
 
 
 def _results_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +36,57 @@ def _results_folder(options: argparse.Namespace):
             raise ConfigError(f"Several folders ({', '.join(map(str, dirs))}) need --out DIR.")
         runs = results.read_many(dirs, allow_mixed=options.allow_mixed)
         check_writable(options.out, way_out="--out DIR")
+        _check_out_holds_no_other_results(options.out, runs)
         results.write_results(options.out, runs)
+        for line in _seeds_compared(runs):
+            print(line)
         return options.out, runs
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_out_holds_no_other_results(out: Path, runs) -> None:
+    """--out never writes over results: a folder that holds a job's results (its
+    config.yaml) or other runs than these is refused. The same combination again, into the
+    folder it made, is allowed: it rewrites what it wrote."""
+    from optbench import results
+    from optbench.provenance import CONFIG_YAML
+
+    existing = Path(out) / results.RUNS_CSV
+    if (Path(out) / CONFIG_YAML).is_file():
+        held = "a job's results (config.yaml)"
+    elif existing.is_file() and existing.read_text() != runs[results.RUN_COLUMNS].to_csv(
+        index=False
+    ):
+        held = f"other runs ({existing})"
+    else:
+        return
+    raise ConfigError(
+        f"--out {out} already holds {held}; optbench never writes over results. Give --out "
+        "a new folder (or the one an earlier combination of these same folders made), or "
+        "move that folder away first."
+    )
+
+
+def _seeds_compared(runs) -> list[str]:
+    """On screen, where the combined optimizers do not all have the same seeds: which seeds
+    the paired tests compare, per protocol and optimizer."""
+    from optbench import stats
+    from optbench.labels import by_protocol, label_settings
+
+    lines = []
+    for _, mine, _ in by_protocol(label_settings(runs)):
+        seeds = mine.groupby("optimizer", sort=False)["seed"].unique()
+        if mine["optimizer"].nunique() < 2 or len({frozenset(s) for s in seeds}) == 1:
+            continue
+        common = sorted(set.intersection(*(set(s) for s in seeds)))
+        lines.append(
+            f"The optimizers have different seeds; the ranking compares seeds "
+            f"{stats.seed_list(common) or 'none'} (those they all have): "
+            + "; ".join(f"{name} has {stats.seed_list(s)}" for name, s in seeds.items())
+            + "."
+        )
+    return lines
 
 
 def plot(args: list[str]) -> int:
@@ -90,7 +138,8 @@ def _rerun_check(first: Path, second: Path) -> int:
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     print(rerun.report(first, second, verdict), end="")
-    return EXIT_INCONSISTENT if verdict.verdict == "inconsistent" else 0
+    codes = {"inconsistent": EXIT_INCONSISTENT, "cannot test": EXIT_CANNOT_TEST}
+    return codes.get(verdict.verdict, 0)
 
 
 def data(args: list[str]) -> int:

@@ -143,10 +143,13 @@ def check_command_line(command: str, args: list[str]) -> Plans:
     """Compose and check every job, and prepare its dataset, before any of them runs; the
     jobs' plans."""
     plans = {}
+    jobs = _jobs_of(args)
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        for overrides in _jobs_of(args):
+        for overrides in jobs:
             plans[job_key(overrides)] = _compose_and_plan(command, overrides)
     check_writable(_output_root(args))
+    if "-m" in args or "--multirun" in args:
+        _check_job_folders(_output_root(args), jobs)
     for name, data_dir in sorted({(p.dataset["name"], p.data_dir) for p in plans.values()}):
         preparation.prepare(name, data_dir)
     return plans
@@ -193,6 +196,32 @@ def _output_root(args: list[str]) -> Path:
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
     given = [a.split("=", 1)[1] for a in args if a.startswith(key)]
     return Path(given[-1] if given else ("multirun" if multirun else "outputs"))
+
+
+def _check_job_folders(sweep_dir: Path, jobs: list[list[str]]) -> None:
+    """A multirun into a sweep folder that already holds jobs: job i writes into folder i,
+    so each folder must hold the same choice of the swept values as job i (the same values
+    in another order would retrain every job into another job's folder and mix them)."""
+    keys = [{o.split("=", 1)[0]: o for o in job_key(job)} for job in jobs]
+    swept = {k for k in set().union(*keys) if len({job.get(k) for job in keys}) > 1}
+    for number, job in enumerate(keys):
+        config = sweep_dir / str(number) / "config.yaml"
+        if not swept or not config.is_file():
+            continue
+        try:
+            recorded = list(OmegaConf.load(config).provenance.overrides)
+        except (OmegaConfBaseException, OSError, AttributeError, ValueError):
+            continue  # not an optbench job's config: the job itself will say so
+        theirs = {o.split("=", 1)[0]: o for o in job_key(recorded)}
+        differ = [k for k in sorted(swept) if theirs.get(k) != job.get(k)]
+        if differ:
+            raise ConfigError(
+                f"{sweep_dir} already holds the jobs of another multirun: its job {number} "
+                f"was trained with {', '.join(str(theirs.get(k)) for k in differ)}, and this "
+                f"command's job {number} has {', '.join(str(job.get(k)) for k in differ)}. "
+                "Give the swept values in the order of the first command to add to that "
+                "sweep, or write elsewhere with hydra.sweep.dir=DIR."
+            )
 
 
 def check_writable(

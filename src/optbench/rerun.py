@@ -8,7 +8,13 @@ Two folders of one protocol are compared run by run. The verdict is one of:
   another number of threads), and no optimizer's final test accuracy differs
   significantly: Welch's t-test per optimizer, Holm-corrected over the optimizers, every
   adjusted p >= ALPHA;
-- inconsistent: at least one optimizer's final test accuracy differs significantly.
+- inconsistent: at least one optimizer's final test accuracy differs significantly;
+- cannot test: some numbers differ, no optimizer is flagged, but for at least one optimizer
+  the test cannot be computed (fewer than two finite final accuracies in a folder, e.g. one
+  seed, or every run diverged there), so nothing says its rerun agrees.
+
+Runs that only one folder holds are named, and left out of the run-by-run comparison; the
+test uses every run of each folder.
 
 Welch's t-test, not a paired one: on another machine a seed's run starts from the same
 weights and batches, but rounding differences grow over training until the two runs are
@@ -18,7 +24,7 @@ in effect independent draws from the seed distribution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +33,29 @@ from scipy import stats as scipy_stats
 
 from optbench import files, labels, results, stats
 from optbench.config import RUN_IDENTITY
+from optbench.provenance import differences
 
 ALPHA = 0.05
 IDENTITY = [*RUN_IDENTITY, "step"]
 TEST = "Welch's t-test on the final test accuracy, Holm-corrected over the optimizers"
 
 
+MIN_RUNS = 2  # finite final accuracies a folder needs per optimizer for Welch's test
+
+
 @dataclass
 class Verdict:
-    verdict: str  # "bit-identical", "consistent" or "inconsistent"
+    verdict: str  # "bit-identical", "consistent", "inconsistent" or "cannot test"
     table: pd.DataFrame  # per optimizer: n, means, difference, p, p_holm, identical, flagged
     differing_runs: int  # runs (optimizer, lr, seed) with any differing value
     runs: int  # runs in both folders
+    only_in_first: list[str] = field(default_factory=list)  # "adam seeds 5-9", ...
+    only_in_second: list[str] = field(default_factory=list)
+
+    @property
+    def untestable(self) -> list[str]:
+        """The optimizers whose test could not be computed (p is NaN)."""
+        return self.table.loc[self.table["p"].isna(), "optimizer"].tolist()
 
 
 def welch_p(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,7 +76,8 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
         raise files.ResultsError(
             f"{first_dir} and {second_dir} hold results of different protocols (fingerprints "
             f"{', '.join(sorted(set(first['fingerprint'])))} and "
-            f"{', '.join(sorted(set(second['fingerprint'])))}): a rerun is the same protocol. "
+            f"{', '.join(sorted(set(second['fingerprint'])))}; keys that differ: "
+            f"{differences(Path(first_dir), Path(second_dir))}): a rerun is the same protocol. "
             "Compare two folders of one protocol."
         )
     first, second = (labels.label_settings(f) for f in (first, second))
@@ -78,13 +96,34 @@ def compare(first_dir: Path, second_dir: Path) -> Verdict:
     other = [c for c in columns if c not in numeric]
     same = same.join((a[other] == b[other]) if other else pd.DataFrame(index=a.index))
     row_same = same.all(axis=1).groupby(level=["optimizer", "hyperparameters", "seed"]).all()
-    identical = bool(row_same.all()) and len(first) == len(second)
     table = _final_accuracies(first, second, row_same, order)
-    if identical:
-        verdict = "bit-identical"
+    if row_same.all():
+        verdict = "bit-identical"  # on the runs both hold; the others are named
+    elif table["flagged"].any():
+        verdict = "inconsistent"
     else:
-        verdict = "inconsistent" if table["flagged"].any() else "consistent"
-    return Verdict(verdict, table, int((~row_same).sum()), len(row_same))
+        verdict = "cannot test" if table["p"].isna().any() else "consistent"
+    return Verdict(
+        verdict,
+        table,
+        int((~row_same).sum()),
+        len(row_same),
+        _runs_only_in(first, second, order),
+        _runs_only_in(second, first, order),
+    )
+
+
+def _runs_only_in(mine: pd.DataFrame, other: pd.DataFrame, order: list[str]) -> list[str]:
+    """The runs of `mine` that `other` lacks, one item per optimizer setting (in `order`,
+    then as they come): "adam seeds 5-9"."""
+    runs = mine.index.droplevel("step").unique()
+    lacking = runs.difference(other.index.droplevel("step").unique())
+    names = lacking.get_level_values("optimizer")
+    items = []
+    for optimizer in sorted(set(names), key=lambda o: (order + [o]).index(o)):
+        seeds = lacking[names == optimizer].get_level_values("seed")
+        items.append(f"{optimizer} seed{'s' if len(seeds) > 1 else ''} {stats.seed_list(seeds)}")
+    return items
 
 
 def _final_accuracies(
@@ -98,8 +137,9 @@ def _final_accuracies(
         for frame in (first, second):
             runs = frame.xs(optimizer, level="optimizer").reset_index()
             last = runs[runs["step"] == runs["step"].max()]
-            finals.append(last.loc[~last["diverged"].astype(bool), "test_accuracy"].to_numpy())
-        p = welch_p(*finals)
+            healthy = last.loc[~last["diverged"].astype(bool), "test_accuracy"].to_numpy()
+            finals.append(healthy[np.isfinite(healthy)])
+        p = welch_p(*finals) if min(map(len, finals)) >= MIN_RUNS else math.nan
         rows.append(
             {
                 "optimizer": optimizer,
@@ -126,9 +166,19 @@ def _final_accuracies(
 
 def report(first_dir: Path, second_dir: Path, verdict: Verdict) -> str:
     """The verdict as a few lines and a table, for the terminal."""
-    lines = [f"Rerun check: {second_dir} against {first_dir}"]
+    lines = [
+        f"Rerun check: {first_dir} (first) against {second_dir} (second): does the second "
+        "reproduce the first?"
+    ]
+    for folder, only in ((first_dir, verdict.only_in_first), (second_dir, verdict.only_in_second)):
+        if only:
+            lines.append(f"Only in {folder}, so not compared run by run: {'; '.join(only)}.")
     if verdict.verdict == "bit-identical":
-        lines.append(f"BIT-IDENTICAL: all {verdict.runs} runs equal in every column but wall_s.")
+        every = "all" if not (verdict.only_in_first or verdict.only_in_second) else "the"
+        lines.append(
+            f"BIT-IDENTICAL: {every} {verdict.runs} runs both folders hold are equal in every "
+            "column but wall_s."
+        )
         return "\n".join(lines) + "\n"
     lines.append(
         f"{verdict.differing_runs} of {verdict.runs} runs differ in some digits. Test: {TEST}."
@@ -139,13 +189,22 @@ def report(first_dir: Path, second_dir: Path, verdict: Verdict) -> str:
         f"{'p (Holm)':>9}"
     )
     for r in verdict.table.itertuples():
+        tested = f"{r.p:>8.3g} {r.p_holm:>9.3g}" if not math.isnan(r.p) else f"{'cannot test':>18}"
         lines.append(
             f"{r.optimizer:<24} {r.mean_first:>11.4f} (n={r.n_first}) "
-            f"{r.mean_second:>11.4f} (n={r.n_second}) {r.difference:>+11.4f} {r.p:>8.3g} "
-            f"{r.p_holm:>9.3g}{'  FLAGGED' if r.flagged else ''}"
+            f"{r.mean_second:>11.4f} (n={r.n_second}) {r.difference:>+11.4f} "
+            f"{tested}{'  FLAGGED' if r.flagged else ''}"
         )
     lines.append("")
-    if verdict.verdict == "consistent":
+    if verdict.verdict == "cannot test":
+        lines.append(
+            f"CANNOT TEST: {', '.join(verdict.untestable)} "
+            f"{'has' if len(verdict.untestable) == 1 else 'have'} fewer than {MIN_RUNS} "
+            "finite final test accuracies in a folder (n above: one seed, or runs that "
+            "diverged), so nothing says the rerun agrees there; no optimizer that could be "
+            "tested differs significantly. Rerun with more seeds to test them."
+        )
+    elif verdict.verdict == "consistent":
         lines.append(
             f"CONSISTENT: the numbers differ in their last digits, but no optimizer's final "
             f"test accuracy differs significantly (every Holm-adjusted p >= {ALPHA})."

@@ -278,7 +278,23 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
                 " [" + " ".join(own) + "]"
             )
         relabelled.append(runs)
+    _check_each_run_in_one_job(relabelled, job_dirs)
     return pd.concat(relabelled, ignore_index=True)
+
+
+def _check_each_run_in_one_job(jobs: list[pd.DataFrame], job_dirs: list[Path]) -> None:
+    """A run that two job folders hold would count twice in the combined results."""
+    seen: dict[tuple, Path] = {}
+    for runs, job_dir in zip(jobs, job_dirs, strict=True):
+        for key in runs[RUN_IDENTITY].drop_duplicates().itertuples(index=False):
+            if tuple(key) in seen:
+                optimizer, seed = key[RUN_IDENTITY.index("optimizer")], key[-1]
+                raise ResultsError(
+                    f"run {optimizer} seed {seed} is in two job folders, {seen[tuple(key)]} "
+                    f"and {job_dir}, and would count twice. Move one of them out of the "
+                    "sweep folder, or write the multirun elsewhere with hydra.sweep.dir=DIR."
+                )
+            seen[tuple(key)] = job_dir
 
 
 # ---------------------------------------------------------------------------------------

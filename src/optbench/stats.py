@@ -68,11 +68,17 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+MIN_PAIRS = 2  # seeds in common that a paired test needs
+
+
 def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Two-sided p-values of the paired t-test and the Wilcoxon signed-rank test on a − b.
-    Identical runs (all differences zero) give p = 1: no evidence of any difference."""
+    Identical runs (all differences zero) give p = 1: no evidence of any difference. Fewer
+    than MIN_PAIRS pairs give NaN: no test can be computed."""
     differences = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(differences) < 2 or np.allclose(differences, 0):
+    if len(differences) < MIN_PAIRS:
+        return math.nan, math.nan
+    if np.allclose(differences, 0):
         return 1.0, 1.0
     from scipy import stats
 
@@ -114,6 +120,7 @@ def ranking(
     pairs to reach 0.05).
     """
     table = final_values(runs, metric)
+    seed_sets = _seed_sets(runs, table.index)
     order = table.mean().sort_values(ascending=False).index.tolist()
     pairs = []
     for i, first in enumerate(order):
@@ -132,8 +139,11 @@ def ranking(
     pairs = pd.DataFrame(
         pairs, columns=["optimizer", "other", "mean_difference", "n_pairs", "t_p", "wilcoxon_p"]
     )
-    pairs["t_p_holm"] = holm(pairs["t_p"].tolist()) if len(pairs) else []
-    pairs["wilcoxon_p_holm"] = holm(pairs["wilcoxon_p"].tolist()) if len(pairs) else []
+    testable = len(table) >= MIN_PAIRS  # every pair has the same seeds: all or none
+    pairs["t_p_holm"] = holm(pairs["t_p"].tolist()) if len(pairs) and testable else math.nan
+    pairs["wilcoxon_p_holm"] = (
+        holm(pairs["wilcoxon_p"].tolist()) if len(pairs) and testable else math.nan
+    )
     pairs["significant"] = pairs["t_p_holm"] < alpha
     best = order[0]
     rows = []
@@ -142,6 +152,7 @@ def ranking(
         low, high = t_interval(values)
         versus = pairs[(pairs["optimizer"] == best) & (pairs["other"] == name)]
         p_best = 1.0 if name == best else float(versus["t_p_holm"].iloc[0])
+        compared, left_out = seed_sets[name]
         rows.append(
             {
                 "rank": rank,
@@ -153,9 +164,53 @@ def ranking(
                 "ci_high": high,
                 "p_vs_best_holm": p_best,
                 "tied_with_best": p_best >= alpha,
+                "seeds": seed_list(compared),
+                "seeds_left_out": seed_list(left_out),
             }
         )
     return pd.DataFrame(rows), pairs
+
+
+def seed_list(seeds) -> str:
+    """Seeds as a reader writes them: "0-4", "0, 2, 5-7", "" for none."""
+    seeds = sorted(int(s) for s in seeds)
+    spans: list[list[int]] = []
+    for seed in seeds:
+        if spans and seed == spans[-1][1] + 1:
+            spans[-1][1] = seed
+        else:
+            spans.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _seed_sets(runs: pd.DataFrame, compared: pd.Index) -> dict[str, tuple[list, list]]:
+    """Per optimizer: (the seeds the paired tests compare, its other seeds), the others
+    being those some other optimizer lacks or that diverged."""
+    return {
+        name: (list(compared), sorted(set(mine["seed"]) - set(compared)))
+        for name, mine in runs.groupby("optimizer", sort=False)
+    }
+
+
+def _p(value: float) -> str:
+    """A p-value as the tables print it; NaN is a test that could not be computed."""
+    return "cannot test" if math.isnan(value) else f"{value:.3g}"
+
+
+def _seeds_note(table: pd.DataFrame) -> list[str]:
+    """The lines that say which seeds are compared, where an optimizer has others too."""
+    if "seeds_left_out" not in table or not table["seeds_left_out"].fillna("").any():
+        return []
+    left_out = [
+        f"{r.optimizer} seeds {r.seeds_left_out}"
+        for r in table.itertuples()
+        if isinstance(r.seeds_left_out, str) and r.seeds_left_out
+    ]
+    return [
+        f"Seeds compared: {table['seeds'].iloc[0] or 'none'}, the seeds every optimizer has "
+        f"and none diverged on; left out: {'; '.join(left_out)}.",
+        "",
+    ]
 
 
 def ranking_markdown(
@@ -168,13 +223,14 @@ def ranking_markdown(
         f"t-test on the per-seed differences, Holm-corrected over all {len(pairs)} pairs; "
         f"≈ marks optimizers statistically indistinguishable from the best at α = {alpha}.",
         "",
+        *_seeds_note(table),
         "| rank | optimizer | mean ± std (n) | 95% CI of the mean | p vs best (Holm) | |",
         "| ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for r in table.itertuples():
         lines.append(
             f"| {r.rank} | {r.optimizer} | {r.mean:.4f} ± {r.std:.4f} ({r.n}) "
-            f"| [{r.ci_low:.4f}, {r.ci_high:.4f}] | {r.p_vs_best_holm:.3g} "
+            f"| [{r.ci_low:.4f}, {r.ci_high:.4f}] | {_p(r.p_vs_best_holm)} "
             f"| {'≈ best' if r.tied_with_best else ''} |"
         )
     lines += [
@@ -187,7 +243,7 @@ def ranking_markdown(
     for r in pairs.itertuples():
         lines.append(
             f"| {r.optimizer} | {r.other} | {r.mean_difference:+.4f} | {r.n_pairs} "
-            f"| {r.t_p:.3g} | {r.t_p_holm:.3g} | {r.wilcoxon_p:.3g} | {r.wilcoxon_p_holm:.3g} "
+            f"| {_p(r.t_p)} | {_p(r.t_p_holm)} | {_p(r.wilcoxon_p)} | {_p(r.wilcoxon_p_holm)} "
             f"| {'significant' if r.significant else ''} |"
         )
     return "\n".join(lines) + "\n"
