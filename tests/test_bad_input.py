@@ -43,6 +43,8 @@ SCHEMA = [
     (["+seed=3"], ["+seed=3", "'seed' is not a key", "did you mean seeds?", "valid keys:"]),
     (["+foo=1"], ["+foo=1", "'foo' is not a key", "+optimizer.KEY=VALUE", "seeds, device"]),
     (["+dataset.foo=1"], ["'dataset.foo' is not a key"]),
+    (["+regime=full_batch"], ["regime is already part of the config", ": regime=full_batch."]),
+    (["+seeds=2"], ["seeds is already part of the config", ": seeds=2."]),
     (["optimizer.lr=true"], ["optimizer.lr=true", "must be a number", "not numbers"]),
     (["optimizer=adam", "optimizer.eps=false"], ["optimizer.eps=false", "must be a number"]),
     (["optimizer=adam", "optimizer.betas=abc"], ["optimizer.betas='abc'", "a list of numbers"]),

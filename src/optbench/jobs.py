@@ -89,8 +89,13 @@ def _check_keys(overrides: list[str]) -> None:
         if not key.startswith("+"):
             continue  # a key the schema lacks fails at composition, naming the valid keys
         name = key.lstrip("+")
-        if name.startswith(("optimizer.", "hydra.", "hydra/")):
-            continue
+        if name.startswith(("optimizer.", "hydra.", "hydra/", "for_choice")):
+            continue  # for_choice: _check_for_choice says what to do instead
+        if name in keys or name in _groups():
+            raise ConfigError(
+                f"{override}: {name} is already part of the config; set it without the '+': "
+                f"{override.lstrip('+')}."
+            )
         from optbench.catalog import close_matches
 
         close = close_matches(name, keys)
@@ -100,6 +105,12 @@ def _check_keys(overrides: list[str]) -> None:
             "only an optimizer's hyperparameters (+optimizer.KEY=VALUE); "
             f"{meant}valid keys: {', '.join(keys)}."
         )
+
+
+def _groups() -> list[str]:
+    """The config groups a command line chooses from (dataset=, regime=, debug=, ...)."""
+    folders = importlib.resources.files(CONFIG_PACKAGE).iterdir()
+    return [f.name for f in folders if f.is_dir() and not f.name.startswith(("for_", "_"))]
 
 
 def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
@@ -156,6 +167,7 @@ def _compose_and_plan(
     ConfigError of one paragraph. Also the folder the job will write (hydra.run.dir, or
     hydra.sweep.dir for a multirun), as Hydra will name it. Needs an initialised Hydra."""
     try:
+        _check_keys(overrides)  # before Hydra's own, less helpful, messages
         cfg = compose(CONFIG_NAME, overrides=overrides, return_hydra_config=True)
         folder = _job_folder(cfg, multirun)
         with open_dict(cfg):
