@@ -125,15 +125,20 @@ def write_logs(out_dir: Path, logger: dict, runs: pd.DataFrame) -> list[Path]:
         return []
     if logger["name"] == "mlflow":
         return [_mlflow(Path(out_dir).resolve(), logger, runs)]
-    return [_tensorboard(Path(out_dir) / logger["dir"], runs)]
+    return [_tensorboard(Path(out_dir) / logger["dir"], runs, Path(out_dir))]
 
 
-def _tensorboard(root: Path, runs: pd.DataFrame) -> Path:
+def _tensorboard(root: Path, runs: pd.DataFrame, out_dir: Path) -> Path:
     from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
-    shutil.rmtree(root, ignore_errors=True)  # written afresh from the folder's runs
+    if root.resolve().is_relative_to(out_dir.resolve()):
+        shutil.rmtree(root, ignore_errors=True)  # written afresh from the folder's runs
     for (label, seed), run in label_settings(runs).groupby(["optimizer", "seed"], sort=False):
-        with SummaryWriter(log_dir=str(root / label.replace("/", "_") / f"seed_{seed}")) as log:
+        run_dir = root / label.replace("/", "_") / f"seed_{seed}"
+        # a folder outside the results (logger.dir=/shared/tb) may hold other logs: only
+        # this run's own is replaced there
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with SummaryWriter(log_dir=str(run_dir)) as log:
             for row in run.sort_values("step").itertuples():
                 for metric in LOGGED:
                     value = getattr(row, metric)
