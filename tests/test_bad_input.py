@@ -239,7 +239,7 @@ def free_port_server(command: list[str], tmp_path: Path) -> tuple[subprocess.Pop
 
     port = closed_port()
     server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
