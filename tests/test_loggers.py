@@ -41,6 +41,19 @@ def test_tensorboard_logs_equal_runs_csv(tmp_path, data_dir):
             assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6)
 
 
+@pytest.mark.slow
+def test_a_tensorboard_folder_outside_the_results_keeps_what_else_it_holds(tmp_path, data_dir):
+    shared = tmp_path / "shared"
+    (shared / "other_project").mkdir(parents=True)
+    (shared / "other_project" / "events.keep").write_text("not optbench's")
+    command = ("run", SMOKE, "logger=tensorboard", f"logger.dir={shared}")
+    for _ in range(2):  # the same command again replaces its own run's logs only
+        done = run_cli(*command, f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert (shared / "other_project" / "events.keep").read_text() == "not optbench's"
+    assert len(list((shared / "sgd" / "seed_0").glob("events.out.tfevents.*"))) == 1
+
+
 def test_logger_none_writes_nothing_and_is_not_part_of_the_protocol(tmp_path):
     assert loggers.write_logs(tmp_path, {"name": "none"}, pd.DataFrame()) == []
     assert sweep_plan("logger=tensorboard").fingerprint == sweep_plan().fingerprint

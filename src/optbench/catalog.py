@@ -9,9 +9,10 @@ import importlib.resources
 from dataclasses import dataclass
 
 from omegaconf import OmegaConf
+from yaml import YAMLError
 
 from optbench import library
-from optbench.config import CONFIG_PACKAGE
+from optbench.config import CONFIG_PACKAGE, yaml_error_message
 
 NEEDS_TEXT = {
     "hessian": "Hessian-vector products (backward with create_graph)",
@@ -31,12 +32,32 @@ class Entry:
     notes: str  # what it needs besides a gradient, or why it is refused
 
 
-def entries() -> list[Entry]:
-    """optbench's own optimizer configs, then pytorch_optimizer's registry, by name."""
-    own = []
+def unreadable() -> list[str]:
+    """A paragraph for each optimizer config in optbench's configs folder that is not valid
+    YAML (a file of the user's, most likely): the listing leaves it out and names it."""
+    return [problem for _, problem in _own_configs() if isinstance(problem, str)]
+
+
+def _own_configs() -> list[tuple[str, object]]:
+    """(name, config) for each of optbench's own optimizer configs, by name; (name, the
+    problem) for one that YAML cannot read."""
     folder = importlib.resources.files(CONFIG_PACKAGE) / "optimizer"
+    loaded = []
     for name in sorted(library.own_configs()):
-        config = OmegaConf.load(str(folder / f"{name}.yaml"))
+        try:
+            loaded.append((name, OmegaConf.load(str(folder / f"{name}.yaml"))))
+        except YAMLError as error:
+            loaded.append((name, yaml_error_message(error)))
+    return loaded
+
+
+def entries() -> list[Entry]:
+    """optbench's own optimizer configs, then pytorch_optimizer's registry, by name; a
+    config that is not valid YAML is left out (unreadable() names it)."""
+    own = []
+    for name, config in _own_configs():
+        if isinstance(config, str):
+            continue
         target = str(config.get("_target_")) if not OmegaConf.is_missing(config, "_target_") else ""
         source = (
             "torch.optim"

@@ -243,12 +243,20 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RESOURCE
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
-        print(
-            f"optbench: {'stopped by SIGTERM' if terminated else 'interrupted'}; run the same "
-            "command again to resume (complete runs are skipped, unfinished ones continue "
-            "from their last evaluation point).",
-            file=sys.stderr,
-        )
+        stopped = "stopped by SIGTERM" if terminated else "interrupted"
+        if command == "data":
+            print(
+                f"optbench: {stopped} while preparing the data; nothing half-written was kept "
+                "(the files that pass their MD5 check were). Run the same command again "
+                "to finish the dataset.",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"optbench: {stopped}; run the same command again to resume (complete runs "
+                "are skipped, unfinished ones continue from their last evaluation point).",
+                file=sys.stderr,
+            )
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous_handler)

@@ -173,4 +173,7 @@ def optimizers(args: list[str]) -> int:
     )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     print(catalog.text(markdown=parser.parse_args(args).markdown), end="")
+    problems = catalog.unreadable()
+    if problems:  # listed the rest; now the file to fix
+        raise ConfigError(f"Not listed: {' '.join(problems)}")
     return 0

@@ -29,6 +29,21 @@ class ResourceError(OSError):
     names the resource and the way out."""
 
 
+def yaml_error_message(error: Exception) -> str:
+    """A YAML syntax error in a config file, as one paragraph: the file, the line and
+    column, what YAML expected, and the way out."""
+    # where the construct that YAML could not finish starts, else where it noticed
+    mark = getattr(error, "context_mark", None) or getattr(error, "problem_mark", None)
+    where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a file"
+    parts = [getattr(error, "context", None), getattr(error, "problem", None)]
+    what = " ".join(": ".join(str(part) for part in parts if part).split())
+    what = what or " ".join(str(error).split())
+    return (
+        f"The config file {where} is not valid YAML ({what}). Fix the file, or move it out "
+        "of the configs folder."
+    )
+
+
 class Device(enum.Enum):
     auto = "auto"  # CUDA when present, else the CPU
     cpu = "cpu"

@@ -8,15 +8,19 @@ and each job takes its own from them (composing a config takes about 0.3 s an op
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
+import os
 import re
 import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
-from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
+from yaml import YAMLError
 
 from optbench import preparation
 from optbench.checks import check_config
@@ -25,7 +29,9 @@ from optbench.config import (
     CONFIG_PACKAGE,
     PRESET_GROUPS,
     REGISTERED_PRESETS,
+    Config,
     ConfigError,
+    yaml_error_message,
 )
 from optbench.plan import OptimizerSpec, Plan
 
@@ -44,6 +50,7 @@ def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
     commands the experiment's list (`optimizers`); `run` and `sweep` at every multiple of
     lr_grid when one is given. Needs an initialised Hydra (inside a Hydra app, or
     initialize_config_module)."""
+    _check_keys(overrides)
     _check_for_choice(cfg, overrides)
     if command in ("tune", "suite", "targets") and cfg.lr_grid is not None:
         raise ConfigError(
@@ -58,6 +65,52 @@ def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
     optimizer_cfgs = chosen if command == "tune" else expand_lr_grid(chosen, cfg.lr_grid)
     check_config(cfg, optimizer_cfgs)
     return Plan.of(cfg, [OptimizerSpec.of(o) for o in optimizer_cfgs])
+
+
+# Keys of the schema that come with an experiment preset, not from the command line.
+NOT_SETTABLE = ("experiment_name", "for_choice")
+
+
+def _check_keys(overrides: list[str]) -> None:
+    """The schema is closed: refuse a key the command line adds (+KEY=VALUE) outside an
+    optimizer's hyperparameters (each optimizer takes its own, checked against its class)
+    and Hydra's own settings; such a key would change the fingerprint and nothing else.
+    experiment_name comes with the experiment preset, so it is not set here either."""
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in NOT_SETTABLE]
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if key == "experiment_name":
+            raise ConfigError(
+                f"{override}: experiment_name is not a key to set; it is the name of the "
+                "experiment preset, which experiment=NAME chooses (e.g. experiment=mnist_ffnn; "
+                "a preset of your own goes on hydra.searchpath). The MLflow experiment's name "
+                "is logger.experiment_name=NAME."
+            )
+        if not key.startswith("+"):
+            continue  # a key the schema lacks fails at composition, naming the valid keys
+        name = key.lstrip("+")
+        if name.startswith(("optimizer.", "hydra.", "hydra/", "for_choice")):
+            continue  # for_choice: _check_for_choice says what to do instead
+        if name in keys or name in _groups():
+            raise ConfigError(
+                f"{override}: {name} is already part of the config; set it without the '+': "
+                f"{override.lstrip('+')}."
+            )
+        from optbench.catalog import close_matches
+
+        close = close_matches(name, keys)
+        meant = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(
+            f"{override}: {name!r} is not a key of optbench's config, and +KEY=VALUE adds "
+            "only an optimizer's hyperparameters (+optimizer.KEY=VALUE); "
+            f"{meant}valid keys: {', '.join(keys)}."
+        )
+
+
+def _groups() -> list[str]:
+    """The config groups a command line chooses from (dataset=, regime=, debug=, ...)."""
+    folders = importlib.resources.files(CONFIG_PACKAGE).iterdir()
+    return [f.name for f in folders if f.is_dir() and not f.name.startswith(("for_", "_"))]
 
 
 def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
@@ -104,18 +157,48 @@ def _check_not_shadowed(names: list[str], overrides: list[str]) -> None:
 def compose_plan(command: str, *overrides: str) -> Plan:
     """The Plan of `optbench COMMAND OVERRIDES...` (one job), composed and checked."""
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
-        return _compose_and_plan(command, list(overrides))
+        return _compose_and_plan(command, list(overrides))[0]
 
 
-def _compose_and_plan(command: str, overrides: list[str]) -> Plan:
+def _compose_and_plan(
+    command: str, overrides: list[str], multirun: bool = False
+) -> tuple[Plan, Path]:
     """Compose one job's config and make its plan; Hydra's and OmegaConf's errors become a
-    ConfigError of one paragraph. Needs an initialised Hydra."""
+    ConfigError of one paragraph. Also the folder the job will write (hydra.run.dir, or
+    hydra.sweep.dir for a multirun), as Hydra will name it. Needs an initialised Hydra."""
     try:
-        return make_plan(command, compose(CONFIG_NAME, overrides=overrides), overrides)
+        _check_keys(overrides)  # before Hydra's own, less helpful, messages
+        cfg = compose(CONFIG_NAME, overrides=overrides, return_hydra_config=True)
+        folder = _job_folder(cfg, multirun)
+        with open_dict(cfg):
+            del cfg["hydra"]  # the job's own config, as the Hydra app gets it
+        return make_plan(command, cfg, overrides), folder
     except ConfigError:
         raise
+    except YAMLError as error:  # a config file of the user's that YAML cannot read
+        raise ConfigError(yaml_error_message(error)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         raise ConfigError(_one_paragraph(error, overrides)) from None
+
+
+def _job_folder(cfg: DictConfig, multirun: bool) -> Path:
+    """The folder Hydra will create for a job: its hydra.run.dir (hydra.sweep.dir for a
+    multirun) resolved as Hydra resolves it, the job's override_dirname included."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    hydra_config = HydraConfig.instance()
+    try:
+        hydra_config.set_config(cfg)  # what the ${hydra:...} resolver reads
+        value = OmegaConf.select(cfg, key)
+    finally:
+        OmegaConf.set_readonly(cfg.hydra, False)
+        hydra_config.cfg = None  # the Hydra app sets its own
+    if value is None or not str(value).strip():
+        raise ConfigError(
+            f"{key}= is empty: Hydra would write the job's files into the current folder, "
+            f"among whatever else is there. Give a folder ({key}=DIR), or leave {key} out "
+            "for the default, outputs/<experiment>/<overrides>/ (multirun/... for -m)."
+        )
+    return Path(str(value))
 
 
 def _sweep_optimizers(cfg: DictConfig, overrides: list[str]) -> list[DictConfig]:
@@ -142,14 +225,22 @@ def _sweep_optimizers(cfg: DictConfig, overrides: list[str]) -> list[DictConfig]
 def check_command_line(command: str, args: list[str]) -> Plans:
     """Compose and check every job, and prepare its dataset, before any of them runs; the
     jobs' plans."""
-    plans = {}
+    plans, folders = {}, {}
+    multirun = "-m" in args or "--multirun" in args
     jobs = _jobs_of(args)
     with initialize_config_module(CONFIG_PACKAGE, version_base="1.3"):
         for overrides in jobs:
-            plans[job_key(overrides)] = _compose_and_plan(command, overrides)
-    check_writable(_output_root(args))
-    if "-m" in args or "--multirun" in args:
+            key = job_key(overrides)
+            plans[key], folders[key] = _compose_and_plan(command, overrides, multirun)
+    way_out = "hydra.sweep.dir=DIR" if multirun else "hydra.run.dir=DIR"
+    for folder in sorted(set(folders.values())) or [_output_root(args)]:
+        check_writable(folder, way_out)
+    if multirun:
         _check_job_folders(_output_root(args), jobs)
+    from optbench import loggers  # with pandas: not for the commands that fail before
+
+    for key, plan in plans.items():  # a logger's store: reachable and writable, before training
+        loggers.check_destination(plan.logger, folders[key])
     for name, data_dir in sorted({(p.dataset["name"], p.data_dir) for p in plans.values()}):
         preparation.prepare(name, data_dir)
     return plans
@@ -168,6 +259,7 @@ def _jobs_of(args: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed, _ = get_args_parser().parse_known_args(args)
+    _check_grammar(parsed.overrides)
     if (
         parsed.help
         or parsed.hydra_help
@@ -187,6 +279,31 @@ def _jobs_of(args: list[str]) -> list[list[str]]:
         return BasicSweeper.split_arguments(parsed_overrides, None)[0]
     except HydraException:
         return []
+
+
+def _check_grammar(overrides: list[str]) -> None:
+    """Refuse an override that Hydra's grammar cannot read, with the quoting that fixes the
+    usual cause: a value with spaces or special characters (a path) must be quoted for
+    Hydra, inside the quotes of the shell."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as error:
+            key, equals, value = override.partition("=")
+            if not equals:
+                raise ConfigError(
+                    f"{override!r} is not an override (KEY=VALUE): a value with spaces must "
+                    "be quoted for the shell and for Hydra, e.g. 'hydra.run.dir=\"my results\"'."
+                ) from None
+            said = " ".join(str(error).split()).split(" See https")[0].rstrip(":")
+            raise ConfigError(
+                f"Hydra cannot read the override {override!r} ({said}): a value with spaces "
+                "or characters such as ~ ( ) [ ] , = must be quoted for Hydra, inside the "
+                f"shell's quotes, e.g. '{key}=\"{value}\"'."
+            ) from None
 
 
 def _output_root(args: list[str]) -> Path:
@@ -227,20 +344,53 @@ def _check_job_folders(sweep_dir: Path, jobs: list[list[str]]) -> None:
 def check_writable(
     folder: Path, way_out: str = "hydra.run.dir=DIR (hydra.sweep.dir=DIR for -m)"
 ) -> None:
-    """Fail now, not after training, when folder cannot be created or written. Probes with
-    a temporary folder inside its deepest existing ancestor, and leaves nothing behind."""
-    existing = folder.absolute()
-    while not existing.exists():
+    """Fail now, not after training, when folder cannot be created or written."""
+    problem = unwritable_because(Path(folder))
+    if problem:
+        raise ConfigError(
+            f"Cannot write results to {shortened(folder)} ({problem}). Choose a folder you "
+            f"can write with {way_out}."
+        )
+
+
+# Room for the files a job writes inside its folder (.runs.csv.<temporary>,
+# checkpoint.pt.unreadable-<time>, tensorboard/<optimizer>/seed_<n>/...).
+ROOM_FOR_FILES = 100
+
+
+def unwritable_because(folder: Path) -> str | None:
+    """Why folder cannot be created or written, in a few words; None when it can. Probes
+    with a temporary folder inside its deepest existing ancestor, and leaves nothing behind."""
+    folder = folder.absolute()
+    # os.path's tests, not Path's: they answer False for a name too long to look up
+    for path in (folder, *folder.parents):
+        if os.path.islink(path) and not os.path.exists(path):  # mkdir fails: the name is taken
+            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    existing = folder
+    while not os.path.exists(existing):
         existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    longest = os.pathconf(existing, "PC_NAME_MAX")
+    for part in folder.relative_to(existing).parts:
+        if len(os.fsencode(part)) > longest:
+            return (
+                f"the name {shortened(part, 40)} has {len(os.fsencode(part))} bytes, and the "
+                f"file system allows {longest}"
+            )
+    if len(os.fsencode(str(folder))) + ROOM_FOR_FILES > os.pathconf(existing, "PC_PATH_MAX"):
+        return f"the path is {len(os.fsencode(str(folder)))} bytes long, too long for its files"
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file")
         tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as error:
-        raise ConfigError(
-            f"Cannot write results to {folder} ({' '.join(str(error).split())}). Choose a "
-            f"folder you can write with {way_out}."
-        ) from None
+        return " ".join(str(error).split())
+    return None
+
+
+def shortened(text, keep: int = 100) -> str:
+    """A long name cut to its first `keep` characters, so that a message stays readable."""
+    text = str(text)
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
 
 
 def _one_paragraph(error: BaseException, overrides: list[str] = ()) -> str:

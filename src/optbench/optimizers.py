@@ -210,27 +210,52 @@ def _check_names(optimizer: DictConfig) -> None:
 
 def _check_numbers(optimizer: DictConfig) -> None:
     """Refuse a hyperparameter that is NaN or infinite (unless that is the class's default,
-    as D-Adaptation's growth_rate=inf is), or text where the optimizer's default is a number,
-    naming the key (torch.optim's own checks would let NaN through)."""
+    as D-Adaptation's growth_rate=inf is), or, where the class's default is a number (the
+    lr always), anything but a number: text, or a boolean, which Python would take as 1 or
+    0 (lr=true would train at lr 1.0); where it is a tuple of numbers (betas), anything but
+    a list of numbers. Names the key (torch.optim's own checks would let NaN through)."""
     defaults = {
         name: parameter.default
         for name, parameter in inspect.signature(optimizer_class(optimizer)).parameters.items()
     }
     for key, value in optimizer_kwargs(optimizer).items():
-        values = value if isinstance(value, tuple) else (value,)
         default = defaults.get(key)
-        number_expected = isinstance(default, (int, float, tuple)) and not isinstance(default, bool)
+        values = value if isinstance(value, tuple) else (value,)
         for item in values:
             if isinstance(item, float) and not math.isfinite(item) and value != default:
                 raise ConfigError(
                     f"Invalid optimizer.{key}={value!r} for {optimizer.name!r}: it must be a "
                     "finite number."
                 )
-            if isinstance(item, str) and number_expected:
+        if value is None:
+            continue  # the class's own choice (A2Grad's lr)
+        if isinstance(default, tuple) and all(_is_number(d) for d in default):
+            if not isinstance(value, tuple) or not all(_is_number(v) for v in value):
+                example = ",".join(str(d) for d in default)
                 raise ConfigError(
-                    f"Invalid optimizer.{key}={value!r} for {optimizer.name!r}: it must be a "
-                    f"number (torch.optim's default is {default!r})."
+                    f"Invalid optimizer.{key}={_as_given(value)} for {optimizer.name!r}: it "
+                    f"must be a list of numbers, e.g. optimizer.{key}=[{example}] (the "
+                    "class's default)."
                 )
+        elif (_is_number(default) or key == "lr") and not _is_number(value):
+            raise ConfigError(
+                f"Invalid optimizer.{key}={_as_given(value)} for {optimizer.name!r}: it must "
+                f"be a number (the class's default is {default!r}"
+                + ("; true and false are not numbers)." if isinstance(value, bool) else ").")
+            )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_given(value) -> str:
+    """A value as the command line writes it: true, not Python's True; text quoted."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return "[" + ",".join(_as_given(v) for v in value) + "]"
+    return repr(value)
 
 
 class SparseAdamWithAdam(torch.optim.Optimizer):

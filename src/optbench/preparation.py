@@ -156,6 +156,28 @@ def _prepare_idx(name: str, data_dir: Path, log) -> None:
     except OSError as error:
         raise _unusable(data_dir, error) from None
     errors = []
+    before = set(raw.iterdir())
+    try:
+        _fetch_idx(name, data_dir, raw, errors, log)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: keep nothing half-written
+        _remove_partial(name, raw, before)
+        raise
+    still = _idx_problems(name, raw)
+    if still:
+        kept = [f for f in IDX_MD5[name] if f not in still]
+        raise ConfigError(
+            f"Dataset {name!r} could not be prepared in {raw}: {'; '.join(problems.values())}, "
+            f"and {'; '.join(errors) or 'its sources gave no intact copy'}."
+            + (f" The intact files are kept ({', '.join(kept)})." if kept else "")
+            + " Check the network or the offline source, or point data_dir=... (or "
+            f"OPTBENCH_DATA_DIR) at a folder that holds {name} in torchvision's layout, then "
+            f"run `optbench data prepare {name}` again."
+        )
+    log(f"{name}: ready in {raw} (MD5 of all four files verified).")
+
+
+def _fetch_idx(name: str, data_dir: Path, raw: Path, errors: list[str], log) -> None:
+    """torchvision's download, else the offline source; what failed goes into errors."""
     try:
         log(f"{name}: trying torchvision's download into {data_dir} ...")
         _torchvision_download(name, data_dir)
@@ -169,18 +191,17 @@ def _prepare_idx(name: str, data_dir: Path, log) -> None:
                 _fashion_mnist_from_debian(raw, log)
         except Exception as offline_error:
             errors.append(f"the offline source failed ({_one_line(offline_error)})")
-    still = _idx_problems(name, raw)
-    if still:
-        kept = [f for f in IDX_MD5[name] if f not in still]
-        raise ConfigError(
-            f"Dataset {name!r} could not be prepared in {raw}: {'; '.join(problems.values())}, "
-            f"and {'; '.join(errors) or 'its sources gave no intact copy'}."
-            + (f" The intact files are kept ({', '.join(kept)})." if kept else "")
-            + " Check the network or the offline source, or point data_dir=... (or "
-            f"OPTBENCH_DATA_DIR) at a folder that holds {name} in torchvision's layout, then "
-            f"run `optbench data prepare {name}` again."
-        )
-    log(f"{name}: ready in {raw} (MD5 of all four files verified).")
+
+
+def _remove_partial(name: str, raw: Path, before: set[Path]) -> None:
+    """Remove what an interrupted preparation wrote into raw/ and did not finish: every new
+    file but the dataset's files that pass their MD5 check (those are kept)."""
+    intact = {raw / filename for filename in IDX_MD5[name]} - {
+        raw / filename for filename in _idx_problems(name, raw)
+    }
+    for path in set(raw.iterdir()) - before - intact:
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _one_line(error: BaseException) -> str:
@@ -227,8 +248,11 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # an interrupted write leaves nothing
 
 
 def _mnist_from_wheel(raw: Path, log) -> None:

@@ -145,6 +145,12 @@ def _choose_workloads(request: Request, given: str | None) -> None:
     suite) a target; the default, every workload, leaves out those that do not, with one
     line each saying why and what to do."""
     names = list(WORKLOADS) if given is None else [n.strip() for n in given.strip("[]").split(",")]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"workloads={given} names the workload {', '.join(repeated)} more than once; "
+            "name each workload once (for more runs of it, give more seeds: seeds=N)."
+        )
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown or not names:
         raise ConfigError(
