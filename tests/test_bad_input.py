@@ -122,7 +122,9 @@ def test_optimizers_lists_the_rest_and_names_the_broken_file(tmp_path):
     """A file dropped into the configs folder itself (a copy of the package, so that the
     checkout stays as it is), listed by the real console script's module."""
     package = tmp_path / "src" / "optbench"
-    shutil.copytree(ROOT / "src" / "optbench", package, ignore=shutil.ignore_patterns("__py*"))
+    ignore = shutil.ignore_patterns("__py*", "configs")  # a link to configs/ in some checkouts
+    shutil.copytree(ROOT / "src" / "optbench", package, ignore=ignore)
+    shutil.copytree(ROOT / "configs", package / "configs", ignore=shutil.ignore_patterns("__py*"))
     (package / "configs" / "optimizer" / "my_broken.yaml").write_text(BROKEN_YAML)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
     done = subprocess.run(
