@@ -209,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        if command in COMMANDS and ("--help" in rest or "-h" in rest):
+            from optbench import helptext  # Hydra's help lists its internal groups too
+
+            print(helptext.text(command, rest), end="")
+            return 0
         if command in COMMANDS:
             plans = check_command_line(command, rest)
             sys.argv = [f"optbench {command}", *rest]  # what Hydra parses
