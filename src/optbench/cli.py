@@ -143,12 +143,30 @@ class CombineMultirun(Callback):
         from optbench.benchmark import write_analysis
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        _drop_working_directory(sweep_dir / "multirun.yaml")
         combined = results.combine_jobs(sweep_dir)
         if combined is None:
             return
         results.write_results(sweep_dir, combined)
         write_analysis(sweep_dir, combined)
         print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")
+
+
+def _drop_working_directory(multirun_yaml: Path) -> None:
+    """Take hydra.runtime.cwd, the absolute working directory, out of the multirun.yaml
+    Hydra wrote: a results folder is shared and committed, and names no path of the machine
+    that made it."""
+    from omegaconf import OmegaConf
+
+    from optbench.files import atomic_write
+
+    if not multirun_yaml.is_file():
+        return
+    config = OmegaConf.load(multirun_yaml)
+    runtime = OmegaConf.select(config, "hydra.runtime")
+    if runtime is not None and "cwd" in runtime:
+        del runtime["cwd"]
+        atomic_write(multirun_yaml, lambda tmp: OmegaConf.save(config, tmp))
 
 
 def _discard_if_empty(folder: Path) -> None:
