@@ -37,7 +37,11 @@ def costs_figure(runs: pd.DataFrame, costs: pd.DataFrame) -> plt.Figure:
         room_for_labels(ax, values, log=spread)
     _state_axis(axes[0], table["state_bytes_per_param"].max())
     axes[0].set_ylabel("final test accuracy (mean over seeds)")
-    fig.suptitle("What each optimizer costs, and what it reaches", fontsize=10)
+    lost = list(table.loc[table["accuracy"].isna(), "optimizer"])  # nothing to place them at
+    note = f"\n(not drawn, every seed diverged: {', '.join(lost)})" if lost else ""
+    fig.suptitle(f"What each optimizer costs, and what it reaches{note}", fontsize=10)
+    if len(lost) == len(table):
+        axes[0].set_ylim(0, 1)
     fig.tight_layout()
     for ax, column in zip(axes, ("state_bytes_per_param", "ms_per_step"), strict=True):
         label_points(ax, table[column], table["accuracy"], list(table["optimizer"]))

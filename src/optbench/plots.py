@@ -46,10 +46,8 @@ X_LABELS = {
 
 
 def _title(protocol, n_seeds: int, what: str, spread: str = "mean ± std") -> str:
-    return (
-        f"{what}: {protocol.experiment} protocol, {protocol.dataset}, {protocol.model} "
-        f"({spread} over {n_seeds} seed{'s' if n_seeds != 1 else ''})"
-    )
+    over = "one seed: no spread" if n_seeds == 1 else f"{spread} over {n_seeds} seeds"
+    return f"{what}: {protocol.experiment} protocol, {protocol.dataset}, {protocol.model} ({over})"
 
 
 def log_scaled(summary: pd.DataFrame, metric: str) -> bool:
@@ -130,6 +128,7 @@ def curve_figure(
             ha="center",
             va="center",
         )
+        ax.set_xticks([]), ax.set_yticks([])  # an empty axis's ticks would mean nothing
     elif log_axis:
         ax.set_yscale("log")
     positive = summary[X_COLUMNS[x]][summary[X_COLUMNS[x]] > 0]
@@ -180,6 +179,7 @@ def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
             zorder=4,
         )
     ax.set_xticks(range(len(order)), order.index, rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(order) - 0.4)  # an optimizer with no finite run keeps its place
     ax.set_xlabel("optimizer (best mean first); dots: seeds, bar: mean ± std")
     ax.set_ylabel("final test accuracy (fraction correct)")
     ax.set_title(title, fontsize=10)
@@ -194,29 +194,37 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
 
     from omegaconf import OmegaConf
 
-    final = runs[runs["step"] == runs.groupby(["optimizer", "lr"])["step"].transform("max")]
-    final = final[~final["diverged"].astype(bool)]
+    every = runs[runs["step"] == runs.groupby(["optimizer", "lr"])["step"].transform("max")]
+    final = every[~every["diverged"].astype(bool)]
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = _colors(list(runs["optimizer"].unique()))
+    look = styles(list(runs["optimizer"].unique()))
+    colors = {name: style["color"] for name, style in look.items()}
     for name, rows in final.groupby("optimizer", sort=False):
         by_lr = rows.groupby("lr")["test_accuracy"]
         mean, std = by_lr.mean(), by_lr.std().fillna(0)
-        ax.plot(mean.index, mean, marker="o", markersize=4, color=colors[name], label=name)
-        ax.fill_between(mean.index, mean - std, mean + std, color=colors[name], alpha=0.2)
+        ax.plot(mean.index, mean, markersize=4, label=name, **look[name])
+        low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # an accuracy
+        ax.fill_between(mean.index, low, high, color=colors[name], alpha=0.2)
         default_file = files("optbench.configs").joinpath(f"optimizer/{name}.yaml")
         if default_file.is_file():
             default = float(OmegaConf.load(default_file.open()).lr)
             if np.isclose(mean.index, default).any():
                 at = mean.index[np.isclose(mean.index, default)][0]
-                ax.scatter(
-                    at,
-                    mean[at],
-                    marker="*",
-                    s=220,
-                    color=colors[name],
-                    edgecolors="black",
-                    zorder=5,
-                )
+                star = {"marker": "*", "s": 220, "edgecolors": "black", "zorder": 5}
+                ax.scatter(at, mean[at], color=colors[name], **star)
+    lost = every.groupby(["optimizer", "lr"], sort=False)["diverged"].all()
+    for name, lrs in lost[lost].reset_index().groupby("optimizer", sort=False)["lr"]:
+        at_bottom = ax.get_xaxis_transform()  # x: the lr, y: just above the axis
+        label = f"{name}: every seed diverged"
+        ax.scatter(
+            lrs,
+            [0.04] * len(lrs),
+            marker="X",
+            s=60,
+            color=colors[name],
+            label=label,
+            transform=at_bottom,
+        )
     ax.scatter(
         [],
         [],
@@ -227,6 +235,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
         label="torch.optim's default lr",
     )
     ax.set_xscale("log")
+    ax.set_xlim(every["lr"].min() / 3, every["lr"].max() * 3)  # the diverged lrs too
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("final test accuracy (fraction correct)")
     ax.set_title(title, fontsize=10)

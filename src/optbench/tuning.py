@@ -165,6 +165,7 @@ def plot_tuning(curve: pd.DataFrame, title: str, path: Path) -> Path:
         ax.plot(rows["trials"], rows["expected_best"], markersize=4, label=name, **look[name])
         color = look[name]["color"]
         ax.fill_between(rows["trials"], rows["q10"], rows["q90"], color=color, alpha=0.15)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole trials, no 2.5
     ax.set_xlabel("tuning budget: random-search trials per optimizer")
     ax.set_ylabel("expected best final test accuracy")
     ax.set_title(title, fontsize=10)
