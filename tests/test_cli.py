@@ -184,6 +184,14 @@ def test_optimizers_names_a_users_own_file_by_its_search_path(tmp_path):
     assert "my_lion" not in run_cli("optimizers", cwd=tmp_path).stdout
     other = run_cli("optimizers", "optimizer=adam", cwd=tmp_path)
     assert other.returncode == 2 and "takes no 'optimizer=adam'" in other.stderr
+    missing = f"hydra.searchpath=[file://{tmp_path / 'nowhere'}]"
+    for command in (["optimizers"], ["run", "--help"]):
+        refused = run_cli(*command, missing, cwd=tmp_path)
+        assert refused.returncode == 2 and "nowhere, which is not a folder" in refused.stderr
+    (tmp_path / "my_configs" / "optimizer" / "broken.yaml").write_text("name: [unclosed\n")
+    broken = run_cli("optimizers", searchpath, cwd=tmp_path)
+    assert broken.returncode == 2 and "broken.yaml is not valid YAML" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 BAD_INPUT = [

@@ -52,6 +52,11 @@ def user_entries(folders: Iterable[Path]) -> list[Entry]:
     """The optimizer files of a user's config folders (FOLDER/optimizer/NAME.yaml), by name."""
     found = []
     for folder in folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(
+                f"hydra.searchpath names {folder}, which is not a folder; give your config "
+                "folder as hydra.searchpath=[file:///absolute/path/to/it]."
+            )
         for path in sorted(Path(folder).glob("optimizer/*.yaml")):
             try:
                 config = OmegaConf.load(path)
