@@ -13,6 +13,8 @@ import pytest
 from constants import PLOTS, SMOKE, check_plots
 from omegaconf import OmegaConf
 
+from optbench import helptext
+
 from conftest import OPTBENCH, ROOT, run_cli
 
 pytestmark = pytest.mark.slow
@@ -122,10 +124,74 @@ def test_plot_redraws_from_the_files_on_disk(tmp_path, data_dir):
 def test_hydra_flags_work(tmp_path):
     job = run_cli("run", "--cfg", "job", "optimizer=adam", cwd=tmp_path)
     assert job.returncode == 0 and OmegaConf.create(job.stdout).optimizer.name == "adam"
-    options = run_cli("run", "--help", cwd=tmp_path).stdout.split("optimizer: ")[1].split("\n")[0]
-    assert {"adam", "sgd", "lion", "pto_adam", "soap", "textbook_adam"} <= set(options.split(", "))
     assert "sweep [OVERRIDES]" in run_cli("--help", cwd=tmp_path).stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def _user_optimizer_folder(tmp_path: Path) -> str:
+    """A user's config folder holding one optimizer file; its hydra.searchpath override."""
+    (tmp_path / "my_configs" / "optimizer").mkdir(parents=True)
+    (tmp_path / "my_configs" / "optimizer" / "my_lion.yaml").write_text(
+        "name: my_lion\n_target_: my_package.Lion\nlr: 0.001\n"
+    )
+    return f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]"
+
+
+@pytest.mark.parametrize("columns", [60, 100])
+def test_run_help_lists_the_user_facing_groups_wrapped_to_the_terminal(
+    tmp_path, monkeypatch, columns
+):
+    monkeypatch.setenv("COLUMNS", str(columns))  # what shutil.get_terminal_size reads first
+    searchpath = _user_optimizer_folder(tmp_path)
+    result = run_cli("run", "--help", searchpath, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    assert "for_choice" not in result.stdout and "powered by Hydra" not in result.stdout
+    # each item its own line once the wrapped lines (indented by six) are joined again
+    items = result.stdout.split("\n\n")[2].replace("\n      ", " ").splitlines()[1:]
+    groups = [line.split()[0].rstrip(":") for line in items if not line.startswith("    ")]
+    assert (
+        groups
+        == list(helptext.GROUPS)
+        == [
+            *("experiment", "dataset", "model", "optimizer"),
+            *("schedule", "logger", "regime", "debug"),
+        ]
+    )
+    # the optimizers by source: every config file, once, and the user's own
+    blocks = items[items.index(next(i for i in items if i.startswith("  optimizer"))) + 1 :]
+    blocks = blocks[: next(k for k, line in enumerate(blocks) if not line.startswith("    "))]
+    by_source = {b.split(": ")[0].strip(): b.split(": ", 1)[1].split(", ") for b in blocks}
+    shipped = {p.stem for p in (ROOT / "configs" / "optimizer").glob("*.yaml")}
+    listed = [name for names in by_source.values() for name in names]
+    assert sorted(listed) == sorted(shipped | {"my_lion"})
+    assert list(by_source)[:2] == ["torch.optim", "optbench's own"]
+    assert {"adam", "sgd", "lbfgs"} <= set(by_source["torch.optim"])
+    assert {"custom", "textbook_adam"} <= set(by_source["optbench's own"])
+    registry = next(source for source in by_source if source.startswith("pytorch_optimizer"))
+    assert {"lion", "soap", "pto_adam"} <= set(by_source[registry])
+    assert by_source["configs on your search path"] == ["my_lion"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "my_configs"]  # nothing trained or written
+
+
+def test_optimizers_names_a_users_own_file_by_its_search_path(tmp_path):
+    searchpath = _user_optimizer_folder(tmp_path)
+    result = run_cli("optimizers", searchpath, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("my_lion "))
+    assert row.split()[1:6] == ["configs", "on", "your", "search", "path"]
+    assert "my_lion" not in run_cli("optimizers", cwd=tmp_path).stdout
+    other = run_cli("optimizers", "optimizer=adam", cwd=tmp_path)
+    assert other.returncode == 2 and "takes no 'optimizer=adam'" in other.stderr
+    missing = f"hydra.searchpath=[file://{tmp_path / 'nowhere'}]"
+    for command in (["optimizers"], ["run", "--help"]):
+        refused = run_cli(*command, missing, cwd=tmp_path)
+        assert refused.returncode == 2 and "nowhere, which is not a folder" in refused.stderr
+    (tmp_path / "my_configs" / "optimizer" / "broken.yaml").write_text("name: [unclosed\n")
+    broken = run_cli("optimizers", searchpath, cwd=tmp_path)
+    assert broken.returncode == 2 and "broken.yaml is not valid YAML" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 BAD_INPUT = [
@@ -295,7 +361,8 @@ def test_the_console_script_exits_with_the_commands_code_and_everything_written(
     )
     assert done.returncode == 0, done.stderr
     assert f"Results in {out}" in done.stdout  # the last line, flushed into the pipe
-    assert f"Results in {out}" in (out / "optbench.log").read_text()
+    assert "step 20/20: mean test accuracy" in (out / "optbench.log").read_text()
+    assert str(tmp_path) not in (out / "optbench.log").read_text()  # no path of the machine
     assert len(pd.read_csv(out / "runs.csv")) == 2 and no_temporary_files(out)
     refused = subprocess.run(
         [OPTBENCH, "run", "optimizer=nope"], cwd=tmp_path, capture_output=True, text=True

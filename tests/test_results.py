@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +15,7 @@ from omegaconf import OmegaConf
 
 from optbench import engine, files, labels, results
 
-from conftest import sweep_plan
+from conftest import ROOT, sweep_plan
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +172,28 @@ def test_plots_keep_their_axis_labels(real_runs):
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("optimizer step", "test loss")
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ["sgd", "adam"]
     plt.close(figure)
+
+
+# An absolute path of a machine: one of the usual roots of home and work folders, after a
+# space, quote, bracket or the start of a line (not inside a URL or a relative path).
+MACHINE_PATH = re.compile(rb"(?<![\w.~/:-])/(?:work|tmp|home|root|Users|mnt|scratch|srv|opt|var)/")
+
+
+def test_no_committed_result_names_a_path_of_the_machine_that_made_it():
+    """Results are shared: their logs, multirun.yaml, workloads.csv and reports name paths
+    relative to the checkout or to the results folder, never an absolute one."""
+    assert MACHINE_PATH.search(b"not on disk under /work/main/data and")  # the check can fail
+    assert MACHINE_PATH.search(b"    cwd: /home/someone/optbench")
+    assert not MACHINE_PATH.search(b"results/work/x and file://work/ and ms / step")
+    listed = subprocess.run(
+        ["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(listed) > 100  # every committed results file, PNGs included
+    this_machine = {str(ROOT), str(Path.home()), tempfile.gettempdir()} - {"/"}
+    found = []
+    for name in listed:
+        content = (ROOT / name).read_bytes()
+        hits = [m.group().decode() for m in MACHINE_PATH.finditer(content)]
+        hits += [prefix for prefix in this_machine if prefix.encode() + b"/" in content]
+        found += [f"{name}: {hit}" for hit in hits]
+    assert found == []

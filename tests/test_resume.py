@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from constants import SMOKE
+from omegaconf import OmegaConf
 
 from optbench import files, results
 from optbench.provenance import CONFIG_YAML
@@ -241,6 +242,11 @@ def test_hydra_launchers_write_one_sweep_folder_and_combine_every_job(launcher, 
     assert len(combined) == 2 * 2 * 2  # optimizers x seeds x evaluations
     assert (sweep / "summary.csv").is_file()
     assert os.listdir(sweep / "0") and (sweep / "0" / CONFIG_YAML).is_file()
+    # Hydra's multirun.yaml keeps the command line, not the working directory's path
+    hydra_runtime = OmegaConf.load(sweep / "multirun.yaml").hydra.runtime
+    assert "cwd" not in hydra_runtime and hydra_runtime.version_base == "1.3"
+    for log in sweep.glob("*/optbench.log"):
+        assert str(tmp_path) not in log.read_text()
 
 
 def test_out_never_writes_over_results_and_names_the_seeds_compared(tmp_path, data_dir):

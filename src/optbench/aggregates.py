@@ -175,21 +175,31 @@ def plot_critical_difference(result: dict, path: Path) -> Path | None:
     if "nemenyi" not in result:
         return None
     import scikit_posthocs
+    from matplotlib.colors import to_hex
 
-    from optbench.plots import _save, plt
+    from optbench.figures import colors, plt, save
 
     fig, ax = plt.subplots(figsize=(9, 0.35 * len(result["average"]) + 1.5))
-    scikit_posthocs.critical_difference_diagram(result["average"], result["nemenyi"], ax=ax)
+    names = list(result["nemenyi"].columns)  # the suite's order: each its colour elsewhere
+    scikit_posthocs.critical_difference_diagram(
+        result["average"],
+        result["nemenyi"],
+        ax=ax,
+        color_palette={name: to_hex(color) for name, color in colors(names).items()},
+        label_fmt_left="{label} ({rank:.1f})",  # .2g, the default, writes rank 10 as 1e+01
+        label_fmt_right="({rank:.1f}) {label}",
+    )
     ax.set_title(
         f"Average rank over {result['blocks']} blocks (workload × seed); bars: no significant "
         f"difference (Nemenyi, α = {ALPHA}); Friedman p = {result['friedman_p']:.2g}",
         fontsize=9,
+        pad=24,  # above the rank axis's numbers, drawn on the top edge
     )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_iqm(table: pd.DataFrame, path: Path) -> Path:
-    from optbench.plots import _save, plt
+    from optbench.figures import plt, save
 
     table = table.iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.5))
@@ -198,12 +208,20 @@ def plot_iqm(table: pd.DataFrame, path: Path) -> Path:
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("IQM of normalised final accuracy (0: chance, 1: the target), 95% CI")
     ax.grid(True, axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_probability(probability: pd.DataFrame, path: Path) -> Path:
-    """P(row beats column) as a heatmap."""
-    from optbench.plots import _save, plt
+    """probability_of_improvement.png: see probability_figure."""
+    from optbench.figures import save
+
+    return save(probability_figure(probability), path)
+
+
+def probability_figure(probability: pd.DataFrame):
+    """P(row beats column) as a heatmap, each cell's number in black or white, whichever
+    reads better on the cell's colour."""
+    from optbench.figures import plt, text_color_on
 
     order = list(dict.fromkeys(probability["optimizer"]))
     matrix = probability.pivot(index="optimizer", columns="other", values="probability")
@@ -215,7 +233,8 @@ def plot_probability(probability: pd.DataFrame, path: Path) -> Path:
     for i, row in enumerate(matrix.to_numpy(dtype=float)):
         for j, value in enumerate(row):
             if value == value:  # not NaN (the diagonal)
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+                color = text_color_on(image.cmap(image.norm(value)))
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
     fig.colorbar(image, ax=ax, label="P(row beats column)")
     ax.set_title("Probability of improvement, averaged over workloads", fontsize=10)
-    return _save(fig, path)
+    return fig

@@ -45,7 +45,7 @@ def benchmark(
         costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
         write_analysis(out_dir, runs)
         loggers.write_logs(out_dir, plan.logger, runs)
-    log.info("Results in %s", out_dir.resolve())
+    _say_where(out_dir)
     return runs
 
 
@@ -70,7 +70,7 @@ def tune(
         tuning.write_tuning(out_dir, runs, drawn)
         report.write_report(out_dir)
         loggers.write_logs(out_dir, plan.logger, runs)
-    log.info("Results in %s", out_dir.resolve())
+    _say_where(out_dir)
     return runs
 
 
@@ -112,17 +112,17 @@ def _train_and_record(
         log.warning(note)
     files.remove_temporaries(out_dir)
     if not plan.resume and (aside := files.move_aside(out_dir)):
-        log.info("resume=false: the folder's earlier results are now in %s", aside)
+        log.info("resume=false: the folder's earlier results are now in its %s/", aside.name)
     schedule = plan.schedule()
     previous = results.previous_runs(out_dir, plan, schedule.eval_steps)
     done = results.complete_runs(previous, schedule.total_steps)
     wanted = [RunSpec(optimizer, seed) for optimizer in trained for seed in plan.seeds]
     todo = [run for run in wanted if run.key not in done]
     if not todo:
-        log.info("All %d runs are already complete in %s; nothing to train.", len(wanted), out_dir)
+        log.info("All %d runs are already complete in the folder; nothing to train.", len(wanted))
         return previous
     if len(todo) < len(wanted):
-        log.info("Skipping the %d runs already complete in %s.", len(wanted) - len(todo), out_dir)
+        log.info("Skipping the %d runs already complete in the folder.", len(wanted) - len(todo))
     checkpoint = out_dir / results.CHECKPOINT
     produced_by = provenance.environment() | engine.layout(plan, trained)  # as training starts
     try:
@@ -142,9 +142,15 @@ def _train_and_record(
     return runs
 
 
+def _say_where(out_dir: Path) -> None:
+    """The folder's path, on the terminal only: the log in it names no path of this machine
+    (a results folder is committed and shared; paths inside it are relative to it)."""
+    print(f"Results in {out_dir.resolve()}")
+
+
 def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) -> None:
     kept = [
-        f"{path} keeps {what}"
+        f"{path.name} keeps {what}"  # in the folder: the log names no path of the machine
         for path, what in (
             (out_dir / results.RUNS_CSV, "the complete runs"),
             (checkpoint, "the training state at the last evaluation point"),

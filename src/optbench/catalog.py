@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
 from optbench import library
-from optbench.config import CONFIG_PACKAGE, yaml_error_message
+from optbench.config import CONFIG_PACKAGE, ConfigError, yaml_error_message
+
+SEARCH_PATH = "configs on your search path"  # the source of a user's own optimizer file
 
 NEEDS_TEXT = {
     "hessian": "Hessian-vector products (backward with create_graph)",
@@ -26,7 +31,7 @@ NEEDS_TEXT = {
 @dataclass(frozen=True)
 class Entry:
     name: str  # what optimizer=NAME takes
-    source: str  # torch.optim, optbench, pytorch_optimizer 4.1.0, your class
+    source: str  # torch.optim, optbench, pytorch_optimizer 4.1.0, your class, SEARCH_PATH
     target: str  # the class (_target_)
     trains: str  # stacked (element-wise), alone, or refused
     notes: str  # what it needs besides a gradient, or why it is refused
@@ -51,9 +56,45 @@ def _own_configs() -> list[tuple[str, object]]:
     return loaded
 
 
-def entries() -> list[Entry]:
-    """optbench's own optimizer configs, then pytorch_optimizer's registry, by name; a
-    config that is not valid YAML is left out (unreadable() names it)."""
+def searchpath_folders(overrides: Iterable[str]) -> list[Path]:
+    """The folders a hydra.searchpath=[...] override adds to Hydra's search path (the last
+    such override wins, as in Hydra), given as file:// or plain paths; pkg:// entries name
+    packages, not folders, and are left out."""
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
+    items = (
+        [item.strip().strip("'\"") for item in given[-1].strip("[]").split(",")] if given else []
+    )
+    return [Path(item.removeprefix("file://")) for item in items if item and "pkg://" not in item]
+
+
+def user_entries(folders: Iterable[Path]) -> list[Entry]:
+    """The optimizer files of a user's config folders (FOLDER/optimizer/NAME.yaml), by name."""
+    found = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise ConfigError(
+                f"hydra.searchpath names {folder}, which is not a folder; give your config "
+                "folder as hydra.searchpath=[file:///absolute/path/to/it]."
+            )
+        for path in sorted(Path(folder).glob("optimizer/*.yaml")):
+            try:
+                config = OmegaConf.load(path)
+            except (YAMLError, OmegaConfBaseException) as error:
+                config = f"not valid YAML ({str(error).splitlines()[0]})"
+            if not OmegaConf.is_dict(config):
+                raise ConfigError(
+                    f"{path} is {config if isinstance(config, str) else 'not a mapping of keys'}"
+                    "; fix the file, or take its folder off hydra.searchpath."
+                )
+            target = str(config.get("_target_", ""))
+            found.append(Entry(path.stem, SEARCH_PATH, target, _trains(config), ""))
+    return found
+
+
+def entries(searchpath: Iterable[Path] = ()) -> list[Entry]:
+    """optbench's own optimizer configs, then pytorch_optimizer's registry, by name, then
+    the optimizer files of the folders on a user's search path; an own config that is not
+    valid YAML is left out (unreadable() names it)."""
     own = []
     for name, config in _own_configs():
         if isinstance(config, str):
@@ -67,7 +108,8 @@ def entries() -> list[Entry]:
         notes = "step(closure): several gradients a step" if name == "lbfgs" else ""
         own.append(Entry(name, source, target or "optimizer._target_=...", _trains(config), notes))
     configs = library.configs()
-    return own + [_library_entry(configs[name]) for name in sorted(configs)]
+    registry = [_library_entry(configs[name]) for name in sorted(configs)]
+    return own + registry + user_entries(searchpath)
 
 
 def _trains(config) -> str:
@@ -100,9 +142,9 @@ def close_matches(name: str, options: list[str]) -> list[str]:
     return [lowered[match] for match in found]
 
 
-def text(markdown: bool = False) -> str:
+def text(markdown: bool = False, searchpath: Iterable[Path] = ()) -> str:
     """The listing, as aligned columns or as a Markdown table."""
-    rows = [(e.name, e.source, e.trains, e.notes or "-") for e in entries()]
+    rows = [(e.name, e.source, e.trains, e.notes or "-") for e in entries(searchpath)]
     header = ("optimizer", "from", "trains", "needs, or why refused")
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

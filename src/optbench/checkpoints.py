@@ -51,7 +51,7 @@ def load(path: Path, device: torch.device) -> dict | None:
         log.warning(
             "%s cannot be read (%s); it is set aside as %s, and training starts from the "
             "beginning.",
-            path,
+            path.name,
             type(error).__name__,
             aside.name,
         )

@@ -144,6 +144,7 @@ class CombineMultirun(Callback):
         from optbench.benchmark import write_analysis
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        _drop_working_directory(sweep_dir / "multirun.yaml")
         try:  # Hydra turns a callback's exception into a warning: exit here instead
             combined = results.combine_jobs(sweep_dir)
             if combined is None:
@@ -159,6 +160,23 @@ class CombineMultirun(Callback):
             print(f"optbench: error: {error.strerror}", file=sys.stderr)
             sys.exit(EXIT_RESOURCE)
         print(f"optbench: combined results of all jobs in {sweep_dir.resolve()}")
+
+
+def _drop_working_directory(multirun_yaml: Path) -> None:
+    """Take hydra.runtime.cwd, the absolute working directory, out of the multirun.yaml
+    Hydra wrote: a results folder is shared and committed, and names no path of the machine
+    that made it."""
+    from omegaconf import OmegaConf
+
+    from optbench.files import atomic_write
+
+    if not multirun_yaml.is_file():
+        return
+    config = OmegaConf.load(multirun_yaml)
+    runtime = OmegaConf.select(config, "hydra.runtime")
+    if runtime is not None and "cwd" in runtime:
+        del runtime["cwd"]
+        atomic_write(multirun_yaml, lambda tmp: OmegaConf.save(config, tmp))
 
 
 def _discard_if_empty(folder: Path) -> None:
@@ -219,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        if command in COMMANDS and ("--help" in rest or "-h" in rest):
+            from optbench import helptext  # Hydra's help lists its internal groups too
+
+            print(helptext.text(command, rest), end="")
+            return 0
         if command in COMMANDS:
             plans = check_command_line(command, rest)
             sys.argv = [f"optbench {command}", *rest]  # what Hydra parses

@@ -172,7 +172,20 @@ def optimizers(args: list[str]) -> int:
         "runs train stacked (element-wise) or alone, what it needs, or why it is refused.",
     )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    print(catalog.text(markdown=parser.parse_args(args).markdown), end="")
+    parser.add_argument(
+        "searchpath",
+        nargs="?",
+        metavar="hydra.searchpath=[file://DIR]",
+        help="also list the optimizer files of your own config folders (DIR/optimizer/)",
+    )
+    parsed = parser.parse_args(args)
+    if parsed.searchpath and not parsed.searchpath.lstrip("+").startswith("hydra.searchpath="):
+        raise ConfigError(
+            f"`optbench optimizers` takes no {parsed.searchpath!r}; it takes --markdown and "
+            "hydra.searchpath=[file://DIR] (your own config folders), as `optbench run` does."
+        )
+    folders = catalog.searchpath_folders([parsed.searchpath or ""])
+    print(catalog.text(markdown=parsed.markdown, searchpath=folders), end="")
     problems = catalog.unreadable()
     if problems:  # listed the rest; now the file to fix
         raise ConfigError(f"Not listed: {' '.join(problems)}")

@@ -210,7 +210,7 @@ class Job:
         if state["job"] != self.identity:
             log.info(
                 "%s belongs to another job (or an earlier optbench); training from the start",
-                checkpoint,
+                checkpoint.name,
             )
             return [], 0
         for trainer, trainer_state in zip(self.trainers, state["trainers"], strict=True):
@@ -219,7 +219,7 @@ class Job:
             group.optimizer.load_state_dict(group_state)
         for seed, order in self.orders.items():
             order.load_state_dict(state["orders"][seed])
-        log.info("Resuming from %s at step %d", checkpoint, state["step"])
+        log.info("Resuming from %s at step %d", checkpoint.name, state["step"])
         return state["rows"], state["step"]
 
 

@@ -27,6 +27,16 @@ class ResultsError(ConfigError):
     """A results folder that cannot be used as asked; the message says why and what to do."""
 
 
+def shown(path: Path) -> str:
+    """A path as a message written into a results file names it: relative to the current
+    directory when it lies inside it (as the user would type it), so that results run from
+    a checkout and committed name no path of the machine that made them."""
+    path = Path(path).absolute()
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd())) or "."
+    return str(path)
+
+
 TEMPORARY = ".optbench-tmp-"  # in the names of atomic_write's temporary files
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
 
-from optbench import preparation
+from optbench import catalog, preparation
 from optbench.checks import check_config
 from optbench.config import (
     CONFIG_NAME,
@@ -139,10 +139,7 @@ def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
 def _check_not_shadowed(names: list[str], overrides: list[str]) -> None:
     """Refuse a user's optimizer file that optbench's own of the same name would hide:
     optbench's configs come first in Hydra's search path, before hydra.searchpath's."""
-    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
-    entries = given[-1].strip("[]").split(",") if given else []
-    folders = [entry.strip().strip("'\"").removeprefix("file://") for entry in entries]
-    for folder in folders:
+    for folder in catalog.searchpath_folders(overrides):
         for name in names:
             mine = Path(folder) / "optimizer" / f"{name}.yaml"
             ours = importlib.resources.files(CONFIG_PACKAGE) / "optimizer" / f"{name}.yaml"

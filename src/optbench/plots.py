@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from optbench import published  # noqa: E402
-from optbench.files import atomic_write  # noqa: E402
-from optbench.labels import by_protocol, label_settings  # noqa: E402
-from optbench.results import read_runs, summarize  # noqa: E402
+from optbench import costplot, published
+from optbench.figures import colors as _colors
+from optbench.figures import plt, styles
+from optbench.figures import save as _save
+from optbench.labels import by_protocol, label_settings
+from optbench.results import read_runs, summarize
 
 CURVES = {  # file stem -> (metric, y-axis label)
     "test_accuracy": ("test_accuracy", "test accuracy (fraction correct)"),
@@ -47,22 +45,26 @@ X_LABELS = {
 }
 
 
-def _colors(optimizers: list[str]) -> dict[str, tuple]:
-    palette = plt.get_cmap("tab10" if len(optimizers) <= 10 else "tab20")
-    return {name: palette(i % palette.N) for i, name in enumerate(optimizers)}
+def _title(protocol, n_seeds: int, what: str, spread: str = "mean ± std") -> str:
+    over = "one seed: no spread" if n_seeds == 1 else f"{spread} over {n_seeds} seeds"
+    return f"{what}: {protocol.experiment} protocol, {protocol.dataset}, {protocol.model} ({over})"
 
 
-def _title(protocol, n_seeds: int, what: str) -> str:
-    return (
-        f"{what}: {protocol.experiment} protocol, {protocol.dataset}, {protocol.model} "
-        f"(mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})"
-    )
+def log_scaled(summary: pd.DataFrame, metric: str) -> bool:
+    """A loss spans decades as it falls: drawn on a log axis when any mean is positive."""
+    return metric.endswith("loss") and bool((summary[f"{metric}_mean"] > 0).any())
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    plt.close(fig)
-    return path
+def band(rows: pd.DataFrame, metric: str, log_axis: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The band around an optimizer's mean line. On a log axis, the seeds' interquartile
+    range (25% to 75%): it stays positive where mean - std would fall to or below 0 and
+    fill the bottom of the plot. Otherwise mean ± std, an accuracy's clipped to [0, 1]."""
+    if log_axis:
+        return rows[f"{metric}_q25"].to_numpy(), rows[f"{metric}_q75"].to_numpy()
+    mean = rows[f"{metric}_mean"].to_numpy()
+    std = np.nan_to_num(rows[f"{metric}_std"].to_numpy())  # one seed: no band
+    low, high = mean - std, mean + std
+    return (np.clip(low, 0, 1), np.clip(high, 0, 1)) if "accuracy" in metric else (low, high)
 
 
 def _draw_published(ax, points: pd.DataFrame, metric: str, colors: dict) -> None:
@@ -99,19 +101,21 @@ def curve_figure(
     metric, published), if any, on top (against step only)."""
     fig, ax = plt.subplots(figsize=(8, 5))
     optimizers = list(summary["optimizer"].unique())
-    colors = _colors(optimizers)
+    look = styles(optimizers)
+    colors = {name: style["color"] for name, style in look.items()}
+    log_axis = log_scaled(summary, metric)
     for name in optimizers:
         rows = summary[summary["optimizer"] == name]
-        mean = rows[f"{metric}_mean"].to_numpy()
-        std = np.nan_to_num(rows[f"{metric}_std"].to_numpy())  # one seed: no band
         position = rows[X_COLUMNS[x]].to_numpy()
         diverged = int(rows["n_diverged"].max()) if "n_diverged" in rows else 0
         seeds = diverged + int(rows["n"].max())
         legend = name if not diverged else f"{name} ({diverged}/{seeds} diverged, left out)"
-        ax.plot(position, mean, marker="o", markersize=3, color=colors[name], label=legend)
-        ax.fill_between(position, mean - std, mean + std, color=colors[name], alpha=0.2)
-    if published_points is not None and x == "step":
-        _draw_published(ax, published_points, metric, colors)
+        mean = rows[f"{metric}_mean"].to_numpy()
+        ax.plot(position, mean, markersize=4, label=legend, **look[name])
+        ax.fill_between(position, *band(rows, metric, log_axis), color=colors[name], alpha=0.15)
+    if published_points is not None and x == "step":  # none past our last step: no stretch
+        shown = published_points[published_points["step"] <= summary["step"].max()]
+        _draw_published(ax, shown, metric, colors)
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(label)
     means = summary[f"{metric}_mean"]
@@ -124,7 +128,8 @@ def curve_figure(
             ha="center",
             va="center",
         )
-    elif metric.endswith("loss") and (means > 0).any():
+        ax.set_xticks([]), ax.set_yticks([])  # an empty axis's ticks would mean nothing
+    elif log_axis:
         ax.set_yscale("log")
     positive = summary[X_COLUMNS[x]][summary[X_COLUMNS[x]] > 0]
     if len(positive) and positive.max() / positive.min() > 300:  # e.g. batch 1 beside full batch
@@ -174,6 +179,7 @@ def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
             zorder=4,
         )
     ax.set_xticks(range(len(order)), order.index, rotation=30, ha="right")
+    ax.set_xlim(-0.6, len(order) - 0.4)  # an optimizer with no finite run keeps its place
     ax.set_xlabel("optimizer (best mean first); dots: seeds, bar: mean ± std")
     ax.set_ylabel("final test accuracy (fraction correct)")
     ax.set_title(title, fontsize=10)
@@ -188,29 +194,37 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
 
     from omegaconf import OmegaConf
 
-    final = runs[runs["step"] == runs.groupby(["optimizer", "lr"])["step"].transform("max")]
-    final = final[~final["diverged"].astype(bool)]
+    every = runs[runs["step"] == runs.groupby(["optimizer", "lr"])["step"].transform("max")]
+    final = every[~every["diverged"].astype(bool)]
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = _colors(list(runs["optimizer"].unique()))
+    look = styles(list(runs["optimizer"].unique()))
+    colors = {name: style["color"] for name, style in look.items()}
     for name, rows in final.groupby("optimizer", sort=False):
         by_lr = rows.groupby("lr")["test_accuracy"]
         mean, std = by_lr.mean(), by_lr.std().fillna(0)
-        ax.plot(mean.index, mean, marker="o", markersize=4, color=colors[name], label=name)
-        ax.fill_between(mean.index, mean - std, mean + std, color=colors[name], alpha=0.2)
+        ax.plot(mean.index, mean, markersize=4, label=name, **look[name])
+        low, high = np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1)  # an accuracy
+        ax.fill_between(mean.index, low, high, color=colors[name], alpha=0.2)
         default_file = files("optbench.configs").joinpath(f"optimizer/{name}.yaml")
         if default_file.is_file():
             default = float(OmegaConf.load(default_file.open()).lr)
             if np.isclose(mean.index, default).any():
                 at = mean.index[np.isclose(mean.index, default)][0]
-                ax.scatter(
-                    at,
-                    mean[at],
-                    marker="*",
-                    s=220,
-                    color=colors[name],
-                    edgecolors="black",
-                    zorder=5,
-                )
+                star = {"marker": "*", "s": 220, "edgecolors": "black", "zorder": 5}
+                ax.scatter(at, mean[at], color=colors[name], **star)
+    lost = every.groupby(["optimizer", "lr"], sort=False)["diverged"].all()
+    for name, lrs in lost[lost].reset_index().groupby("optimizer", sort=False)["lr"]:
+        at_bottom = ax.get_xaxis_transform()  # x: the lr, y: just above the axis
+        label = f"{name}: every seed diverged"
+        ax.scatter(
+            lrs,
+            [0.04] * len(lrs),
+            marker="X",
+            s=60,
+            color=colors[name],
+            label=label,
+            transform=at_bottom,
+        )
     ax.scatter(
         [],
         [],
@@ -221,6 +235,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
         label="torch.optim's default lr",
     )
     ax.set_xscale("log")
+    ax.set_xlim(every["lr"].min() / 3, every["lr"].max() * 3)  # the diverged lrs too
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("final test accuracy (fraction correct)")
     ax.set_title(title, fontsize=10)
@@ -259,7 +274,8 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
         n_seeds = int(subset["seed"].nunique())
         points = _published_points(subset, protocol)
         for stem, (metric, label) in CURVES.items():
-            title = _title(protocol, n_seeds, label.split(" (")[0])
+            spread = "mean, band from 1st to 3rd quartile," if log_scaled(summary, metric) else None
+            title = _title(protocol, n_seeds, label.split(" (")[0], spread or "mean ± std")
             wanted = [metric, "final_test_accuracy"] if metric == "test_accuracy" else [metric]
             own = None if points is None else points[points["metric"].isin(wanted)]
             figure = curve_figure(summary, metric, label, title, own, x)
@@ -280,30 +296,6 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
             plot_final_accuracy(subset, title, results_dir / f"final_test_accuracy{suffix}.png")
         )
     if (results_dir / "costs.csv").is_file() and len(list(by_protocol(runs))) == 1:
-        written.append(plot_costs(runs, pd.read_csv(results_dir / "costs.csv"), results_dir))
+        costs = pd.read_csv(results_dir / "costs.csv")
+        written.append(costplot.plot_costs(runs, costs, results_dir))
     return written
-
-
-def plot_costs(runs: pd.DataFrame, costs: pd.DataFrame, results_dir: Path) -> Path:
-    """Final test accuracy (mean over seeds) against optimizer state bytes per parameter
-    and against milliseconds per step: costs.png."""
-    final = runs[runs["step"] == runs["step"].max()]
-    accuracy = final[~final["diverged"].astype(bool)].groupby("optimizer")["test_accuracy"]
-    table = costs.assign(accuracy=costs["optimizer"].map(accuracy.mean()))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    colors = _colors(list(table["optimizer"]))
-    for ax, column, label in (
-        (axes[0], "state_bytes_per_param", "optimizer state (bytes per model parameter)"),
-        (axes[1], "ms_per_step", f"time per step of one run (ms, {table['device'].iloc[0]})"),
-    ):
-        for row in table.itertuples():
-            ax.scatter(getattr(row, column), row.accuracy, s=50, color=colors[row.optimizer])
-            ax.annotate(row.optimizer, (getattr(row, column), row.accuracy), fontsize=8)
-        ax.set_xlabel(label)
-        ax.grid(True, alpha=0.3)
-    axes[0].set_xscale("symlog", linthresh=1)  # SGD holds no state: 0 stays on the axis
-    if table["ms_per_step"].max() > 30 * table["ms_per_step"].min():
-        axes[1].set_xscale("log")
-    axes[0].set_ylabel("final test accuracy (mean over seeds)")
-    fig.suptitle("What each optimizer costs, and what it reaches", fontsize=10)
-    return _save(fig, results_dir / "costs.png")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from optbench.config import ConfigError, source_checkout
+from optbench.files import shown
 
 # optbench name -> torchvision.datasets class name (also the folder name under data_dir)
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
@@ -173,13 +174,13 @@ def _prepare_idx(name: str, data_dir: Path, log) -> None:
             f"OPTBENCH_DATA_DIR) at a folder that holds {name} in torchvision's layout, then "
             f"run `optbench data prepare {name}` again."
         )
-    log(f"{name}: ready in {raw} (MD5 of all four files verified).")
+    log(f"{name}: ready in {shown(raw)} (MD5 of all four files verified).")
 
 
 def _fetch_idx(name: str, data_dir: Path, raw: Path, errors: list[str], log) -> None:
     """torchvision's download, else the offline source; what failed goes into errors."""
     try:
-        log(f"{name}: trying torchvision's download into {data_dir} ...")
+        log(f"{name}: trying torchvision's download into {shown(data_dir)} ...")
         _torchvision_download(name, data_dir)
     except Exception as error:  # no network, mirror down, ...: fall back to offline sources
         errors.append(f"torchvision's download failed ({_one_line(error)})")
@@ -327,7 +328,7 @@ def _prepare_cifar10(data_dir: Path, log) -> None:
     except RuntimeError:
         pass
     try:
-        log(f"cifar10: trying torchvision's download into {data_dir} ...")
+        log(f"cifar10: trying torchvision's download into {shown(data_dir)} ...")
         data_dir.mkdir(parents=True, exist_ok=True)
         _torchvision_download("cifar10", data_dir)
         return

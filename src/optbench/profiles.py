@@ -47,29 +47,60 @@ def score(ratio_table: pd.DataFrame, tau_max: float = TAU_MAX) -> pd.Series:
 
 
 def plot_profile(rho: pd.DataFrame, measure: str, n_workloads: int, path: Path) -> Path:
-    from optbench.plots import _colors, _save, plt
+    """performance_profile_<measure>.png: see profile_figure."""
+    from optbench.figures import save
+
+    return save(profile_figure(rho, measure, n_workloads), path)
+
+
+def shared_profiles(rho: pd.DataFrame) -> list[list[str]]:
+    """The optimizers grouped by identical profiles (often several never reach the target
+    within TAU_MAX, all at 0), in the order of their first member."""
+    groups: dict[tuple, list[str]] = {}
+    for name in rho.columns:
+        groups.setdefault(tuple(rho[name].to_numpy()), []).append(name)
+    return list(groups.values())
+
+
+def profile_figure(rho: pd.DataFrame, measure: str, n_workloads: int):
+    """One line per distinct profile, its legend entry naming every optimizer that has
+    it, and each line its own colour, style and markers, placed apart along the line so
+    that lines sharing a stretch stay told apart."""
+    import textwrap
+
+    from optbench.figures import plt, styles
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    colors = _colors(list(rho.columns))
-    styles = ["-", "--", "-.", ":"]  # optimizers often share a step: tell overlapping lines apart
-    for i, name in enumerate(rho.columns):
+    groups = shared_profiles(rho)
+    labels = [textwrap.fill(", ".join(names), 32) for names in groups]
+    look = styles(labels)
+    for k, (names, label) in enumerate(zip(groups, labels, strict=True)):
+        every = (k * 7 % 40, 40)  # markers every 40 taus, started apart for each line
+        shared = f"\n(the same profile: {len(names)} optimizers)" if len(names) > 1 else ""
         ax.step(
             rho.index,
-            rho[name],
+            rho[names[0]],
             where="post",
-            color=colors[name],
-            linestyle=styles[i % len(styles)],
             linewidth=1.8,
-            label=f"{name}",
+            markersize=5,
+            markevery=every,
+            label=label + shared,
+            **look[label],
         )
     ax.set_xscale("log")
     ticks = [1, 1.5, 2, 3, 4]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlim(1, rho.index.max())
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(f"τ: time to target ({measure}) within τ × the fastest optimizer's")
     ax.set_ylabel(f"ρ(τ): fraction of the {n_workloads} workloads")
     ax.set_title(f"Performance profiles ({measure} to the target; median over seeds)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="optimizer", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return _save(fig, path)
+    ax.legend(
+        title="optimizer (one line per distinct profile)",
+        fontsize=8,
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
+    return fig

@@ -29,7 +29,7 @@ from optbench.config import (
     changes_protocol,
     check_target,
 )
-from optbench.files import write_csv
+from optbench.files import shown, write_csv
 from optbench.plan import Plan
 from optbench.suite_report import WORKLOADS_CSV
 from optbench.targets import PROFILE_MEASURES
@@ -182,7 +182,7 @@ def _why_not(name: str, command: str, data_dir: Path, target_override: str | Non
     dataset = dataset_of(name)
     if dataset not in preparation.IDX_MD5 and not (data_dir / "cifar-10-batches-py").is_dir():
         return (  # no offline source: a download attempt would only wait for the network
-            f"{dataset} is not on disk under {data_dir} and has no offline source; on a "
+            f"{dataset} is not on disk under {shown(data_dir)} and has no offline source; on a "
             f"machine with a network, `optbench data prepare {dataset}` downloads it (its "
             "message names the archive to copy in by hand otherwise)."
         )

@@ -157,26 +157,21 @@ def best_settings(runs: pd.DataFrame, optimizers: list[OptimizerSpec]) -> list[O
 
 
 def plot_tuning(curve: pd.DataFrame, title: str, path: Path) -> Path:
-    from optbench.plots import _colors, _save, plt
+    from optbench.figures import plt, save, styles
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = _colors(list(curve["optimizer"].unique()))
+    look = styles(list(curve["optimizer"].unique()))
     for name, rows in curve.groupby("optimizer", sort=False):
-        ax.plot(
-            rows["trials"],
-            rows["expected_best"],
-            marker="o",
-            markersize=3,
-            color=colors[name],
-            label=name,
-        )
-        ax.fill_between(rows["trials"], rows["q10"], rows["q90"], color=colors[name], alpha=0.15)
+        ax.plot(rows["trials"], rows["expected_best"], markersize=4, label=name, **look[name])
+        color = look[name]["color"]
+        ax.fill_between(rows["trials"], rows["q10"], rows["q90"], color=color, alpha=0.15)
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole trials, no 2.5
     ax.set_xlabel("tuning budget: random-search trials per optimizer")
     ax.set_ylabel("expected best final test accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(title="optimizer", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_tuning(out_dir: Path, runs: pd.DataFrame, drawn: pd.DataFrame) -> list[Path]:
