@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -148,22 +149,39 @@ def test_the_writes_of_a_jobs_end_are_those_the_stops_cover(finished):
 
 
 STOPS = [(name, signal.SIGKILL) for name in END_WRITES]
-STOPS += [(name, signal.SIGTERM) for name in ("runs.csv", "config.yaml", "checksums.sha256")]
-STOPS += [(name, signal.SIGINT) for name in ("summary.csv", "report.html", "checksums.sha256")]
+STOPS += [(name, signal.SIGTERM) for name in ("runs.csv", "checksums.sha256")]
+STOPS += [(name, signal.SIGINT) for name in ("config.yaml", "report.html")]
 EXIT = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, hooks, data_dir) -> dict:
+    """Every job of STOPS, each in its own folder, stopped after its write: (written,
+    signal) -> (folder, the stopped process). The jobs run side by side, one per core, as
+    most of each is the console script's start-up."""
+    root = tmp_path_factory.mktemp("stopped")
+
+    def stop(written: str, sig: int) -> tuple[Path, subprocess.CompletedProcess]:
+        folder = root / f"{written}-{signal.Signals(sig).name}" / "out"
+        folder.parent.mkdir()
+        env = {"STOP_AFTER_REPLACING": written, "STOP_SIGNAL": str(int(sig))}
+        return folder, child(folder, hooks, *JOB, **env)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        futures = {case: pool.submit(stop, *case) for case in STOPS}
+        return {case: future.result() for case, future in futures.items()}
 
 
 @pytest.mark.parametrize(
     ("written", "sig"), STOPS, ids=[f"{n}-{signal.Signals(s).name}" for n, s in STOPS]
 )
 def test_a_job_stopped_after_any_write_of_its_end_is_completed_by_the_same_command(
-    written, sig, finished, hooks, tmp_path
+    written, sig, stopped, finished, tmp_path
 ):
-    folder = tmp_path / "out"
-    stopped = child(folder, hooks, *JOB, STOP_AFTER_REPLACING=written, STOP_SIGNAL=str(int(sig)))
-    assert stopped.returncode == EXIT[sig], stopped.stderr
+    folder, process = stopped[(written, sig)]
+    assert process.returncode == EXIT[sig], process.stderr
     if sig != signal.SIGKILL:
-        assert "run the same command again" in stopped.stderr
+        assert "run the same command again" in process.stderr
     assert (folder / written).is_file()
     again = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr

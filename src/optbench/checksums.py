@@ -81,9 +81,9 @@ def config_is_current(folder: Path) -> bool:
     recorded = read(folder)
     if recorded is None:
         return _consistent_without_checksums(folder)
-    if recorded.get(RUNS_CSV) != sha256(runs):
+    if recorded.get(RUNS_CSV) != sha256(runs) or CONFIG_YAML not in recorded:
         return False
-    if recorded.get(CONFIG_YAML) != sha256(config):
+    if recorded[CONFIG_YAML] != sha256(config):
         raise ResultsError(
             f"{config} was changed after the job that wrote it ended (its SHA-256 is not the "
             f"one {folder / CHECKSUMS} records), so it no longer says what produced the runs "
@@ -97,8 +97,9 @@ def config_is_current(folder: Path) -> bool:
 
 def _consistent_without_checksums(folder: Path) -> bool:
     """A folder written before optbench kept checksums: its config.yaml is taken as written
-    for its runs.csv when no spent checkpoint shows a job stopped at its end and summary.csv
-    equals a fresh summary of runs.csv (what every such folder that ended held)."""
+    for its runs.csv when no checkpoint is left (a job that trained removed it only after
+    writing config.yaml) and summary.csv equals a fresh summary of runs.csv (what every such
+    folder whose job ended held)."""
     if (folder / CHECKPOINT).exists() or not (folder / SUMMARY_CSV).is_file():
         return False
     written = pd.read_csv(folder / SUMMARY_CSV)
