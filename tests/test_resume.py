@@ -239,3 +239,6 @@ def test_hydra_launchers_write_one_sweep_folder_and_combine_every_job(launcher, 
     assert len(combined) == 2 * 2 * 2  # optimizers x seeds x evaluations
     assert (sweep / "summary.csv").is_file()
     assert os.listdir(sweep / "0") and (sweep / "0" / CONFIG_YAML).is_file()
+    for folder in (sweep, sweep / "0", sweep / "1"):  # each as its job's end left it
+        checked = subprocess.run(["sha256sum", "--check", "checksums.sha256"], cwd=folder)
+        assert checked.returncode == 0, folder
