@@ -102,7 +102,10 @@ def _consistent_without_checksums(folder: Path) -> bool:
     folder whose job ended held)."""
     if (folder / CHECKPOINT).exists() or not (folder / SUMMARY_CSV).is_file():
         return False
-    written = pd.read_csv(folder / SUMMARY_CSV)
+    try:
+        written = pd.read_csv(folder / SUMMARY_CSV)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return False  # damaged: written again like any stale summary
     fresh = pd.read_csv(io.StringIO(summarize(read_runs(folder)).to_csv(index=False)))
     if list(written.columns) != list(fresh.columns) or len(written) != len(fresh):
         return False
