@@ -40,6 +40,7 @@ def test_run_writes_every_file(tmp_path, data_dir):
             "report.html",
             "costs.csv",
             "costs.png",
+            "checksums.sha256",
             *PLOTS,
         ]
     )

@@ -78,6 +78,7 @@ PLAIN_DATA_MODULES = [
     "results",
     "labels",
     "provenance",
+    "checksums",
     "files",
     "stats",
     "plots",

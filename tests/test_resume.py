@@ -247,6 +247,9 @@ def test_hydra_launchers_write_one_sweep_folder_and_combine_every_job(launcher, 
     assert "cwd" not in hydra_runtime and hydra_runtime.version_base == "1.3"
     for log in sweep.glob("*/optbench.log"):
         assert str(tmp_path) not in log.read_text()
+    for folder in (sweep, sweep / "0", sweep / "1"):  # each as its job's end left it
+        checked = subprocess.run(["sha256sum", "--check", "checksums.sha256"], cwd=folder)
+        assert checked.returncode == 0, folder
 
 
 def test_out_never_writes_over_results_and_names_the_seeds_compared(tmp_path, data_dir):

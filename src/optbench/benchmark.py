@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from optbench import (
+    checkpoints,
+    checksums,
     costs,
     engine,
     files,
@@ -43,7 +45,7 @@ def benchmark(
     with files.exclusive(out_dir):
         runs = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
         costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
-        write_analysis(out_dir, runs)
+        _finish(plan, out_dir, runs, write_analysis(out_dir, runs))
         loggers.write_logs(out_dir, plan.logger, runs)
     _say_where(out_dir)
     return runs
@@ -67,8 +69,8 @@ def tune(
     )
     with files.exclusive(out_dir):
         runs = _train_and_record(plan, trials, plan.optimizers, out_dir, overrides, progress)
-        tuning.write_tuning(out_dir, runs, drawn)
-        report.write_report(out_dir)
+        written = tuning.write_tuning(out_dir, runs, drawn) + report.write_report(out_dir)
+        _finish(plan, out_dir, runs, written)
         loggers.write_logs(out_dir, plan.logger, runs)
     _say_where(out_dir)
     return runs
@@ -106,7 +108,9 @@ def _train_and_record(
     benchmark and tune.
 
     A checkpoint left in out_dir by this same job is resumed, and a folder of another
-    protocol is refused (results.previous_runs)."""
+    protocol is refused (results.previous_runs), as is a config.yaml edited by hand. With
+    nothing to train, summary.csv is written again from runs.csv, and config.yaml too
+    where it is missing or was not written for this runs.csv (a job stopped at its end)."""
     preparation.prepare(plan.dataset["name"], plan.data_dir, log=log.info)
     for note in schedules.notes(plan.lr_schedule, trained):
         log.warning(note)
@@ -115,30 +119,34 @@ def _train_and_record(
         log.info("resume=false: the folder's earlier results are now in its %s/", aside.name)
     schedule = plan.schedule()
     previous = results.previous_runs(out_dir, plan, schedule.eval_steps)
+    config_is_current = checksums.config_is_current(out_dir)  # refuses one edited by hand
     done = results.complete_runs(previous, schedule.total_steps)
     wanted = [RunSpec(optimizer, seed) for optimizer in trained for seed in plan.seeds]
     todo = [run for run in wanted if run.key not in done]
-    if not todo:
-        log.info("All %d runs are already complete in the folder; nothing to train.", len(wanted))
-        return previous
-    if len(todo) < len(wanted):
-        log.info("Skipping the %d runs already complete in the folder.", len(wanted) - len(todo))
-    checkpoint = out_dir / results.CHECKPOINT
     produced_by = provenance.environment() | engine.layout(plan, trained)  # as training starts
-    try:
-        new = engine.train(plan, todo, progress=progress, checkpoint=checkpoint)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.Terminated)
-        _say_what_is_kept(out_dir, checkpoint, stop)
-        raise
-    runs = results.merge_runs(previous, new)
-    results.write_results(out_dir, runs)
+    if todo:
+        if len(todo) < len(wanted):
+            log.info(
+                "Skipping the %d runs already complete in the folder.", len(wanted) - len(todo)
+            )
+        runs = results.merge_runs(previous, _train(plan, todo, out_dir, progress))
+        results.write_results(out_dir, runs)
+    else:
+        log.info("All %d runs are already complete in the folder; nothing to train.", len(wanted))
+        runs = previous
+        results.write_summary(out_dir, runs)
+        if config_is_current:
+            return runs
+        log.info(
+            "Writing %s again: it was missing or not written for runs.csv.", provenance.CONFIG_YAML
+        )
+        produced_by["written_without_training"] = True
     if recorded is None:  # every setting the folder's runs were trained with
         optimizer_configs = labels.optimizer_configs(runs)
     else:
         optimizer_configs = {spec.name: spec.config for spec in recorded}
     config_yaml = out_dir / provenance.CONFIG_YAML
     provenance.write_config(config_yaml, plan, optimizer_configs, overrides or [], produced_by)
-    checkpoint.unlink(missing_ok=True)
     return runs
 
 
@@ -146,6 +154,28 @@ def _say_where(out_dir: Path) -> None:
     """The folder's path, on the terminal only: the log in it names no path of this machine
     (a results folder is committed and shared; paths inside it are relative to it)."""
     print(f"Results in {out_dir.resolve()}")
+
+
+def _train(plan: Plan, todo: list[RunSpec], out_dir: Path, progress: bool) -> pd.DataFrame:
+    """Train the runs, resuming and saving the folder's checkpoint; on Ctrl-C or SIGTERM,
+    say what is kept."""
+    checkpoint = out_dir / results.CHECKPOINT
+    try:
+        return engine.train(plan, todo, progress=progress, checkpoint=checkpoint)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.Terminated)
+        _say_what_is_kept(out_dir, checkpoint, stop)
+        raise
+
+
+def _finish(plan: Plan, out_dir: Path, runs: pd.DataFrame, written: list[Path]) -> None:
+    """The last writes of a job: the checksums of runs.csv and of every file derived from it
+    (which say the folder is complete), then the checkpoint, now spent, removed."""
+    derived = [out_dir / results.SUMMARY_CSV, out_dir / provenance.CONFIG_YAML, *written]
+    checksums.write(out_dir, derived)
+    checkpoint = out_dir / results.CHECKPOINT
+    complete = results.complete_runs(runs, plan.schedule().total_steps)
+    if checkpoints.is_spent(checkpoint, plan.fingerprint, complete):
+        checkpoint.unlink()
 
 
 def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) -> None:

@@ -58,6 +58,25 @@ def load(path: Path, device: torch.device) -> dict | None:
         return None
 
 
+def is_spent(path: Path, fingerprint: str, complete: frozenset) -> bool:
+    """Whether the checkpoint at path belongs to a job of this protocol whose runs are all
+    complete (in runs.csv): nothing would ever resume from it. One that cannot be read, or
+    holds a run still unfinished, is not spent (a later job may resume it)."""
+    if not path.is_file():
+        return False
+    try:  # mmap: only the job's identity is read, not the tensors
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError:  # an optimizer state may hold a few known classes
+            with torch.serialization.safe_globals(library.checkpoint_classes()):
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        job = state["job"]
+        runs = {tuple(key) for key in job["runs"]}
+    except Exception:  # damaged, or not optbench's: the job that resumes it sets it aside
+        return False
+    return job.get("fingerprint") == fingerprint and runs <= complete
+
+
 def _without_deques(value):
     """The state with every collections.deque (AdaShift's past gradients) as a dict that
     torch's safe loader can read back; _with_deques rebuilds them. Containers without a

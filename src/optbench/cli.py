@@ -137,10 +137,11 @@ def hydra_app(command: str, plans: Plans):
 
 class CombineMultirun(Callback):
     """At the end of a Hydra multirun: one runs.csv, summary.csv and set of plots for all
-    jobs (configs/config.yaml names this callback)."""
+    jobs, and their checksums (configs/config.yaml names this callback). The same multirun
+    again writes them all afresh, so one stopped while combining is repaired."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from optbench import results
+        from optbench import checksums, results
         from optbench.benchmark import write_analysis
 
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -150,7 +151,8 @@ class CombineMultirun(Callback):
             if combined is None:
                 return
             results.write_results(sweep_dir, combined)
-            write_analysis(sweep_dir, combined)
+            written = write_analysis(sweep_dir, combined)
+            checksums.write(sweep_dir, [sweep_dir / results.SUMMARY_CSV, *written])
         except ConfigError as error:  # e.g. one run in two job folders
             print(
                 f"optbench: error: the jobs' results cannot be combined: {error}", file=sys.stderr

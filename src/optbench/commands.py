@@ -99,12 +99,13 @@ def plot(args: list[str]) -> int:
         help="what the curves are drawn against (repeatable; default: step)",
     )
     options = parser.parse_args(args)
-    from optbench import plots
+    from optbench import checksums, plots
 
     folder, _ = _results_folder(options)
     written = []
     for x in options.x or ["step"]:
         written += plots.plot_all(folder, x=x)
+    checksums.update(folder, written)
     for path in written:
         print(path)
     return 0
@@ -120,10 +121,12 @@ def compare(args: list[str]) -> int:
     options = parser.parse_args(args)
     if len(options.results_dirs) == 2 and options.out is None:
         return _rerun_check(*options.results_dirs)
+    from optbench import checksums
     from optbench.benchmark import write_analysis
 
     folder, runs = _results_folder(options)
     written = write_analysis(folder, runs, draw_plots=False)
+    checksums.update(folder, written)
     for path in written:
         print(path)
     return 0

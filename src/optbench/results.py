@@ -77,10 +77,15 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 def write_results(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Write runs.csv and summary.csv; return the summary."""
-    summary = summarize(runs)
     _check_rows(out_dir / RUNS_CSV, runs.reset_index(drop=True))  # never write what read refuses
     write_csv(runs[RUN_COLUMNS], out_dir / RUNS_CSV)
-    write_csv(summary, out_dir / SUMMARY_CSV)
+    return write_summary(out_dir, runs)
+
+
+def write_summary(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Write summary.csv from the runs; return it."""
+    summary = summarize(runs)
+    write_csv(summary, Path(out_dir) / SUMMARY_CSV)
     return summary
 
 
