@@ -87,8 +87,8 @@ def _diverged_text(runs: pd.DataFrame) -> str:
         for optimizer, g in first.groupby("optimizer", sort=False)
     ]
     return (
-        f"{len(first)} of {total} runs diverged (a NaN or infinite training loss) and are left "
-        f"out of every mean, interval, test and plot: {'; '.join(parts)}."
+        f"{len(first)} of {total} runs diverged (a training loss NaN, infinite or above "
+        f"2^24) and are left out of every mean, interval, test and plot: {'; '.join(parts)}."
     )
 
 
