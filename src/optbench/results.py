@@ -36,9 +36,10 @@ RUN_COLUMNS += ["diverged", "fingerprint"]
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (protocol, optimizer, step), over the runs that have not diverged: for
     each metric <metric>_mean, <metric>_std (sample std, ddof=1), <metric>_ci_low and
-    _ci_high (95% t-interval of the mean), _median, _q25, _q75 and _iqr (quartiles, NumPy's
-    linear interpolation); empty where one seed cannot give them. n is the number of those
-    seeds; n_diverged and diverged_fraction count the runs left out as diverged."""
+    _ci_high (95% t-interval of the mean, clipped to the metric's range: stats.RANGES),
+    _median, _q25, _q75 and _iqr (quartiles, NumPy's linear interpolation); empty where
+    one seed cannot give them. n is the number of those seeds; n_diverged and
+    diverged_fraction count the runs left out as diverged."""
     if "diverged" not in runs:
         runs = runs.assign(diverged=False)
     runs = label_settings(runs).assign(diverged=runs["diverged"].astype(bool))
@@ -55,7 +56,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             values = group[m]
             columns[f"{m}_mean"] = values.mean()
             columns[f"{m}_std"] = values.std(ddof=1)
-            columns.update({f"{m}_{k}": v for k, v in stats.describe(values).items()})
+            described = stats.describe(values, bounds=stats.metric_range(m))
+            columns.update({f"{m}_{k}": v for k, v in described.items()})
         return pd.Series(columns)
 
     described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[METRICS].apply(describe)

@@ -21,8 +21,24 @@ CONFIDENCE = 0.95  # for the t-intervals of the mean
 ALPHA = 0.05  # family-wise error rate of the pairwise tests, Holm-corrected
 
 
-def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The t-interval of the mean: mean ± t_{(1+c)/2, n-1} · s / √n (NaN below 2 values)."""
+# The values each metric can take. An interval of a mean is clipped to them: with few seeds
+# near a bound, mean ± t·s/√n spills over it (an accuracy interval of [-0.06, 0.25]), and
+# clipping loses no coverage, since the true mean lies inside. Accuracy is a fraction; the
+# losses (cross-entropy), gradient evaluations and seconds cannot go below 0.
+RANGES = {"test_accuracy": (0.0, 1.0)}
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    return RANGES.get(metric, (0.0, math.inf))
+
+
+def t_interval(
+    values: np.ndarray,
+    confidence: float = CONFIDENCE,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> tuple[float, float]:
+    """The t-interval of the mean, mean ± t_{(1+c)/2, n-1} · s / √n, clipped to bounds (the
+    values the metric can take); NaN below 2 values."""
     values = np.asarray(values, dtype=float)
     n = len(values)
     if n < 2:
@@ -31,16 +47,20 @@ def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[floa
 
     mean = values.mean()
     half_width = stats.t.ppf((1 + confidence) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return mean - half_width, mean + half_width
+    low, high = bounds
+    return max(mean - half_width, low), min(mean + half_width, high)
 
 
 DESCRIBED = ("ci_low", "ci_high", "median", "q25", "q75", "iqr")  # describe's keys
 
 
-def describe(values: pd.Series) -> dict[str, float]:
-    """The extra summary columns of one metric: 95% t-interval, median, quartiles, IQR."""
+def describe(
+    values: pd.Series, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> dict[str, float]:
+    """The extra summary columns of one metric: 95% t-interval (clipped to bounds), median,
+    quartiles, IQR."""
     values = values.dropna().to_numpy(dtype=float)
-    low, high = t_interval(values)
+    low, high = t_interval(values, bounds=bounds)
     if len(values):
         q25, median, q75 = np.percentile(values, [25, 50, 75])
     else:
@@ -107,11 +127,11 @@ def ranking(
     paired by seed.
 
     Returns (ranking, pairs). ranking: one row per optimizer with mean, std, n, the 95%
-    t-interval, the Holm-adjusted paired-t p-value against the best, and `tied_with_best`
-    (that p ≥ alpha: statistically indistinguishable from the best). pairs: every pair's
-    mean difference, raw and Holm-adjusted p-values of the paired t-test, and the Wilcoxon
-    signed-rank p-value (which cannot go below 0.0625 with 5 seeds; it needs 6 or more
-    pairs to reach 0.05).
+    t-interval (clipped to the metric's range), the Holm-adjusted paired-t p-value against
+    the best, and `tied_with_best` (that p ≥ alpha: statistically indistinguishable from the
+    best). pairs: every pair's mean difference, raw and Holm-adjusted p-values of the paired
+    t-test, and the Wilcoxon signed-rank p-value (which cannot go below 0.0625 with 5
+    seeds; it needs 6 or more pairs to reach 0.05).
     """
     table = final_values(runs, metric)
     order = table.mean().sort_values(ascending=False).index.tolist()
@@ -139,7 +159,7 @@ def ranking(
     rows = []
     for rank, name in enumerate(order, start=1):
         values = table[name].to_numpy()
-        low, high = t_interval(values)
+        low, high = t_interval(values, bounds=metric_range(metric))
         versus = pairs[(pairs["optimizer"] == best) & (pairs["other"] == name)]
         p_best = 1.0 if name == best else float(versus["t_p_holm"].iloc[0])
         rows.append(
