@@ -56,6 +56,20 @@ def cut_last_lines(count: int) -> Callable[[Path], None]:
     return setup
 
 
+def blank_an_accuracy(tmp_path: Path) -> None:
+    """A run not diverged whose accuracy at one evaluation was deleted (an edit by hand)."""
+    train_first("seeds=3", SMOKE)(tmp_path)
+    path = tmp_path / "out" / "runs.csv"
+    runs = pd.read_csv(path)
+    runs.loc[2, "test_accuracy"] = float("nan")  # line 4 of the file
+    runs.to_csv(path, index=False)
+    (tmp_path / "blanked.csv").write_bytes(path.read_bytes())
+
+
+def still_blanked(tmp_path: Path) -> None:
+    assert (tmp_path / "out" / "runs.csv").read_bytes() == (tmp_path / "blanked.csv").read_bytes()
+
+
 def garbage_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "checkpoint.pt").write_bytes(os.urandom(5000))
@@ -162,6 +176,13 @@ FAULTS = {
         "lacks its evaluations",
         setup=cut_last_lines(4),
         check=file_untouched,
+    ),
+    "a missing accuracy in a run not diverged": Fault(
+        ["seeds=3", SMOKE],
+        2,
+        "line 4 (optimizer sgd, seed 2, step 10) has no test_accuracy but is not marked diverged",
+        setup=blank_an_accuracy,
+        check=still_blanked,
     ),
     "every run diverges": Fault(
         ["optimizer.lr=1e8", "seeds=2", SMOKE], 0, "", check=every_file_and_the_divergence_said

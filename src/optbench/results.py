@@ -115,8 +115,9 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
 
 
 def _check_rows(path: Path, runs: pd.DataFrame) -> None:
-    """No row twice, and every run with every evaluation of its protocol: runs.csv holds
-    complete runs only, so anything else is damage (a file cut or edited by hand)."""
+    """No row twice, every metric in a row not diverged, and every run with every
+    evaluation of its protocol: runs.csv holds complete runs only, so anything else is
+    damage (a file cut or edited by hand)."""
     line = runs.index + 2  # the header is line 1
     keys = RUN_IDENTITY + ["step"]
     repeated = runs.duplicated(keys, keep="first")
@@ -130,12 +131,33 @@ def _check_rows(path: Path, runs: pd.DataFrame) -> None:
                 f"seed {row['seed']}, step {row['step']})",
             )
         )
+    _check_measured(path, runs)
     for _, protocol_runs in runs.groupby("fingerprint", sort=False):
         every_step = set(protocol_runs["step"])
         for _, run in protocol_runs.groupby(RUN_IDENTITY, sort=False):
             lacking = sorted(every_step - set(run["step"]))
             if lacking:
                 raise ResultsError(_damaged(path, _lacking(run, lacking)))
+
+
+def _check_measured(path: Path, runs: pd.DataFrame) -> None:
+    """A run that has not diverged has every metric at every evaluation (trainers marks it
+    diverged at the first that lacks one): a missing value in such a row is damage, which
+    would otherwise print as "0.7120 ± nan"."""
+    measured = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
+    healthy = runs["diverged"].astype(str).str.lower() != "true"
+    missing = runs[measured].isna() & healthy.to_numpy()[:, None]
+    if missing.any().any():
+        index = missing.any(axis=1).idxmax()
+        row, line = runs.loc[index], runs.index.get_loc(index) + 2  # the header is line 1
+        empty = ", ".join(c for c in measured if missing.loc[index, c])
+        raise ResultsError(
+            _damaged(
+                path,
+                f"line {line} (optimizer {row['optimizer']}, seed {row['seed']}, step "
+                f"{row['step']}) has no {empty} but is not marked diverged",
+            )
+        )
 
 
 def _lacking(run: pd.DataFrame, steps: list[int]) -> str:

@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from optbench.labels import interval, mean_std
+
 # SciPy is imported where it is used: it takes a few tenths of a second to import, which a
 # training command would otherwise spend before its first step.
 
@@ -193,8 +195,8 @@ def ranking_markdown(
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.rank} | {r.optimizer} | {r.mean:.4f} ± {r.std:.4f} ({r.n}) "
-            f"| [{r.ci_low:.4f}, {r.ci_high:.4f}] | {r.p_vs_best_holm:.3g} "
+            f"| {r.rank} | {r.optimizer} | {mean_std(r.mean, r.std)} (n={r.n}) "
+            f"| {interval(r.ci_low, r.ci_high)} | {r.p_vs_best_holm:.3g} "
             f"| {'≈ best' if r.tied_with_best else ''} |"
         )
     lines += [

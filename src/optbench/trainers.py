@@ -81,9 +81,10 @@ class Trainer:
         self.last_loss = torch.full((len(runs),), math.nan, device=device)
         self.grad_evals = 0  # forward + backward passes so far
         self.train_s = 0.0  # seconds spent in these runs' steps
-        # per run: None, or its grad_evals at the evaluation that found its loss NaN,
-        # infinite or above DIVERGED_LOSS; from then on its rows carry no metrics and it
-        # counts no more steps
+        # per run: None, or its grad_evals at the evaluation that found its training loss
+        # NaN, infinite or above DIVERGED_LOSS, or its test loss NaN or infinite; from then
+        # on its rows carry no metrics (a row not diverged has every metric) and it counts
+        # no more steps
         self.diverged_at: list[int | None] = [None] * len(runs)
 
     def count_step(self, losses: torch.Tensor, seconds: float) -> None:
@@ -108,6 +109,9 @@ class Trainer:
             if self.diverged_at[r] is None and has_diverged(loss):
                 self.diverged_at[r] = self.grad_evals
         tests = self.test(tensors, test_batch_size)
+        for r, (test_loss, _) in enumerate(tests):  # weights blown up by the last update
+            if self.diverged_at[r] is None and not math.isfinite(test_loss):
+                self.diverged_at[r] = self.grad_evals
         rows = []
         for r, run in enumerate(self.runs):
             diverged = self.diverged_at[r] is not None
