@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from optbench import (
+    answer,
     costs,
     engine,
     files,
@@ -22,6 +23,7 @@ from optbench import (
     provenance,
     results,
     schedules,
+    stats,
 )
 from optbench.plan import OptimizerSpec, Plan, RunSpec
 
@@ -41,10 +43,13 @@ def benchmark(
     the runs."""
     out_dir = Path(out_dir)
     with files.exclusive(out_dir):
-        runs = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
+        runs, summary = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
         costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
-        write_analysis(out_dir, runs)
+        ranked = stats.rankings(runs)
+        write_analysis(out_dir, runs, ranked=ranked)
         loggers.write_logs(out_dir, plan.logger, runs)
+    ranking, _ = ranked.get("", (None, None))  # a job has one protocol
+    answer.log_final_table(summary, ranking)
     log.info("Results in %s", out_dir.resolve())
     return runs
 
@@ -66,10 +71,13 @@ def tune(
         plan.schedule().total_steps,
     )
     with files.exclusive(out_dir):
-        runs = _train_and_record(plan, trials, plan.optimizers, out_dir, overrides, progress)
+        runs, summary = _train_and_record(
+            plan, trials, plan.optimizers, out_dir, overrides, progress
+        )
         tuning.write_tuning(out_dir, runs, drawn)
         report.write_report(out_dir)
         loggers.write_logs(out_dir, plan.logger, runs)
+    answer.log_final_table(summary)  # each optimizer's best trial
     log.info("Results in %s", out_dir.resolve())
     return runs
 
@@ -99,11 +107,11 @@ def _train_and_record(
     out_dir: Path,
     overrides: list[str] | None,
     progress: bool,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Prepare the data, train the runs of `trained` that out_dir does not hold complete
     yet, and write runs.csv, summary.csv and config.yaml (listing `recorded`, or with None
-    every optimizer setting in the folder's runs); what comes after differs between
-    benchmark and tune.
+    every optimizer setting in the folder's runs); return the runs and their summary. What
+    comes after differs between benchmark and tune.
 
     A checkpoint left in out_dir by this same job is resumed, and a folder of another
     protocol is refused (results.previous_runs)."""
@@ -120,7 +128,7 @@ def _train_and_record(
     todo = [run for run in wanted if run.key not in done]
     if not todo:
         log.info("All %d runs are already complete in %s; nothing to train.", len(wanted), out_dir)
-        return previous
+        return previous, results.summarize(previous)
     if len(todo) < len(wanted):
         log.info("Skipping the %d runs already complete in %s.", len(wanted) - len(todo), out_dir)
     checkpoint = out_dir / results.CHECKPOINT
@@ -131,7 +139,7 @@ def _train_and_record(
         _say_what_is_kept(out_dir, checkpoint, stop)
         raise
     runs = results.merge_runs(previous, new)
-    results.write_results(out_dir, runs)
+    summary = results.write_results(out_dir, runs)
     if recorded is None:  # every setting the folder's runs were trained with
         optimizer_configs = labels.optimizer_configs(runs)
     else:
@@ -139,7 +147,7 @@ def _train_and_record(
     config_yaml = out_dir / provenance.CONFIG_YAML
     provenance.write_config(config_yaml, plan, optimizer_configs, overrides or [], produced_by)
     checkpoint.unlink(missing_ok=True)
-    return runs
+    return runs, summary
 
 
 def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) -> None:
@@ -158,14 +166,16 @@ def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) 
     )
 
 
-def write_analysis(out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True) -> list[Path]:
+def write_analysis(
+    out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True, ranked: dict | None = None
+) -> list[Path]:
     """Everything derived from runs.csv: the published comparison (for presets that have
-    published numbers), the paired ranking, the plots (unless draw_plots is False) and the
-    report."""
+    published numbers), the paired ranking (stats.rankings, computed unless given), the
+    plots (unless draw_plots is False) and the report."""
     from optbench import plots, published, report
 
     written = published.write_comparison(out_dir, runs)
-    written += results.write_ranking(out_dir, runs)
+    written += results.write_ranking(out_dir, runs, ranked=ranked)
     if draw_plots:
         written += plots.plot_all(out_dir)
     written += report.write_report(out_dir)

@@ -124,8 +124,33 @@ def _ranking_table(results_dir: Path, runs: pd.DataFrame, n_protocols: int):
         table, _ = stats.ranking(label_settings(runs))
     else:
         return None
-    tied = table["tied_with_best"].map({True: "≈", False: ""})
-    return table.assign(**{"≈ best": tied}).drop(columns="tied_with_best")
+    tested = table["n"] > 1  # one seed: no spread, no interval, no test
+    return pd.DataFrame(
+        {
+            "rank": table["rank"],
+            "optimizer": table["optimizer"],
+            "mean ± std": list(map(mean_std, table["mean"], table["std"])),
+            "n": table["n"],
+            "95% CI": list(map(interval, table["ci_low"], table["ci_high"])),
+            "p vs best (Holm)": [
+                f"{p:.3g}" if ok else "—"
+                for p, ok in zip(table["p_vs_best_holm"], tested, strict=True)
+            ],
+            "≈ best": (table["tied_with_best"] & tested).map({True: "≈", False: ""}),
+        }
+    )
+
+
+def _published_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The published final numbers beside ours, as the report shows them."""
+    final = comparison[comparison["metric"].isin(["final_test_accuracy", "test_loss"])]
+    ours = list(map(mean_std, final["mean"], final["std"]))
+    z = ["—" if pd.isna(v) else f"{v:+.1f}" for v in final["z"]]
+    shown = ["optimizer", "step", "epoch", "metric", "published", "n", "min", "max", "flagged"]
+    final = final[shown].round(4)
+    final.insert(final.columns.get_loc("n"), "ours: mean ± std", ours)
+    final.insert(final.columns.get_loc("flagged"), "z", z)
+    return final  # comparison.md has the rest
 
 
 def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
@@ -156,20 +181,12 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
         sections.append(("What each optimizer costs", "table", _costs_table(results_dir)))
     table = _ranking_table(results_dir, runs, len(protocol))
     if table is not None:
-        sections.append(
-            ("Ranking (paired t-tests by seed, Holm-corrected)", "table", table.round(4))
-        )
+        sections.append(("Ranking (paired t-tests by seed, Holm-corrected)", "table", table))
     for experiment in runs["experiment"].unique():
         comparison = published.compare(runs, experiment)
         if comparison is not None:
-            final = comparison[comparison["metric"].isin(["final_test_accuracy", "test_loss"])]
-            sections.append(
-                (
-                    f"Published one-seed numbers ({experiment})",
-                    "table",
-                    final.drop(columns=["printed_as"]).round(4),
-                )
-            )
+            heading = f"Published one-seed numbers ({experiment})"
+            sections.append((heading, "table", _published_table(comparison)))
     for name, caption in PLOTS:
         if (results_dir / name).is_file():
             sections.append((caption, "image", name))

@@ -18,7 +18,7 @@ from optbench.config import (
     run_key,
 )
 from optbench.files import ResultsError, atomic_write, write_csv
-from optbench.labels import by_protocol, label_settings
+from optbench.labels import label_settings
 from optbench.plan import Plan
 from optbench.provenance import CONFIG_YAML, differences
 
@@ -148,16 +148,11 @@ def _check_measured(path: Path, runs: pd.DataFrame) -> None:
     healthy = runs["diverged"].astype(str).str.lower() != "true"
     missing = runs[measured].isna() & healthy.to_numpy()[:, None]
     if missing.any().any():
-        index = missing.any(axis=1).idxmax()
-        row, line = runs.loc[index], runs.index.get_loc(index) + 2  # the header is line 1
-        empty = ", ".join(c for c in measured if missing.loc[index, c])
-        raise ResultsError(
-            _damaged(
-                path,
-                f"line {line} (optimizer {row['optimizer']}, seed {row['seed']}, step "
-                f"{row['step']}) has no {empty} but is not marked diverged",
-            )
-        )
+        position = int(missing.any(axis=1).to_numpy().argmax())
+        row, empty = runs.iloc[position], ", ".join(missing.columns[missing.iloc[position]])
+        where = f"optimizer {row['optimizer']}, seed {row['seed']}, step {row['step']}"
+        reason = f"line {position + 2} ({where}) has no {empty} but is not marked diverged"
+        raise ResultsError(_damaged(path, reason))  # line 1 is the header
 
 
 def _lacking(run: pd.DataFrame, steps: list[int]) -> str:
@@ -311,15 +306,14 @@ def combine_jobs(sweep_dir: Path) -> pd.DataFrame | None:
 RANKING_CSV = "ranking.csv"
 
 
-def write_ranking(results_dir: Path, runs: pd.DataFrame, metric: str = "test_accuracy") -> list:
+def write_ranking(results_dir: Path, runs: pd.DataFrame, metric="test_accuracy", ranked=None):
     """ranking.csv, ranking_pairs.csv (every pair's tests) and ranking.md for every protocol
-    in runs with two or more optimizer settings; return the files written."""
+    in runs with two or more optimizer settings (their stats.rankings, computed unless
+    given); return the files written."""
     results_dir = Path(results_dir)
     written = []
-    for _, mine, suffix in by_protocol(label_settings(runs)):
-        if mine["optimizer"].nunique() < 2 or stats.final_values(mine, metric).empty:
-            continue
-        table, pairs = stats.ranking(mine, metric)
+    ranked = stats.rankings(runs, metric) if ranked is None else ranked
+    for suffix, (table, pairs) in ranked.items():
         csv_path = results_dir / f"ranking{suffix}.csv"
         pairs_path = results_dir / f"ranking_pairs{suffix}.csv"
         md_path = results_dir / f"ranking{suffix}.md"

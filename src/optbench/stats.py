@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from optbench.labels import interval, mean_std
+from optbench.labels import by_protocol, interval, label_settings, mean_std
 
 # SciPy is imported where it is used: it takes a few tenths of a second to import, which a
 # training command would otherwise spend before its first step.
@@ -178,6 +178,17 @@ def ranking(
             }
         )
     return pd.DataFrame(rows), pairs
+
+
+def rankings(runs: pd.DataFrame, metric: str = "test_accuracy") -> dict[str, tuple]:
+    """`ranking`'s (ranking, pairs) of every protocol in runs with two or more optimizer
+    settings to rank, by the suffix of its files ("" where runs hold one protocol)."""
+    ranked = {}
+    for _, mine, suffix in by_protocol(label_settings(runs)):
+        if mine["optimizer"].nunique() < 2 or final_values(mine, metric).empty:
+            continue
+        ranked[suffix] = ranking(mine, metric)
+    return ranked
 
 
 def ranking_markdown(
