@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from optbench import engine, library, models
 from optbench.data import DatasetTensors, load
 from optbench.plan import OptimizerSpec, make_schedule
-from optbench.trainers import stream_seed
+from optbench.trainers import has_diverged, stream_seed
 
 from conftest import ROOT, run_plan, sweep_plan
 
@@ -262,6 +262,36 @@ def test_a_diverging_run_leaves_the_others_untouched(data_dir, stack_runs):
     tame = together[together.lr == 0.1].reset_index(drop=True)
     exact = stack_runs == "never"
     pd.testing.assert_frame_equal(tame, training(sweep_plan(*layout)), check_exact=exact, rtol=1e-5)
+
+
+def test_a_loss_above_the_bound_is_divergence_and_a_recovering_run_is_not(data_dir):
+    """SGD at lr 1000 passes trainers.DIVERGED_LOSS within its first 10 steps (a finite
+    loss, which the non-finite check alone let through): diverged. RMSprop at lr 1 spikes
+    to a mean loss in the tens of thousands over its first 10 steps and recovers: not
+    diverged. A stacked run and a lone run agree."""
+    plan = sweep_plan("optimizers=[sgd,rmsprop]", "seeds=2", SMOKE)
+    sgd, rmsprop = plan.optimizers
+    specs = [with_keys(sgd, lr=1000.0), with_keys(rmsprop, lr=1.0)]
+    lone = training(plan, specs)
+    stacked = training(dataclasses.replace(plan, stack_runs="always"), specs)
+    for runs in (lone, stacked):
+        wild, spiky = runs[runs.optimizer == "sgd"], runs[runs.optimizer == "rmsprop"]
+        assert wild["diverged"].all() and (wild["grad_evals"] == 10).all()
+        assert not spiky["diverged"].any()
+        first, last = (spiky[spiky.step == step]["train_loss"] for step in (10, 20))
+        assert (first > 1e4).all() and (last.to_numpy() < first.to_numpy() / 10).all()
+    pd.testing.assert_series_equal(lone["diverged"], stacked["diverged"])
+
+
+def test_the_committed_recovering_runs_lie_below_the_divergence_bound():
+    """The lr-sensitivity runs committed in results/ (RMSprop at lr 1 reaches a mean
+    training loss of 1105 over its epoch, and ends near chance, not NaN) are not diverged
+    under the bound: it is above every loss they reached."""
+    runs = pd.read_csv(ROOT / "results" / "lr_sensitivity_wizard_ffnn" / "runs.csv")
+    spiky = runs[(runs.optimizer == "rmsprop") & (runs.lr == 1.0)]
+    assert spiky["train_loss"].max() > 1000 and spiky["test_loss"].lt(5).all()
+    assert not any(map(has_diverged, runs["train_loss"]))
+    assert has_diverged(math.nan) and has_diverged(math.inf) and has_diverged(2.5e11)
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,20 @@ def cut_last_lines(count: int) -> Callable[[Path], None]:
     return setup
 
 
+def blank_an_accuracy(tmp_path: Path) -> None:
+    """A run not diverged whose accuracy at one evaluation was deleted (an edit by hand)."""
+    train_first("seeds=3", SMOKE)(tmp_path)
+    path = tmp_path / "out" / "runs.csv"
+    runs = pd.read_csv(path)
+    runs.loc[2, "test_accuracy"] = float("nan")  # line 4 of the file
+    runs.to_csv(path, index=False)
+    (tmp_path / "blanked.csv").write_bytes(path.read_bytes())
+
+
+def still_blanked(tmp_path: Path) -> None:
+    assert (tmp_path / "out" / "runs.csv").read_bytes() == (tmp_path / "blanked.csv").read_bytes()
+
+
 def garbage_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "checkpoint.pt").write_bytes(os.urandom(5000))
@@ -162,6 +176,13 @@ FAULTS = {
         "lacks its evaluations",
         setup=cut_last_lines(4),
         check=file_untouched,
+    ),
+    "a missing accuracy in a run not diverged": Fault(
+        ["seeds=3", SMOKE],
+        2,
+        "line 4 (optimizer sgd, seed 2, step 10) has no test_accuracy but is not marked diverged",
+        setup=blank_an_accuracy,
+        check=still_blanked,
     ),
     "every run diverges": Fault(
         ["optimizer.lr=1e8", "seeds=2", SMOKE], 0, "", check=every_file_and_the_divergence_said
@@ -300,8 +321,10 @@ def test_plot_into_a_folder_it_cannot_write_names_the_out_option(tmp_path):
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux for a real terminal")
 def test_a_60_column_terminal_still_shows_the_accuracy(tmp_path, data_dir):
-    """The finished progress bar stays on the screen: read it there, 60 columns wide."""
-    command = f"{OPTBENCH} run seeds=2 {SMOKE} hydra.run.dir={tmp_path / 'out'}"
+    """The finished progress bar stays on the screen, and the final table follows it: read
+    them there, 60 columns wide."""
+    # the width from the terminal itself: a tmux server already running may pass COLUMNS on
+    command = f"env -u COLUMNS {OPTBENCH} run seeds=2 {SMOKE} hydra.run.dir={tmp_path / 'out'}"
     session = f"optbench-{os.getpid()}"
     subprocess.run(
         [
@@ -311,7 +334,7 @@ def test_a_60_column_terminal_still_shows_the_accuracy(tmp_path, data_dir):
             "-x",
             "60",
             "-y",
-            "5",
+            "40",
             "-s",
             session,
             f"{command}; tmux wait-for -S {session}; sleep 60",
@@ -327,3 +350,9 @@ def test_a_60_column_terminal_still_shows_the_accuracy(tmp_path, data_dir):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
     bar = next(line for line in screen.splitlines() if "runs, accuracy" in line)
     assert "2 runs, accuracy 0." in bar and "0 diverged" in bar and len(bar.rstrip()) <= 60
+    lines = screen.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("optimizer")) :]
+    assert table[0].split()[:2] == ["optimizer", "accuracy"] and len(table[0]) <= 60
+    row = table[1].split()
+    assert row[0] == "sgd" and row[2] == "±" and 0 < float(row[1]) < 1
+    assert "Results in" in "".join(screen.rstrip().splitlines()[-2:])  # the last, wrapped

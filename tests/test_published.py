@@ -15,7 +15,7 @@ import pytest
 from optbench import preparation, published
 from optbench.optimizers import optimizer_class, optimizer_kwargs
 
-from conftest import sweep_plan
+from conftest import ROOT, sweep_plan
 from reference_protocols import PROTOCOLS, PUBLISHED_SHA256
 
 
@@ -125,3 +125,21 @@ def test_comparison_files_and_another_dataset_is_not_compared(tmp_path):
     assert (
         published.write_comparison(tmp_path / "other", runs.assign(dataset="fashion_mnist")) == []
     )
+
+
+@pytest.mark.parametrize("experiment", ["wizard_ffnn", "examples_cnn"])
+def test_one_seed_compares_without_nan_and_mean_as_printed_only_where_truncated(
+    tmp_path, experiment
+):
+    """The committed runs of seed 0 alone: the mean is printed without "± nan" and z as
+    "—"; only wizard_ffnn's accuracies were printed truncated, so only its comparison.csv
+    has a mean_as_printed column (examples_cnn's would be empty)."""
+    runs = pd.read_csv(ROOT / "results" / experiment / "runs.csv")
+    published.write_comparison(tmp_path, runs[runs.seed == 0])
+    text = (tmp_path / "comparison.md").read_text()
+    assert "(n=1)" in text and "nan" not in text and "| — |" in text
+    comparison = pd.read_csv(tmp_path / "comparison.csv")
+    if experiment == "wizard_ffnn":
+        assert comparison["mean_as_printed"].notna().any()
+    else:
+        assert "mean_as_printed" not in comparison

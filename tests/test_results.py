@@ -149,8 +149,17 @@ def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp
         (lambda runs: runs.drop(columns=["hyperparameters"]), "no column hyperparameters"),
         (lambda runs: pd.concat([runs, runs.iloc[[3]]]), "line 20 repeats line 5"),
         (lambda runs: runs.iloc[:-1], "lacks its evaluations at step 12"),
+        (
+            lambda runs: runs.assign(test_accuracy=runs.test_accuracy.mask(runs.index == 6)),
+            r"line 8 \(optimizer sgd, seed 0, step 8\) has no test_accuracy but is not marked",
+        ),
     ],
-    ids=["an earlier optbench's columns", "a repeated row", "a run missing a row"],
+    ids=[
+        "an earlier optbench's columns",
+        "a repeated row",
+        "a run missing a row",
+        "a missing accuracy in a run not diverged",
+    ],
 )
 def test_a_damaged_runs_csv_is_refused_with_its_line(real_runs, tmp_path, damage, message):
     damage(real_runs).to_csv(tmp_path / "runs.csv", index=False)

@@ -22,6 +22,34 @@ def test_t_interval_equals_scipys():
     assert all(np.isnan(stats.t_interval(np.array([0.9]))))
 
 
+def test_an_accuracy_interval_is_clipped_to_0_and_1_as_scipys_clipped(tmp_path):
+    """Near a bound, few seeds spill the t-interval over it (SciPy's too); the summary and
+    the ranking give SciPy's interval clipped to [0, 1] for the accuracy, to [0, ∞) for the
+    loss."""
+    near_zero, near_one = [0.098, 0.084, 0.0, 0.31], [0.99, 1.0, 0.93, 1.0]
+    runs = runs_from({"low": near_zero, "high": near_one})
+    runs.loc[runs.optimizer == "low", "test_loss"] = [0.5, 0.1, 9.0, 0.2]
+    results.write_results(tmp_path, runs)
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("optimizer")
+    table = stats.ranking(runs)[0].set_index("optimizer")
+    for name, metric, (floor, ceiling) in [
+        ("low", "test_accuracy", (0, 1)),
+        ("high", "test_accuracy", (0, 1)),
+        ("low", "test_loss", (0, np.inf)),
+    ]:
+        values = runs[runs.optimizer == name][metric].to_numpy()
+        scipys = scipy_stats.t.interval(
+            0.95, len(values) - 1, loc=values.mean(), scale=scipy_stats.sem(values)
+        )
+        assert scipys[0] < floor or scipys[1] > ceiling  # the unclipped one spills over
+        expected = (max(scipys[0], floor), min(scipys[1], ceiling))
+        row = summary.loc[name]
+        assert (row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]) == pytest.approx(expected)
+        if metric == "test_accuracy":
+            ranked = table.loc[name]
+            assert (ranked.ci_low, ranked.ci_high) == pytest.approx(expected)
+
+
 def test_differences_equal_but_for_rounding_give_scipys_p_without_a_warning():
     a = np.array([0.5, 0.6])
     b = a - 0.1  # differences 0.1 and 0.09999999999999998

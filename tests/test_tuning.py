@@ -120,4 +120,11 @@ def test_lr_grid_sweep_and_tune_end_to_end(data_dir, tmp_path):
     assert trials["final_test_accuracy"].between(0, 1).all()
     curve = pd.read_csv(out / "tuning_curve.csv")
     assert sorted(curve.trials.unique()) == [1, 2, 3, 4]
-    assert "tuning.png" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "tuning.png" in report
+    assert "2 optimizers × 4 trials × 2 seeds (0, 1)" in report  # not "8 optimizers"
+    # on screen: each optimizer's best trial, the better of the two marked
+    table = result.stdout[result.stdout.index("Final test accuracy at step 30:") :]
+    rows = [line for line in table.splitlines() if " trial " in line]
+    assert sorted(row.split(" trial ")[0] for row in rows) == ["adam", "sgd"]
+    assert [row.endswith("best") for row in rows] == [True, False]

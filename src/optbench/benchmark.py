@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from optbench import (
+    answer,
     checkpoints,
     checksums,
     costs,
@@ -24,6 +25,7 @@ from optbench import (
     provenance,
     results,
     schedules,
+    stats,
 )
 from optbench.plan import OptimizerSpec, Plan, RunSpec
 
@@ -43,10 +45,13 @@ def benchmark(
     the runs."""
     out_dir = Path(out_dir)
     with files.exclusive(out_dir):
-        runs = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
+        runs, summary = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
         costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
-        _finish(plan, out_dir, runs, write_analysis(out_dir, runs))
+        ranked = stats.rankings(runs)
+        _finish(plan, out_dir, runs, write_analysis(out_dir, runs, ranked=ranked))
         loggers.write_logs(out_dir, plan.logger, runs)
+    ranking, _ = ranked.get("", (None, None))  # a job has one protocol
+    answer.log_final_table(summary, ranking)
     _say_where(out_dir)
     return runs
 
@@ -68,10 +73,13 @@ def tune(
         plan.schedule().total_steps,
     )
     with files.exclusive(out_dir):
-        runs = _train_and_record(plan, trials, plan.optimizers, out_dir, overrides, progress)
+        runs, summary = _train_and_record(
+            plan, trials, plan.optimizers, out_dir, overrides, progress
+        )
         written = tuning.write_tuning(out_dir, runs, drawn) + report.write_report(out_dir)
         _finish(plan, out_dir, runs, written)
         loggers.write_logs(out_dir, plan.logger, runs)
+    answer.log_final_table(summary)  # each optimizer's best trial
     _say_where(out_dir)
     return runs
 
@@ -101,11 +109,11 @@ def _train_and_record(
     out_dir: Path,
     overrides: list[str] | None,
     progress: bool,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Prepare the data, train the runs of `trained` that out_dir does not hold complete
     yet, and write runs.csv, summary.csv and config.yaml (listing `recorded`, or with None
-    every optimizer setting in the folder's runs); what comes after differs between
-    benchmark and tune.
+    every optimizer setting in the folder's runs); return the runs and their summary. What
+    comes after differs between benchmark and tune.
 
     A checkpoint left in out_dir by this same job is resumed, and a folder of another
     protocol is refused (results.previous_runs), as is a config.yaml edited by hand. With
@@ -130,13 +138,13 @@ def _train_and_record(
                 "Skipping the %d runs already complete in the folder.", len(wanted) - len(todo)
             )
         runs = results.merge_runs(previous, _train(plan, todo, out_dir, progress))
-        results.write_results(out_dir, runs)
+        summary = results.write_results(out_dir, runs)
     else:
         log.info("All %d runs are already complete in the folder; nothing to train.", len(wanted))
         runs = previous
-        results.write_summary(out_dir, runs)
+        summary = results.write_summary(out_dir, runs)
         if config_is_current:
-            return runs
+            return runs, summary
         log.info(
             "Writing %s again: it was missing or not written for runs.csv.", provenance.CONFIG_YAML
         )
@@ -147,7 +155,7 @@ def _train_and_record(
         optimizer_configs = {spec.name: spec.config for spec in recorded}
     config_yaml = out_dir / provenance.CONFIG_YAML
     provenance.write_config(config_yaml, plan, optimizer_configs, overrides or [], produced_by)
-    return runs
+    return runs, summary
 
 
 def _say_where(out_dir: Path) -> None:
@@ -194,14 +202,16 @@ def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) 
     )
 
 
-def write_analysis(out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True) -> list[Path]:
+def write_analysis(
+    out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True, ranked: dict | None = None
+) -> list[Path]:
     """Everything derived from runs.csv: the published comparison (for presets that have
-    published numbers), the paired ranking, the plots (unless draw_plots is False) and the
-    report."""
+    published numbers), the paired ranking (stats.rankings, computed unless given), the
+    plots (unless draw_plots is False) and the report."""
     from optbench import plots, published, report
 
     written = published.write_comparison(out_dir, runs)
-    written += results.write_ranking(out_dir, runs)
+    written += results.write_ranking(out_dir, runs, ranked=ranked)
     if draw_plots:
         written += plots.plot_all(out_dir)
     written += report.write_report(out_dir)

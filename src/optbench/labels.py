@@ -1,4 +1,5 @@
-"""Labels that tell optimizer settings and protocols apart in tables, plots and reports.
+"""Labels that tell optimizer settings and protocols apart in tables, plots and reports,
+and how counts and statistics are written there.
 
 runs.csv names a run's optimizer and carries its hyperparameters as JSON; where one frame
 holds several settings of one optimizer, each gets a label naming the keys that differ
@@ -8,6 +9,8 @@ holds several settings of one optimizer, each gets a label naming the keys that 
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pandas as pd
 
@@ -58,6 +61,36 @@ def optimizer_configs(runs: pd.DataFrame) -> dict[str, dict]:
         for text, label in setting_labels(name, settings).items():
             configs[label] = {"name": name, **json.loads(text)}
     return configs
+
+
+def trial_name(optimizer: str, trial: int) -> str:
+    """The name of a tuning trial's setting in runs.csv: "adam trial 3"."""
+    return f"{optimizer} trial {trial}"
+
+
+TRIAL = re.compile(r"^(?P<optimizer>.+) trial (?P<trial>\d+)$")  # trial_name's inverse
+
+
+def counted(n: int, noun: str) -> str:
+    """ "1 run", "3 runs": a count with its noun in the right number."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def mean_std(mean: float, std: float, digits: int = 4) -> str:
+    """ "0.9133 ± 0.0153"; the mean alone where there is no spread to give (one seed: std is
+    NaN); "—" where there is no mean (every seed diverged)."""
+    if not math.isfinite(mean):
+        return "—"
+    if not math.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def interval(low: float, high: float, digits: int = 4) -> str:
+    """ "[0.9001, 0.9265]"; "—" where there is none (fewer than two seeds)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "—"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _short(value) -> str:

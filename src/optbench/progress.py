@@ -9,6 +9,7 @@ import math
 
 from tqdm.auto import tqdm
 
+from optbench.labels import counted
 from optbench.plan import Schedule
 
 log = logging.getLogger("optbench")
@@ -19,7 +20,7 @@ def progress_bar(n_runs: int, schedule: Schedule, done_steps: int, enabled: bool
     return tqdm(
         total=schedule.total_steps * n_runs,
         initial=done_steps * n_runs,
-        desc=f"{n_runs} runs",
+        desc=counted(n_runs, "run"),
         unit="step",
         disable=None if enabled else True,  # None: no bar when output is not a terminal
         dynamic_ncols=True,
@@ -34,14 +35,15 @@ def report_progress(bar: tqdm, evaluated: list[dict], step: int, total_steps: in
     mean_accuracy = sum(healthy) / len(healthy) if healthy else math.nan
     diverged = len(evaluated) - len(healthy)
     bar.set_description_str(
-        f"{len(evaluated)} runs, accuracy {mean_accuracy:.4f}, {diverged} diverged", refresh=False
+        f"{counted(len(evaluated), 'run')}, accuracy {mean_accuracy:.4f}, {diverged} diverged",
+        refresh=False,
     )
     if bar.disable:  # no progress bar (output is not a terminal): one log line instead
         log.info(
-            "step %d/%d: mean test accuracy %.4f over %d runs (%d diverged)",
+            "step %d/%d: mean test accuracy %.4f over %s (%d diverged)",
             step,
             total_steps,
             mean_accuracy,
-            len(healthy),
+            counted(len(healthy), "run"),
             diverged,
         )

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from optbench.files import atomic_write, write_csv
+from optbench.labels import mean_std
 
 SOURCES = {
     "wizard_ffnn": (
@@ -128,7 +129,12 @@ def compare(runs: pd.DataFrame, experiment: str) -> pd.DataFrame | None:
                 ),
             }
         )
-    return pd.DataFrame(rows) if rows else None
+    if not rows:
+        return None
+    comparison = pd.DataFrame(rows)
+    if comparison["mean_as_printed"].isna().all():  # no value was printed truncated
+        comparison = comparison.drop(columns="mean_as_printed")
+    return comparison
 
 
 def comparison_markdown(comparison: pd.DataFrame, experiment: str) -> str:
@@ -147,6 +153,14 @@ def comparison_markdown(comparison: pd.DataFrame, experiment: str) -> str:
         "test_loss": "Test loss (mean cross-entropy on the test set)",
         "last_batch_loss": "Loss of the last training mini-batch before the evaluation",
     }
+    # (heading, alignment) of each column; our mean as printed only where values were
+    # truncated (wizard_ffnn's accuracies)
+    columns = [("optimizer", "---"), ("step", "---:"), ("epoch", "---:")]
+    columns += [("published", "---:"), ("printed as", "---"), ("ours: mean ± std (n)", "---:")]
+    columns += [("min–max", "---:"), ("z", "---:"), ("", "---")]
+    truncates = "mean_as_printed" in comparison
+    if truncates:
+        columns.append(("our mean as printed", "---:"))
     for metric, title in titles.items():
         part = comparison[comparison["metric"] == metric]
         if part.empty:
@@ -159,17 +173,16 @@ def comparison_markdown(comparison: pd.DataFrame, experiment: str) -> str:
             f"{len(part) - flagged} of {len(part)} published values lie within our "
             f"mean ± {FLAG_Z:g} std.",
             "",
-            "| optimizer | step | epoch | published | printed as | ours: mean ± std (n) "
-            "| min–max | z | | our mean as printed |",
-            "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | ---: |",
+            _row([heading for heading, _ in columns]),
+            _row([alignment for _, alignment in columns]),
         ]
         for r in part.itertuples():
-            as_printed = "" if np.isnan(r.mean_as_printed) else f"{r.mean_as_printed:.4f}"
-            lines.append(
-                f"| {r.optimizer} | {r.step} | {r.epoch:g} | {r.published:.4f} | {r.printed_as} "
-                f"| {r.mean:.4f} ± {r.std:.4f} ({r.n}) | {r.min:.4f}–{r.max:.4f} | {r.z:+.1f} "
-                f"| {'⚠' if r.flagged else ''} | {as_printed} |"
-            )
+            cells = [r.optimizer, r.step, f"{r.epoch:g}", f"{r.published:.4f}", r.printed_as]
+            cells += [f"{mean_std(r.mean, r.std)} (n={r.n})", f"{r.min:.4f}–{r.max:.4f}"]
+            cells += ["—" if np.isnan(r.z) else f"{r.z:+.1f}", "⚠" if r.flagged else ""]
+            if truncates:
+                cells.append("" if np.isnan(r.mean_as_printed) else f"{r.mean_as_printed:.4f}")
+            lines.append(_row(cells))
         truncated = part[part["printed_as"].str.startswith("truncated")]
         if not truncated.empty:
             agree = int(np.isclose(truncated["mean_as_printed"], truncated["published"]).sum())
@@ -182,6 +195,10 @@ def comparison_markdown(comparison: pd.DataFrame, experiment: str) -> str:
                 f"printed value in {agree} of {len(truncated)} cells.",
             ]
     return "\n".join(lines) + "\n"
+
+
+def _row(cells: list) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def write_comparison(results_dir, runs: pd.DataFrame) -> list:

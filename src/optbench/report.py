@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from optbench import published, stats
 from optbench.files import atomic_write
-from optbench.labels import label_settings
+from optbench.labels import TRIAL, counted, interval, label_settings, mean_std
 from optbench.provenance import CONFIG_YAML
 from optbench.results import RANKING_CSV, read_runs, summarize
 
@@ -29,34 +29,30 @@ PLOTS = [  # file, caption
 
 
 def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The last evaluation of every optimizer; "—" where every seed diverged."""
+    """The last evaluation of every optimizer: the mean alone where one seed gives no
+    spread, "—" where there is no interval or every seed diverged."""
     final = summary[summary["step"] == summary.groupby("optimizer")["step"].transform("max")]
+
+    def column(metric: str, what: str) -> list[str]:
+        if what == "mean ± std":
+            pairs = zip(final[f"{metric}_mean"], final[f"{metric}_std"], strict=True)
+            return [mean_std(m, s) for m, s in pairs]
+        pairs = zip(final[f"{metric}_ci_low"], final[f"{metric}_ci_high"], strict=True)
+        return [interval(lo, hi) for lo, hi in pairs]
+
     table = pd.DataFrame(
         {
             "optimizer": final["optimizer"],
             "step": final["step"],
-            "test accuracy: mean ± std": [
-                f"{m:.4f} ± {s:.4f}"
-                for m, s in zip(
-                    final["test_accuracy_mean"], final["test_accuracy_std"], strict=True
-                )
-            ],
-            "95% CI": [
-                f"[{lo:.4f}, {hi:.4f}]"
-                for lo, hi in zip(
-                    final["test_accuracy_ci_low"], final["test_accuracy_ci_high"], strict=True
-                )
-            ],
+            "test accuracy: mean ± std": column("test_accuracy", "mean ± std"),
+            "95% CI": column("test_accuracy", "interval"),
             "median [IQR]": [
                 f"{m:.4f} [{i:.4f}]"
                 for m, i in zip(
                     final["test_accuracy_median"], final["test_accuracy_iqr"], strict=True
                 )
             ],
-            "test loss": [
-                f"{m:.4f} ± {s:.4f}"
-                for m, s in zip(final["test_loss_mean"], final["test_loss_std"], strict=True)
-            ],
+            "test loss": column("test_loss", "mean ± std"),
             "seeds": final["n"],
             "diverged": final["n_diverged"],
             "training s": [f"{w:.1f}" for w in final["wall_s_mean"]],
@@ -68,10 +64,16 @@ def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _optimizer_count(runs: pd.DataFrame) -> str:
-    """ "8 optimizers", or "1 optimizer in 2 settings" where one was trained with several."""
+    """ "8 optimizers", "1 optimizer in 2 settings" where one was trained with several, or
+    "2 optimizers × 16 trials" for a tuning folder's trials."""
+    trials = runs["optimizer"].drop_duplicates().str.extract(TRIAL)
+    if len(trials) and trials["optimizer"].notna().all():
+        sizes = trials.groupby("optimizer", sort=False).size()
+        each = counted(sizes.iloc[0], "trial") if sizes.nunique() == 1 else "their trials"
+        return f"{counted(len(sizes), 'optimizer')} × {each}"
     names, settings = runs["optimizer"].nunique(), label_settings(runs)["optimizer"].nunique()
-    counted = f"{names} optimizer{'s' if names > 1 else ''}"
-    return counted if settings == names else f"{counted} in {settings} settings"
+    counted_names = counted(names, "optimizer")
+    return counted_names if settings == names else f"{counted_names} in {settings} settings"
 
 
 def _diverged_text(runs: pd.DataFrame) -> str:
@@ -81,14 +83,14 @@ def _diverged_text(runs: pd.DataFrame) -> str:
     if bad.empty:
         return ""
     first = bad.groupby(["optimizer", "seed"], sort=False)["step"].min().reset_index()
-    total = runs[["optimizer", "seed"]].drop_duplicates().shape[0]
+    total = counted(runs[["optimizer", "seed"]].drop_duplicates().shape[0], "run")
     parts = [
         f"{optimizer} " + ", ".join(f"seed {r.seed} from step {r.step}" for r in g.itertuples())
         for optimizer, g in first.groupby("optimizer", sort=False)
     ]
     return (
-        f"{len(first)} of {total} runs diverged (a NaN or infinite training loss) and are left "
-        f"out of every mean, interval, test and plot: {'; '.join(parts)}."
+        f"{len(first)} of {total} diverged (a training loss NaN, infinite or above "
+        f"2^24) and are left out of every mean, interval, test and plot: {'; '.join(parts)}."
     )
 
 
@@ -122,8 +124,33 @@ def _ranking_table(results_dir: Path, runs: pd.DataFrame, n_protocols: int):
         table, _ = stats.ranking(label_settings(runs))
     else:
         return None
-    tied = table["tied_with_best"].map({True: "≈", False: ""})
-    return table.assign(**{"≈ best": tied}).drop(columns="tied_with_best")
+    tested = table["n"] > 1  # one seed: no spread, no interval, no test
+    return pd.DataFrame(
+        {
+            "rank": table["rank"],
+            "optimizer": table["optimizer"],
+            "mean ± std": list(map(mean_std, table["mean"], table["std"])),
+            "n": table["n"],
+            "95% CI": list(map(interval, table["ci_low"], table["ci_high"])),
+            "p vs best (Holm)": [
+                f"{p:.3g}" if ok else "—"
+                for p, ok in zip(table["p_vs_best_holm"], tested, strict=True)
+            ],
+            "≈ best": (table["tied_with_best"] & tested).map({True: "≈", False: ""}),
+        }
+    )
+
+
+def _published_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The published final numbers beside ours, as the report shows them."""
+    final = comparison[comparison["metric"].isin(["final_test_accuracy", "test_loss"])]
+    ours = list(map(mean_std, final["mean"], final["std"]))
+    z = ["—" if pd.isna(v) else f"{v:+.1f}" for v in final["z"]]
+    shown = ["optimizer", "step", "epoch", "metric", "published", "n", "min", "max", "flagged"]
+    final = final[shown].round(4)
+    final.insert(final.columns.get_loc("n"), "ours: mean ± std", ours)
+    final.insert(final.columns.get_loc("flagged"), "z", z)
+    return final  # comparison.md has the rest
 
 
 def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
@@ -140,8 +167,8 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
         (
             "Runs",
             "text",
-            f"{_optimizer_count(runs)} × {len(seeds)} seeds "
-            f"({', '.join(map(str, seeds))}); {len(runs)} evaluations in runs.csv.",
+            f"{_optimizer_count(runs)} × {counted(len(seeds), 'seed')} "
+            f"({', '.join(map(str, seeds))}); {counted(len(runs), 'evaluation')} in runs.csv.",
         )
     ]
     if (results_dir / CONFIG_YAML).is_file():
@@ -154,20 +181,12 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
         sections.append(("What each optimizer costs", "table", _costs_table(results_dir)))
     table = _ranking_table(results_dir, runs, len(protocol))
     if table is not None:
-        sections.append(
-            ("Ranking (paired t-tests by seed, Holm-corrected)", "table", table.round(4))
-        )
+        sections.append(("Ranking (paired t-tests by seed, Holm-corrected)", "table", table))
     for experiment in runs["experiment"].unique():
         comparison = published.compare(runs, experiment)
         if comparison is not None:
-            final = comparison[comparison["metric"].isin(["final_test_accuracy", "test_loss"])]
-            sections.append(
-                (
-                    f"Published one-seed numbers ({experiment})",
-                    "table",
-                    final.drop(columns=["printed_as"]).round(4),
-                )
-            )
+            heading = f"Published one-seed numbers ({experiment})"
+            sections.append((heading, "table", _published_table(comparison)))
     for name, caption in PLOTS:
         if (results_dir / name).is_file():
             sections.append((caption, "image", name))

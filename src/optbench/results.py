@@ -18,7 +18,7 @@ from optbench.config import (
     run_key,
 )
 from optbench.files import ResultsError, atomic_write, write_csv
-from optbench.labels import by_protocol, label_settings
+from optbench.labels import label_settings
 from optbench.plan import Plan
 from optbench.provenance import CONFIG_YAML, differences
 
@@ -36,9 +36,10 @@ RUN_COLUMNS += ["diverged", "fingerprint"]
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (protocol, optimizer, step), over the runs that have not diverged: for
     each metric <metric>_mean, <metric>_std (sample std, ddof=1), <metric>_ci_low and
-    _ci_high (95% t-interval of the mean), _median, _q25, _q75 and _iqr (quartiles, NumPy's
-    linear interpolation); empty where one seed cannot give them. n is the number of those
-    seeds; n_diverged and diverged_fraction count the runs left out as diverged."""
+    _ci_high (95% t-interval of the mean, clipped to the metric's range: stats.RANGES),
+    _median, _q25, _q75 and _iqr (quartiles, NumPy's linear interpolation); empty where
+    one seed cannot give them. n is the number of those seeds; n_diverged and
+    diverged_fraction count the runs left out as diverged."""
     if "diverged" not in runs:
         runs = runs.assign(diverged=False)
     runs = label_settings(runs).assign(diverged=runs["diverged"].astype(bool))
@@ -55,7 +56,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             values = group[m]
             columns[f"{m}_mean"] = values.mean()
             columns[f"{m}_std"] = values.std(ddof=1)
-            columns.update({f"{m}_{k}": v for k, v in stats.describe(values).items()})
+            described = stats.describe(values, bounds=stats.metric_range(m))
+            columns.update({f"{m}_{k}": v for k, v in described.items()})
         return pd.Series(columns)
 
     described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[METRICS].apply(describe)
@@ -118,8 +120,9 @@ def read_runs(results_dir: Path) -> pd.DataFrame:
 
 
 def _check_rows(path: Path, runs: pd.DataFrame) -> None:
-    """No row twice, and every run with every evaluation of its protocol: runs.csv holds
-    complete runs only, so anything else is damage (a file cut or edited by hand)."""
+    """No row twice, every metric in a row not diverged, and every run with every
+    evaluation of its protocol: runs.csv holds complete runs only, so anything else is
+    damage (a file cut or edited by hand)."""
     line = runs.index + 2  # the header is line 1
     keys = RUN_IDENTITY + ["step"]
     repeated = runs.duplicated(keys, keep="first")
@@ -133,12 +136,28 @@ def _check_rows(path: Path, runs: pd.DataFrame) -> None:
                 f"seed {row['seed']}, step {row['step']})",
             )
         )
+    _check_measured(path, runs)
     for _, protocol_runs in runs.groupby("fingerprint", sort=False):
         every_step = set(protocol_runs["step"])
         for _, run in protocol_runs.groupby(RUN_IDENTITY, sort=False):
             lacking = sorted(every_step - set(run["step"]))
             if lacking:
                 raise ResultsError(_damaged(path, _lacking(run, lacking)))
+
+
+def _check_measured(path: Path, runs: pd.DataFrame) -> None:
+    """A run that has not diverged has every metric at every evaluation (trainers marks it
+    diverged at the first that lacks one): a missing value in such a row is damage, which
+    would otherwise print as "0.7120 ± nan"."""
+    measured = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
+    healthy = runs["diverged"].astype(str).str.lower() != "true"
+    missing = runs[measured].isna() & healthy.to_numpy()[:, None]
+    if missing.any().any():
+        position = int(missing.any(axis=1).to_numpy().argmax())
+        row, empty = runs.iloc[position], ", ".join(missing.columns[missing.iloc[position]])
+        where = f"optimizer {row['optimizer']}, seed {row['seed']}, step {row['step']}"
+        reason = f"line {position + 2} ({where}) has no {empty} but is not marked diverged"
+        raise ResultsError(_damaged(path, reason))  # line 1 is the header
 
 
 def _lacking(run: pd.DataFrame, steps: list[int]) -> str:
@@ -308,15 +327,14 @@ def _check_each_run_in_one_job(jobs: list[pd.DataFrame], job_dirs: list[Path]) -
 RANKING_CSV = "ranking.csv"
 
 
-def write_ranking(results_dir: Path, runs: pd.DataFrame, metric: str = "test_accuracy") -> list:
+def write_ranking(results_dir: Path, runs: pd.DataFrame, metric="test_accuracy", ranked=None):
     """ranking.csv, ranking_pairs.csv (every pair's tests) and ranking.md for every protocol
-    in runs with two or more optimizer settings; return the files written."""
+    in runs with two or more optimizer settings (their stats.rankings, computed unless
+    given); return the files written."""
     results_dir = Path(results_dir)
     written = []
-    for _, mine, suffix in by_protocol(label_settings(runs)):
-        if mine["optimizer"].nunique() < 2 or stats.final_values(mine, metric).empty:
-            continue
-        table, pairs = stats.ranking(mine, metric)
+    ranked = stats.rankings(runs, metric) if ranked is None else ranked
+    for suffix, (table, pairs) in ranked.items():
         csv_path = results_dir / f"ranking{suffix}.csv"
         pairs_path = results_dir / f"ranking_pairs{suffix}.csv"
         md_path = results_dir / f"ranking{suffix}.md"

@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from optbench.labels import by_protocol, interval, label_settings, mean_std
+
 # SciPy is imported where it is used: it takes a few tenths of a second to import, which a
 # training command would otherwise spend before its first step.
 
@@ -21,8 +23,24 @@ CONFIDENCE = 0.95  # for the t-intervals of the mean
 ALPHA = 0.05  # family-wise error rate of the pairwise tests, Holm-corrected
 
 
-def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """The t-interval of the mean: mean ± t_{(1+c)/2, n-1} · s / √n (NaN below 2 values)."""
+# The values each metric can take. An interval of a mean is clipped to them: with few seeds
+# near a bound, mean ± t·s/√n spills over it (an accuracy interval of [-0.06, 0.25]), and
+# clipping loses no coverage, since the true mean lies inside. Accuracy is a fraction; the
+# losses (cross-entropy), gradient evaluations and seconds cannot go below 0.
+RANGES = {"test_accuracy": (0.0, 1.0)}
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    return RANGES.get(metric, (0.0, math.inf))
+
+
+def t_interval(
+    values: np.ndarray,
+    confidence: float = CONFIDENCE,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> tuple[float, float]:
+    """The t-interval of the mean, mean ± t_{(1+c)/2, n-1} · s / √n, clipped to bounds (the
+    values the metric can take); NaN below 2 values."""
     values = np.asarray(values, dtype=float)
     n = len(values)
     if n < 2:
@@ -31,16 +49,20 @@ def t_interval(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[floa
 
     mean = values.mean()
     half_width = stats.t.ppf((1 + confidence) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return mean - half_width, mean + half_width
+    low, high = bounds
+    return max(mean - half_width, low), min(mean + half_width, high)
 
 
 DESCRIBED = ("ci_low", "ci_high", "median", "q25", "q75", "iqr")  # describe's keys
 
 
-def describe(values: pd.Series) -> dict[str, float]:
-    """The extra summary columns of one metric: 95% t-interval, median, quartiles, IQR."""
+def describe(
+    values: pd.Series, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> dict[str, float]:
+    """The extra summary columns of one metric: 95% t-interval (clipped to bounds), median,
+    quartiles, IQR."""
     values = values.dropna().to_numpy(dtype=float)
-    low, high = t_interval(values)
+    low, high = t_interval(values, bounds=bounds)
     if len(values):
         q25, median, q75 = np.percentile(values, [25, 50, 75])
     else:
@@ -113,11 +135,11 @@ def ranking(
     paired by seed.
 
     Returns (ranking, pairs). ranking: one row per optimizer with mean, std, n, the 95%
-    t-interval, the Holm-adjusted paired-t p-value against the best, and `tied_with_best`
-    (that p ≥ alpha: statistically indistinguishable from the best). pairs: every pair's
-    mean difference, raw and Holm-adjusted p-values of the paired t-test, and the Wilcoxon
-    signed-rank p-value (which cannot go below 0.0625 with 5 seeds; it needs 6 or more
-    pairs to reach 0.05).
+    t-interval (clipped to the metric's range), the Holm-adjusted paired-t p-value against
+    the best, and `tied_with_best` (that p ≥ alpha: statistically indistinguishable from the
+    best). pairs: every pair's mean difference, raw and Holm-adjusted p-values of the paired
+    t-test, and the Wilcoxon signed-rank p-value (which cannot go below 0.0625 with 5
+    seeds; it needs 6 or more pairs to reach 0.05).
     """
     table = final_values(runs, metric)
     seed_sets = _seed_sets(runs, table.index)
@@ -149,7 +171,7 @@ def ranking(
     rows = []
     for rank, name in enumerate(order, start=1):
         values = table[name].to_numpy()
-        low, high = t_interval(values)
+        low, high = t_interval(values, bounds=metric_range(metric))
         versus = pairs[(pairs["optimizer"] == best) & (pairs["other"] == name)]
         p_best = 1.0 if name == best else float(versus["t_p_holm"].iloc[0])
         compared, left_out = seed_sets[name]
@@ -213,6 +235,17 @@ def _seeds_note(table: pd.DataFrame) -> list[str]:
     ]
 
 
+def rankings(runs: pd.DataFrame, metric: str = "test_accuracy") -> dict[str, tuple]:
+    """`ranking`'s (ranking, pairs) of every protocol in runs with two or more optimizer
+    settings to rank, by the suffix of its files ("" where runs hold one protocol)."""
+    ranked = {}
+    for _, mine, suffix in by_protocol(label_settings(runs)):
+        if mine["optimizer"].nunique() < 2 or final_values(mine, metric).empty:
+            continue
+        ranked[suffix] = ranking(mine, metric)
+    return ranked
+
+
 def ranking_markdown(
     table: pd.DataFrame, pairs: pd.DataFrame, metric: str, alpha: float = ALPHA
 ) -> str:
@@ -229,8 +262,8 @@ def ranking_markdown(
     ]
     for r in table.itertuples():
         lines.append(
-            f"| {r.rank} | {r.optimizer} | {r.mean:.4f} ± {r.std:.4f} ({r.n}) "
-            f"| [{r.ci_low:.4f}, {r.ci_high:.4f}] | {_p(r.p_vs_best_holm)} "
+            f"| {r.rank} | {r.optimizer} | {mean_std(r.mean, r.std)} (n={r.n}) "
+            f"| {interval(r.ci_low, r.ci_high)} | {_p(r.p_vs_best_holm)} "
             f"| {'≈ best' if r.tied_with_best else ''} |"
         )
     lines += [

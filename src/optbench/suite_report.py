@@ -21,6 +21,7 @@ import pandas as pd
 
 from optbench import aggregates, profiles, targets
 from optbench.files import ResultsError, write_csv
+from optbench.labels import counted
 from optbench.report import render
 from optbench.results import read_runs
 from optbench.targets import PROFILE_MEASURES
@@ -248,8 +249,9 @@ def sections(t: dict, measure: str) -> tuple[str, list]:
     times, workloads = t["times"], t["workloads"]
     ran = workloads[workloads["status"] == "ran"]
     title = (
-        f"optbench suite: {len(ran)} workloads × {times['optimizer'].nunique()} optimizers × "
-        f"{times['seed'].nunique()} seeds"
+        f"optbench suite: {counted(len(ran), 'workload')} × "
+        f"{counted(times['optimizer'].nunique(), 'optimizer')} × "
+        f"{counted(times['seed'].nunique(), 'seed')}"
     )
     parts = _what_ran(t)
     parts.append(

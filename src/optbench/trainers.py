@@ -29,6 +29,15 @@ from optbench.plan import OptimizerSpec, RunSpec
 
 METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN once diverged
 
+# A run has diverged once its mean training loss since the previous evaluation is NaN,
+# infinite or above this bound. Cross-entropy is at least the margin by which the top logit
+# exceeds the true class's, so such a loss means logits some 2^24 apart, where float32 can
+# no longer resolve a difference of 1 between two logits: the scale on which classes are
+# told apart is lost. Recovering runs stay far below it (RMSprop at lr 1 on wizard_ffnn:
+# 1105 over its first epoch, 13,198 over its first 50 steps, then about 2.4); SGD at lr 1000
+# passes it within 10 steps (2.5e11 and more). docs/statistics.md gives the measurements.
+DIVERGED_LOSS = 2.0**24
+
 Batches = dict[int, torch.Tensor | None]  # a seed's mini-batch indices (None: the whole set)
 
 # held by a step that draws from the global random generators (RunTrainer.seeded)
@@ -42,6 +51,12 @@ def stream_seed(seed: int, stream: str) -> int:
     """An independent 63-bit seed for one random stream ("init", "data_order") of a run."""
     digest = hashlib.sha256(f"optbench/{stream}/{seed}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def has_diverged(mean_train_loss: float) -> bool:
+    """Whether a run's mean training loss since the previous evaluation marks it diverged:
+    NaN, infinite, or above DIVERGED_LOSS."""
+    return not math.isfinite(mean_train_loss) or mean_train_loss > DIVERGED_LOSS
 
 
 def run_row(run: RunSpec, **measured) -> dict:
@@ -66,8 +81,10 @@ class Trainer:
         self.last_loss = torch.full((len(runs),), math.nan, device=device)
         self.grad_evals = 0  # forward + backward passes so far
         self.train_s = 0.0  # seconds spent in these runs' steps
-        # per run: None, or its grad_evals at the evaluation that found its loss NaN or
-        # infinite; from then on its rows carry no metrics and it counts no more steps
+        # per run: None, or its grad_evals at the evaluation that found its training loss
+        # NaN, infinite or above DIVERGED_LOSS, or its test loss NaN or infinite; from then
+        # on its rows carry no metrics (a row not diverged has every metric) and it counts
+        # no more steps
         self.diverged_at: list[int | None] = [None] * len(runs)
 
     def count_step(self, losses: torch.Tensor, seconds: float) -> None:
@@ -88,10 +105,13 @@ class Trainer:
         last_loss = self.last_loss.tolist()
         self.loss_sum.zero_()
         self.loss_count = 0
-        for r, loss in enumerate(train_loss):
-            if self.diverged_at[r] is None and not math.isfinite(loss):
+        for r, loss in enumerate(train_loss):  # checked here, on the host: no cost per step
+            if self.diverged_at[r] is None and has_diverged(loss):
                 self.diverged_at[r] = self.grad_evals
         tests = self.test(tensors, test_batch_size)
+        for r, (test_loss, _) in enumerate(tests):  # weights blown up by the last update
+            if self.diverged_at[r] is None and not math.isfinite(test_loss):
+                self.diverged_at[r] = self.grad_evals
         rows = []
         for r, run in enumerate(self.runs):
             diverged = self.diverged_at[r] is not None

@@ -27,6 +27,7 @@ import optuna
 import pandas as pd
 
 from optbench.files import atomic_write, write_csv
+from optbench.labels import trial_name
 from optbench.plan import OptimizerSpec
 
 RESAMPLES = 2000  # bootstrap draws per point of the expected-best curve
@@ -71,7 +72,7 @@ def sample_trials(
         for trial_number in range(trials):
             params = study.ask(space).params
             config = copy.deepcopy(optimizer.config)
-            config["name"] = f"{optimizer.name} trial {trial_number}"
+            config["name"] = trial_name(optimizer.name, trial_number)
             for key, value in params.items():
                 if key == "beta1":
                     config["betas"] = [value, *config["betas"][1:]]
