@@ -205,10 +205,11 @@ def ranking_markdown(
         "| ---: | --- | ---: | ---: | ---: | --- |",
     ]
     for r in table.itertuples():
+        tested = r.n > 1  # one seed: no test, so no p and no tie
         lines.append(
             f"| {r.rank} | {r.optimizer} | {mean_std(r.mean, r.std)} (n={r.n}) "
-            f"| {interval(r.ci_low, r.ci_high)} | {r.p_vs_best_holm:.3g} "
-            f"| {'≈ best' if r.tied_with_best else ''} |"
+            f"| {interval(r.ci_low, r.ci_high)} | {f'{r.p_vs_best_holm:.3g}' if tested else '—'} "
+            f"| {'≈ best' if r.tied_with_best and tested else ''} |"
         )
     lines += [
         "",
