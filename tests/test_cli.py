@@ -103,8 +103,13 @@ def test_multirun_ends_with_combined_results_and_plots(tmp_path, data_dir):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    for job in ("0", "1"):
+    for job, name in (("0", "sgd"), ("1", "adam")):
         assert (sweep_dir / job / "runs.csv").is_file()
+        log = (sweep_dir / job / "optbench.log").read_text()  # each job ends with its table
+        table = log[log.index("Final test accuracy at step 20:") :].splitlines()
+        assert table[1].split()[:2] == ["optimizer", "accuracy"]
+        assert table[2].split()[0] == name
+    assert result.stdout.count("Final test accuracy at step 20:") == 2
     combined = pd.read_csv(sweep_dir / "runs.csv")
     assert sorted(combined.optimizer.unique()) == ["adam", "sgd"]
     summary = pd.read_csv(sweep_dir / "summary.csv")

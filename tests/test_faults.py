@@ -140,6 +140,15 @@ def every_file_and_the_divergence_said(tmp_path: Path) -> None:
         assert (out / name).is_file(), name  # each plot says that every run diverged
     assert "2 of 2 runs diverged" in (out / "report.md").read_text()
     assert runs_of(tmp_path)["diverged"].all()
+    log = (out / "optbench.log").read_text()  # what the terminal showed, too
+    assert "mean test accuracy — over 0 runs (2 diverged)" in log and "nan" not in log
+    assert next(line for line in log.splitlines() if line.startswith("sgd ")).split() == [
+        "sgd",
+        "—",
+        "—",
+        "0",
+        "2",
+    ]
 
 
 def nothing_partial(tmp_path: Path) -> None:

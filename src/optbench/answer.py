@@ -37,7 +37,8 @@ def final_table(summary: pd.DataFrame, ranking: pd.DataFrame | None = None) -> p
     trials = final["optimizer"].str.extract(TRIAL)["optimizer"]
     if len(final) and trials.notna().all():
         final = final[~trials[final.index].duplicated()]  # each optimizer's best trial
-        marks[final["optimizer"].iloc[0]] = "best"
+        if pd.notna(final["test_accuracy_mean"].iloc[0]):  # not where every trial diverged
+            marks[final["optimizer"].iloc[0]] = "best"
     elif ranking is not None and len(ranking) > 1:
         for r in ranking.itertuples():
             tied = r.tied_with_best and r.n > 1  # one seed: no test to tie with

@@ -5,7 +5,6 @@ output is not a terminal."""
 from __future__ import annotations
 
 import logging
-import math
 
 from tqdm.auto import tqdm
 
@@ -32,18 +31,19 @@ def progress_bar(n_runs: int, schedule: Schedule, done_steps: int, enabled: bool
 def report_progress(bar: tqdm, evaluated: list[dict], step: int, total_steps: int) -> None:
     """The mean test accuracy of the healthy runs, in the bar, else in the log."""
     healthy = [row["test_accuracy"] for row in evaluated if not row["diverged"]]
-    mean_accuracy = sum(healthy) / len(healthy) if healthy else math.nan
+    # "—" once every run has diverged: no accuracy to average
+    accuracy = f"{sum(healthy) / len(healthy):.4f}" if healthy else "—"
     diverged = len(evaluated) - len(healthy)
     bar.set_description_str(
-        f"{counted(len(evaluated), 'run')}, accuracy {mean_accuracy:.4f}, {diverged} diverged",
+        f"{counted(len(evaluated), 'run')}, accuracy {accuracy}, {diverged} diverged",
         refresh=False,
     )
     if bar.disable:  # no progress bar (output is not a terminal): one log line instead
         log.info(
-            "step %d/%d: mean test accuracy %.4f over %s (%d diverged)",
+            "step %d/%d: mean test accuracy %s over %s (%d diverged)",
             step,
             total_steps,
-            mean_accuracy,
+            accuracy,
             counted(len(healthy), "run"),
             diverged,
         )

@@ -89,8 +89,8 @@ def _diverged_text(runs: pd.DataFrame) -> str:
         for optimizer, g in first.groupby("optimizer", sort=False)
     ]
     return (
-        f"{len(first)} of {total} diverged (a training loss NaN, infinite or above "
-        f"2^24) and are left out of every mean, interval, test and plot: {'; '.join(parts)}."
+        f"{len(first)} of {total} diverged (a loss NaN, infinite or above 2^24) and are "
+        f"left out of every mean, interval, test and plot: {'; '.join(parts)}."
     )
 
 
