@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from constants import LINE_SEARCH, SMOKE
 from omegaconf import OmegaConf
 
-from optbench import engine, library, models
+from optbench import checkpoints, engine, library, models
 from optbench.data import DatasetTensors, load
 from optbench.plan import OptimizerSpec, make_schedule
 from optbench.trainers import stream_seed
@@ -347,3 +347,25 @@ def test_the_three_regimes_run_on_both_ffnn_presets(data_dir, experiment, batch_
     runs = engine.train(plan, progress=False)
     assert runs["step"].tolist() == [steps] and runs["epoch"].tolist() == [1.0]
     assert runs[RESULT_COLUMNS].notna().all().all()
+
+
+def test_a_checkpoint_loads_to_the_cpu_where_a_data_order_accepts_its_state(tmp_path):
+    """A data order's generator state is a CPU ByteTensor: mapped to the job's device as
+    torch.load(map_location=device) does (here the meta device, as a GPU would), torch
+    refuses it. checkpoints.load keeps every tensor on the CPU, and the order resumed from it
+    draws the batches the saved one draws."""
+    cpu = torch.device("cpu")
+    order = engine.DataOrder(seed=0, n_train=1000, batch_size=100, device=cpu)
+    order.next_batch()
+    path = tmp_path / "checkpoint.pt"
+    checkpoints.save(path, {"job": {}, "orders": {0: order.state_dict()}})
+    mapped = torch.load(path, map_location="meta", weights_only=True)
+    with pytest.raises(TypeError, match="ByteTensor"):
+        engine.DataOrder(0, 1000, 100, cpu).load_state_dict(mapped["orders"][0])
+    state = checkpoints.load(path)
+    saved = state["orders"][0]
+    assert {t.device.type for t in [saved["generator"], *saved["batches"]]} == {"cpu"}
+    resumed = engine.DataOrder(0, 1000, 100, cpu)
+    resumed.load_state_dict(saved)
+    for _ in range(25):  # the rest of this epoch and the next two
+        assert torch.equal(resumed.next_batch(), order.next_batch())

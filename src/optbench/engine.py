@@ -70,7 +70,7 @@ class DataOrder:
         return {"generator": self.generator.get_state(), "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"])  # a CPU ByteTensor: checkpoints.load
         self.batches = [batch.to(self.device) for batch in state["batches"]]
 
 
@@ -201,10 +201,11 @@ class Job:
             "orders": {seed: order.state_dict() for seed, order in self.orders.items()},
         }
 
-    def resume(self, checkpoint: Path | None, device: torch.device) -> tuple[list[dict], int]:
-        """The rows and the step of the checkpoint this same job left, its state loaded;
-        no rows and step 0 when there is none."""
-        state = checkpoints.load(checkpoint, device) if checkpoint is not None else None
+    def resume(self, checkpoint: Path | None) -> tuple[list[dict], int]:
+        """The rows and the step of the checkpoint this same job left, its state loaded
+        (from the CPU: each trainer, optimizer and data order moves its tensors to the
+        job's device); no rows and step 0 when there is none."""
+        state = checkpoints.load(checkpoint) if checkpoint is not None else None
         if state is None:
             return [], 0
         if state["job"] != self.identity:
@@ -257,7 +258,7 @@ def train(
     with Workers(worker_count(plan, device), device) as workers:
         tensors = data.load(plan.dataset, plan.data_dir, device)
         job = Job(plan, runs, schedule.batch_size, len(tensors.train_x), device)
-        rows, done_steps = job.resume(checkpoint, device)
+        rows, done_steps = job.resume(checkpoint)
         bar = progress_bar(len(runs), schedule, done_steps, progress)
         log.debug("training starts at step %d", done_steps + 1)  # scripts/bench.py's start-up
         for step in range(done_steps + 1, schedule.total_steps + 1):

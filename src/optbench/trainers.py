@@ -113,7 +113,10 @@ class Trainer:
 
     def load_counters(self, state: dict) -> None:
         for name in self.COUNTERS:
-            setattr(self, name, state[name])
+            value = state[name]
+            if isinstance(value, torch.Tensor):  # loaded on the CPU: to this trainer's device
+                value = value.to(getattr(self, name).device)
+            setattr(self, name, value)
 
 
 class RunTrainer(Trainer):
