@@ -109,7 +109,9 @@ def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     and the threads per kernel, and which kernel updates each optimizer's tensors."""
     device = resolve_device(plan.device)
     kernels = {
-        spec.name: optimizers.implementation(spec.config) if in_group(plan, spec) else "default"
+        spec.name: optimizers.implementation(spec.config, device.type)
+        if in_group(plan, spec)
+        else "default"
         for spec in specs
     }
     return {

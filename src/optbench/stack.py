@@ -44,7 +44,7 @@ class StackTrainer(Trainer):
         for spec, rows in rows_by_optimizer(runs).items():
             slots = [(i, r) for r in rows for i in range(len(params))]
             views = [params[i].detach()[r] for i, r in slots]
-            kernel = optimizers.implementation(spec.config)
+            kernel = optimizers.implementation(spec.config, device.type)
             optimizer = optimizers.build_optimizer(spec.config, views, kernel)
             self.optimizers.append((optimizer, views, slots))
 

@@ -278,7 +278,7 @@ class OptimizerGroup:
         self.spec, self.trainers = spec, trainers
         params = [p for trainer in trainers for p in trainer.model.parameters()]
         self.optimizer = optimizers.build_optimizer(
-            spec.config, params, implementation=optimizers.implementation(spec.config)
+            spec.config, params, optimizers.implementation(spec.config, trainers[0].device.type)
         )
 
     def step(self) -> None:
