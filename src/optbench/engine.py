@@ -106,7 +106,8 @@ def worker_count(plan: Plan, device: torch.device) -> int:
 def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     """What decides a job's last digits besides its config, for config.yaml: the device,
     torch's CPU capability (the vector instructions its kernels use), the worker threads
-    and the threads per kernel, and which kernel updates each optimizer's tensors."""
+    and the threads per kernel, which kernel updates each optimizer's tensors, and on a GPU
+    its name, the CUDA and cuDNN versions and cuDNN's settings."""
     device = resolve_device(plan.device)
     kernels = {
         spec.name: optimizers.implementation(spec.config, device.type)
@@ -120,6 +121,28 @@ def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
         "worker_threads": worker_count(plan, device),
         "threads_per_kernel": 1 if device.type == "cpu" else None,
         "optimizer_kernels": kernels,
+        **gpu_provenance(device),
+    }
+
+
+def cudnn_settings(device: torch.device) -> dict:
+    """cuDNN's settings for a job on the device: on CUDA, deterministic convolution
+    algorithms and no autotuning (benchmark mode picks the fastest algorithm by timing, so
+    a resumed LeNet job could pick another than the uninterrupted one); none on the CPU."""
+    return {"deterministic": True, "benchmark": False} if device.type == "cuda" else {}
+
+
+def gpu_provenance(device: torch.device) -> dict:
+    """For config.yaml, on CUDA only: the GPU's name (in place of the CPU's), the CUDA and
+    cuDNN versions torch runs with, and cuDNN's settings (cudnn_settings)."""
+    if device.type != "cuda":
+        return {}
+    settings = {f"cudnn_{name}": value for name, value in cudnn_settings(device).items()}
+    return {
+        "device_name": torch.cuda.get_device_name(device),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        **settings,
     }
 
 
@@ -253,6 +276,8 @@ def train(
     device = resolve_device(plan.device)
     torch.backends.cuda.matmul.allow_tf32 = plan.allow_tf32  # torch's default: off
     torch.backends.cudnn.allow_tf32 = plan.allow_tf32  # torch's default: on
+    for name, value in cudnn_settings(device).items():
+        setattr(torch.backends.cudnn, name, value)
     schedule = plan.schedule()
     context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
     context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
