@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from constants import LINE_SEARCH, SMOKE
 from omegaconf import OmegaConf
 
-from optbench import checkpoints, engine, library, models
+from optbench import checkpoints, engine, library, models, stack
 from optbench.data import DatasetTensors, load
 from optbench.plan import OptimizerSpec, make_schedule
 from optbench.trainers import stream_seed
@@ -369,3 +369,42 @@ def test_a_checkpoint_loads_to_the_cpu_where_a_data_order_accepts_its_state(tmp_
     resumed.load_state_dict(saved)
     for _ in range(25):  # the rest of this epoch and the next two
         assert torch.equal(resumed.next_batch(), order.next_batch())
+
+
+def test_the_stacked_test_batch_keeps_the_widest_layer_output_within_its_budget():
+    """The LeNet's widest layer output on MNIST is its first convolution's, 20 x 24 x 24
+    values per example and run. The test batch is the largest that keeps [n, R x 20, 24, 24]
+    float32 within the budget, up to train.test_batch_size (1,000 up to R = 5; 64 at R = 90,
+    which took 4.1 GB before), and never below one example."""
+    lenet = {"name": "lenet"}
+    mnist = {"input_shape": [1, 28, 28], "num_classes": 10}
+    stacked = models.stacked([models.build_model(lenet, mnist, seed) for seed in range(2)])
+    widest = stacked.widest_output((1, 28, 28))
+    assert widest == 20 * 24 * 24
+    budget = stack.EVAL_BUDGET_BYTES
+    for n_runs in range(1, 200):
+        rows = stack.stacked_test_batch(1000, n_runs, widest)
+        assert 1 <= rows <= 1000
+        assert rows * n_runs * widest * 4 <= budget
+        assert rows == 1000 or (rows + 1) * n_runs * widest * 4 > budget
+    assert stack.stacked_test_batch(1000, 5, widest) == 1000
+    assert stack.stacked_test_batch(1000, 90, widest) == 64
+    assert stack.stacked_test_batch(1000, 10**6, widest) == 1
+
+
+def test_a_stacked_evaluation_in_smaller_batches_gives_the_same_results(data_dir):
+    """A stack's test loss and accuracy do not depend on how the test set is split into
+    batches (as a large stack splits it): losses agree to float rounding, accuracies within
+    one example's worth."""
+    plan = sweep_plan(SMOKE, "model=lenet", "optimizers=[sgd,adam]", "seeds=2", "stack_runs=always")
+    cpu = torch.device("cpu")
+    tensors = load(plan.dataset, plan.data_dir, cpu)
+    trainer = stack.StackTrainer(plan.runs, plan.model, plan.dataset, cpu)
+    order = {seed: engine.DataOrder(seed, len(tensors.train_x), 64, cpu) for seed in (0, 1)}
+    for _ in range(3):  # a few steps away from the initial weights
+        trainer.step(tensors, {seed: o.next_batch() for seed, o in order.items()})
+    whole, split = trainer.test(tensors, 1000), trainer.test(tensors, 37)
+    assert len(whole) == len(plan.runs) == 4
+    for (loss, accuracy), (split_loss, split_accuracy) in zip(whole, split, strict=True):
+        assert split_loss == pytest.approx(loss, rel=1e-5)
+        assert abs(split_accuracy - accuracy) <= 1 / len(tensors.test_x)
