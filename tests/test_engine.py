@@ -185,12 +185,15 @@ def test_every_elementwise_optimizer_gives_the_same_run_grouped_as_alone(data_di
 
 
 def assert_stacked_agrees_with_run_by_run(*overrides: str, rtol: float) -> None:
-    """The same sweep with stack_runs=always and =never: every result within rtol."""
-    stacked, alone = (
-        engine.train(sweep_plan(*overrides, f"stack_runs={mode}"), progress=False)
-        for mode in ("always", "never")
-    )
-    for column in RESULT_COLUMNS:
+    """The same sweep with stack_runs=always and =never: every loss within rtol, every
+    test accuracy within two test examples (a rounding may flip one prediction, a step of
+    1/N, which no relative tolerance on the accuracy allows for)."""
+    plans = [sweep_plan(*overrides, f"stack_runs={mode}") for mode in ("always", "never")]
+    stacked, alone = (engine.train(plan, progress=False) for plan in plans)
+    n_test = plans[0].dataset["test_size"] or 10_000
+    accuracy_gap = (stacked["test_accuracy"] - alone["test_accuracy"]).abs().max()
+    assert accuracy_gap <= 2 / n_test, accuracy_gap
+    for column in [c for c in RESULT_COLUMNS if c != "test_accuracy"]:
         torch.testing.assert_close(
             torch.tensor(stacked[column].to_numpy()),
             torch.tensor(alone[column].to_numpy()),
