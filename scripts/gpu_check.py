@@ -56,11 +56,14 @@ SUMMARY = OUTPUT / "summary.txt"
 MNIST_RAW = ROOT / "data" / "MNIST" / "raw"
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 # What the check imports beyond the machine's own torch, torchvision, pandas, matplotlib,
-# scipy and tqdm: optbench's configs (Hydra, OmegaConf, PyYAML) and pytest. Versions from
-# constraints.txt; exceptiongroup and tomli are pytest's on Python 3.10 only.
+# scipy and tqdm: optbench's configs (Hydra, OmegaConf, PyYAML), the registry optimizers
+# that may train stacked (pytorch_optimizer, and opt_einsum for Kron), and pytest. Versions
+# from constraints.txt; exceptiongroup and tomli are pytest's on Python 3.10 only.
 PURE = [
     "hydra-core",
     "omegaconf",
+    "pytorch_optimizer",
+    "opt_einsum",
     "pytest",
     "pluggy",
     "iniconfig",
@@ -85,14 +88,23 @@ SIZES = {
         "sync": (45, {"steps": 40}),
         "lenet_timing": (60, {"seeds": 2, "steps": 200}),
         "sweeps": (90, [("seeds=5",), ("experiment=examples_cnn", "seeds=10", "train.epochs=1")]),
+        "smaller": (),
     },
     "cpu": {
         "tests": (150, "cpu and (stacked_lenets or kernel_chosen)"),
-        "stacked": (60, {"seeds": 2}),
-        "lenet_resume": (120, {"steps": 120, "eval_every": 20, "train_size": 1000}),
+        "stacked": (90, {"seeds": 2}),
+        "lenet_resume": (150, {"steps": 60, "eval_every": 10, "train_size": 1000}),
         "sync": (30, {"steps": 10}),
         "lenet_timing": (60, {"seeds": 1, "steps": 10}),
         "sweeps": (60, [("seeds=1", "train.steps=100", "train.eval_every=50")]),
+        # overrides for every plan: 500 test images, a narrower LeNet (the CPU is slow at
+        # the stacked one's grouped convolutions)
+        "smaller": (
+            "dataset.test_size=500",
+            "model.conv1_channels=4",
+            "model.conv2_channels=6",
+            "model.hidden=32",
+        ),
     },
 }
 
@@ -192,11 +204,14 @@ def check_python_and_bundle() -> tuple[int, str]:
         )
     manifest = json.loads(MANIFEST.read_text())
     if manifest.get("fingerprint") != fingerprint():
+        held, needed = set(manifest.get("requirements", [])), set(requirements())
         return 74, (
-            f"gpu-check: gpu-bundle/ is stale: gathered at {manifest.get('tree') or '?'} "
-            f"for {', '.join(manifest.get('requirements', []))}, but this tree needs "
-            f"{', '.join(requirements())} (constraints.txt). Run `make gpu-bundle` again "
-            "where pip reaches the package index, and carry the new gpu-bundle/."
+            f"gpu-check: gpu-bundle/ is stale: gathered at {manifest.get('tree') or '?'}, "
+            f"it lacks {', '.join(sorted(needed - held)) or 'nothing'} that this tree needs "
+            f"(constraints.txt, scripts/gpu_check.py) and holds "
+            f"{', '.join(sorted(held - needed)) or 'nothing'} it no longer needs. Run "
+            "`make gpu-bundle` again where pip reaches the package index, and carry the "
+            "new gpu-bundle/."
         )
     if running not in manifest.get("pythons", []):
         return 2, (
@@ -262,7 +277,7 @@ def stage_stacked(device: str, sizes: dict) -> str:
     lines, failed = [], False
     for model, overrides in shapes.items():
         common = (*overrides, f"device={device}", f"seeds={sizes['seeds']}", "train.eval_every=1")
-        common += ("dataset.train_size=1000",)
+        common += ("dataset.train_size=1000", *smaller(device, lenet=model == "lenet"))
         stacked, alone = (
             engine.train(compose_plan("sweep", *common, f"stack_runs={m}"), progress=False)
             for m in ("always", "never")
@@ -294,10 +309,16 @@ def lenet_job(device: str, sizes: dict) -> list[str]:
         f"device={device}",
         "stack_runs=always",
         f"dataset.train_size={sizes['train_size']}",
-        "dataset.test_size=1000",
         f"train.steps={sizes['steps']}",
         f"train.eval_every={sizes['eval_every']}",
+        *smaller(device),
     ]
+
+
+def smaller(device: str, lenet: bool = True) -> tuple[str, ...]:
+    """The overrides that make a plan of a device's check smaller (on the CPU); the model's
+    only for the LeNet."""
+    return tuple(o for o in SIZES[device]["smaller"] if lenet or not o.startswith("model."))
 
 
 def optbench_command(*args: str) -> list[str]:
@@ -422,6 +443,7 @@ def stage_lenet_timing(device: str, sizes: dict) -> str:
             f"stack_runs={mode}",
             f"train.steps={steps}",
             f"train.eval_every={steps}",
+            *smaller(device),
         )
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -451,7 +473,17 @@ def stage_sweeps(device: str, sizes: list) -> str:
         folder = OUTPUT / name
         shutil.rmtree(folder, ignore_errors=True)
         start = time.perf_counter()
-        run(["sweep", *overrides, f"device={device}", "resume=false", f"hydra.run.dir={folder}"])
+        small = smaller(device, lenet=name == "examples_cnn")
+        run(
+            [
+                "sweep",
+                *overrides,
+                *small,
+                f"device={device}",
+                "resume=false",
+                f"hydra.run.dir={folder}",
+            ]
+        )
         seconds = time.perf_counter() - start
         runs = pd.read_csv(folder / "runs.csv")
         final = runs[runs.step == runs.step.max()]
