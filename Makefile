@@ -11,6 +11,8 @@ EXPERIMENT ?= wizard_ffnn
 # examples_cnn (the committed 10 seeds) takes about 2 1/4 hours on a 2-core CPU.
 CNN_SEEDS ?= 10
 SUITE_SEEDS ?= 3
+# make gpu-check's options, e.g. GPU_CHECK_ARGS="--device cpu" (its stages, small, on the CPU)
+GPU_CHECK_ARGS ?=
 # Extra overrides for the training targets, e.g. make sweep ARGS="threads=1 device=cpu"
 ARGS ?=
 # The training targets retrain into results/, moving what is there (the committed results)
@@ -85,8 +87,8 @@ bench: install data ## the fractions of the machine's floor that the ffnn sweep 
 gpu-bundle: install data ## gather into gpu-bundle/ what `make gpu-check` needs on a GPU machine without a network
 	$(BIN)/python scripts/gpu_check.py gather
 
-gpu-check: ## on a machine with CUDA: the device tests, stacked vs alone, wizard_ffnn and examples_cnn (10 seeds) timed
-	python3 scripts/gpu_check.py check
+gpu-check: ## on a machine with CUDA: device tests, stacked vs alone, resume, syncs, timings (GPU_CHECK_ARGS="--device cpu" to simulate)
+	$(PYTHON) scripts/gpu_check.py check $(GPU_CHECK_ARGS)
 
 library: install ## regenerate configs/optimizer/ for pytorch_optimizer's registry after upgrading it
 	$(BIN)/python scripts/optimizer_library.py

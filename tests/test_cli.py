@@ -24,6 +24,18 @@ def no_temporary_files(folder: Path) -> bool:
     return not [p for p in folder.rglob(".*") if p.is_file()]
 
 
+def assert_cpu_provenance(provenance) -> None:
+    """A CPU run names the CPU (as /proc/cpuinfo does), never a GPU the machine may have,
+    and records no CUDA or cuDNN version or setting."""
+    assert provenance.device == "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        lines = cpuinfo.read_text().splitlines()
+        names = {line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")}
+        assert provenance.device_name in names
+    assert not [key for key in provenance if key.startswith(("cuda", "cudnn"))]
+
+
 def test_run_writes_every_file(tmp_path, data_dir):
     out = tmp_path / "out"
     result = run_cli(
@@ -59,6 +71,7 @@ def test_run_writes_every_file(tmp_path, data_dir):
     assert config.dataset.train_size == 1000
     assert config.provenance.optbench_version and "git_revision" in config.provenance
     assert list(config.provenance.overrides)[:2] == ["optimizer=adam", "seeds=2"]
+    assert_cpu_provenance(config.provenance)
     check_plots(out)
     assert no_temporary_files(out)
     assert not (tmp_path / "outputs").exists()  # everything went to hydra.run.dir

@@ -4,6 +4,8 @@ divergence each work as documented."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 
 import pandas as pd
@@ -11,8 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from constants import LINE_SEARCH, NEEDS
+from omegaconf import OmegaConf
 
-from optbench import data, engine, library, models, results
+from optbench import data, engine, library, models, optimizers, results
 from optbench.checks import check_config
 from optbench.config import ConfigError
 from optbench.plan import OptimizerSpec
@@ -133,3 +136,85 @@ def test_a_diverging_run_stops_and_the_rest_go_on(data_dir, tmp_path):
     assert final.loc["adam", "test_accuracy_mean"] == pytest.approx(
         adam[adam.step == 60]["test_accuracy"].mean()
     )
+
+
+@functools.cache
+def every_elementwise_config() -> dict[str, dict]:
+    """Every element-wise optimizer config (optbench's own and the registry's), filled for a
+    training of 40 steps: the settings that may share an optimizer call or a stack."""
+    configs = library.configs() | {
+        name: OmegaConf.to_container(compose_config(f"optimizer={name}").optimizer)
+        for name in REGISTRY
+    }
+    filled = {}
+    for name, config in configs.items():
+        if config.get("elementwise"):
+            config = OmegaConf.create(config)
+            optimizers.fill_from_protocol(config, 40)
+            filled[name] = OmegaConf.to_container(config, resolve=True)
+    return filled
+
+
+def registered_for(operator: str, device_type: str) -> bool:
+    """Whether torch's dispatcher lists a kernel of the operator for the device type, read
+    from its printed table (another path than optimizers.has_fused_kernel's query)."""
+    table = torch._C._dispatch_dump(f"aten::{operator}")
+    return any(line.startswith(f"{device_type.upper()}: registered") for line in table.splitlines())
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_the_kernel_chosen_per_device_is_one_the_installed_torch_has(device_type):
+    """Fused only where torch.optim runs fused kernels on the device and this torch was
+    built with the class's fused operator for it (CUDA's fused Adagrad is recent); ASGD
+    capturable where torch allows it (on the CPU it cannot be); on the CPU each fused
+    choice steps."""
+    from torch.optim.optimizer import _get_capturable_supported_devices
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    chosen = {}
+    for name, config in every_elementwise_config().items():
+        chosen[name] = kernel = optimizers.implementation(config, device_type)
+        cls = optimizers.optimizer_class(config)
+        operator = optimizers.FUSED_OPERATORS.get(cls)
+        takes = inspect.signature(cls).parameters
+        fused = (
+            "fused" in takes
+            and not {"fused", "foreach", "differentiable"} & set(config)
+            and operator is not None
+            and device_type in _get_fused_kernels_supported_devices()
+            and registered_for(operator, device_type)
+        )
+        assert (kernel == "fused") == fused, name
+        if kernel == "fused" and device_type == "cpu":
+            parameter = torch.zeros(3, requires_grad=True)
+            parameter.grad = torch.ones(3)
+            optimizers.build_optimizer(config, [parameter], kernel).step()
+    capturable = device_type in _get_capturable_supported_devices()
+    assert chosen["asgd"] == ("foreach, capturable" if capturable else "foreach")
+    assert chosen["rmsprop"] == "foreach"
+    assert {chosen[name] for name in ("sgd", "adam", "adamw")} == {"fused"}
+
+
+def test_no_stacked_optimizer_reads_its_state_on_the_host_on_a_gpu():
+    """On the meta device every host read fails, as each would make a GPU wait: every
+    element-wise setting with the kernel chosen for CUDA steps there without one (the fused
+    and capturable kernels cannot run on it, and read nothing by design). ASGD's plain
+    foreach step reads its state on the host: why CUDA takes its capturable one."""
+    probed = 0
+    for config in every_elementwise_config().values():
+        kernel = optimizers.implementation(config, "cuda")
+        if kernel in ("fused", "foreach, capturable"):
+            continue
+        parameters = [torch.zeros(4, 3, device="meta"), torch.zeros(3, device="meta")]
+        optimizer = optimizers.build_optimizer(config, parameters, kernel)
+        for _ in range(3):
+            for parameter in parameters:
+                parameter.grad = torch.zeros_like(parameter)
+            optimizer.step()
+        probed += 1
+    assert probed >= 30
+    parameter = torch.zeros(3, device="meta")
+    parameter.grad = torch.zeros_like(parameter)
+    asgd = optimizers.build_optimizer(every_elementwise_config()["asgd"], [parameter], "foreach")
+    with pytest.raises(RuntimeError, match="item"):
+        asgd.step()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from constants import SMOKE
 from omegaconf import OmegaConf
 
@@ -60,13 +61,15 @@ def default_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_and_stop(folder: Path, sig: int, rng: random.Random) -> subprocess.CompletedProcess:
+def start_and_stop(
+    folder: Path, sig: int, rng: random.Random, job: tuple = JOB
+) -> subprocess.CompletedProcess:
     """Start the job and send it `sig` at a random moment after its second checkpoint: a
     random fraction of the time between its first two checkpoints later. That interval is
     the machine's own, so the signal lands before the fourth of the job's 15 checkpoints on
     a fast machine as on a slow one: never after the job has ended."""
     process = subprocess.Popen(
-        [OPTBENCH, *JOB, f"hydra.run.dir={folder}"],
+        [OPTBENCH, *job, f"hydra.run.dir={folder}"],
         cwd=folder.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -110,6 +113,38 @@ def test_ctrl_c_keeps_the_progress_and_says_how_to_resume(uninterrupted, tmp_pat
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+
+
+def written_on_a_gpu(checkpoint: Path, monkeypatch) -> None:
+    """Rewrite a checkpoint as a GPU would have written it: the same tensors, each storage
+    tagged with the device it was saved from, cuda:0 (torch.save's location_tag)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, checkpoint)
+    if not torch.cuda.is_available():  # as written on a GPU: it asks for one
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(checkpoint, weights_only=True)
+
+
+def test_a_stacked_job_stopped_and_resumed_from_a_gpu_checkpoint_gives_the_same_results(
+    tmp_path, data_dir, monkeypatch
+):
+    """The stacked path a GPU takes (stack_runs=always): a job stopped with Ctrl-C, its
+    checkpoint rewritten as written on a GPU, resumes here to the rows of the same job run
+    without a stop, bit for bit (both stacked on this machine)."""
+    job = (*JOB, "stack_runs=always")
+    whole = tmp_path / "whole"
+    done = run_cli(*job, f"hydra.run.dir={whole}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "stopped"
+    stopped = start_and_stop(folder, signal.SIGINT, random.Random(), job)
+    assert stopped.returncode == 130, stopped.stderr
+    written_on_a_gpu(folder / results.CHECKPOINT, monkeypatch)
+    resumed = run_cli(*job, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from" in (folder / files.LOG).read_text()
+    pd.testing.assert_frame_equal(comparable(folder), comparable(whole), check_exact=True)
 
 
 def test_the_same_command_again_trains_nothing_and_more_seeds_train_only_the_new(

@@ -30,18 +30,21 @@ def save(path: Path, state: dict) -> None:
     files.atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
-def load(path: Path, device: torch.device) -> dict | None:
-    """The training state saved at path; None when there is none. A checkpoint that cannot
-    be read (damaged, truncated, not optbench's) is set aside beside it, never loaded
-    unsafely, and training starts from the beginning."""
+def load(path: Path) -> dict | None:
+    """The training state saved at path, every tensor on the CPU; None when there is none.
+    The trainers move what they load to their device (torch.optim keeps a step counter on
+    the CPU unless fused or capturable; a data order's generator state must stay a CPU
+    ByteTensor), so a checkpoint written on a GPU loads on any machine. A checkpoint that
+    cannot be read (damaged, truncated, not optbench's) is set aside beside it, never
+    loaded unsafely, and training starts from the beginning."""
     if not path.is_file():
         return None
     try:
         try:
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:  # an optimizer state may hold a few known classes
             with torch.serialization.safe_globals(library.checkpoint_classes()):
-                state = torch.load(path, map_location=device, weights_only=True)
+                state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "job" not in state:
             raise ValueError("not an optbench checkpoint")
         return _with_deques(state)

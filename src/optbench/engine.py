@@ -70,7 +70,7 @@ class DataOrder:
         return {"generator": self.generator.get_state(), "batches": self.batches}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"])  # a CPU ByteTensor: checkpoints.load
         self.batches = [batch.to(self.device) for batch in state["batches"]]
 
 
@@ -106,10 +106,13 @@ def worker_count(plan: Plan, device: torch.device) -> int:
 def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     """What decides a job's last digits besides its config, for config.yaml: the device,
     torch's CPU capability (the vector instructions its kernels use), the worker threads
-    and the threads per kernel, and which kernel updates each optimizer's tensors."""
+    and the threads per kernel, which kernel updates each optimizer's tensors, and on a GPU
+    its name, the CUDA and cuDNN versions and cuDNN's settings."""
     device = resolve_device(plan.device)
     kernels = {
-        spec.name: optimizers.implementation(spec.config) if in_group(plan, spec) else "default"
+        spec.name: optimizers.implementation(spec.config, device.type)
+        if in_group(plan, spec)
+        else "default"
         for spec in specs
     }
     return {
@@ -118,6 +121,28 @@ def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
         "worker_threads": worker_count(plan, device),
         "threads_per_kernel": 1 if device.type == "cpu" else None,
         "optimizer_kernels": kernels,
+        **gpu_provenance(device),
+    }
+
+
+def cudnn_settings(device: torch.device) -> dict:
+    """cuDNN's settings for a job on the device: on CUDA, deterministic convolution
+    algorithms and no autotuning (benchmark mode picks the fastest algorithm by timing, so
+    a resumed LeNet job could pick another than the uninterrupted one); none on the CPU."""
+    return {"deterministic": True, "benchmark": False} if device.type == "cuda" else {}
+
+
+def gpu_provenance(device: torch.device) -> dict:
+    """For config.yaml, on CUDA only: the GPU's name (in place of the CPU's), the CUDA and
+    cuDNN versions torch runs with, and cuDNN's settings (cudnn_settings)."""
+    if device.type != "cuda":
+        return {}
+    settings = {f"cudnn_{name}": value for name, value in cudnn_settings(device).items()}
+    return {
+        "device_name": torch.cuda.get_device_name(device),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        **settings,
     }
 
 
@@ -201,10 +226,11 @@ class Job:
             "orders": {seed: order.state_dict() for seed, order in self.orders.items()},
         }
 
-    def resume(self, checkpoint: Path | None, device: torch.device) -> tuple[list[dict], int]:
-        """The rows and the step of the checkpoint this same job left, its state loaded;
-        no rows and step 0 when there is none."""
-        state = checkpoints.load(checkpoint, device) if checkpoint is not None else None
+    def resume(self, checkpoint: Path | None) -> tuple[list[dict], int]:
+        """The rows and the step of the checkpoint this same job left, its state loaded
+        (from the CPU: each trainer, optimizer and data order moves its tensors to the
+        job's device); no rows and step 0 when there is none."""
+        state = checkpoints.load(checkpoint) if checkpoint is not None else None
         if state is None:
             return [], 0
         if state["job"] != self.identity:
@@ -250,6 +276,8 @@ def train(
     device = resolve_device(plan.device)
     torch.backends.cuda.matmul.allow_tf32 = plan.allow_tf32  # torch's default: off
     torch.backends.cudnn.allow_tf32 = plan.allow_tf32  # torch's default: on
+    for name, value in cudnn_settings(device).items():
+        setattr(torch.backends.cudnn, name, value)
     schedule = plan.schedule()
     context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
     context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
@@ -257,7 +285,7 @@ def train(
     with Workers(worker_count(plan, device), device) as workers:
         tensors = data.load(plan.dataset, plan.data_dir, device)
         job = Job(plan, runs, schedule.batch_size, len(tensors.train_x), device)
-        rows, done_steps = job.resume(checkpoint, device)
+        rows, done_steps = job.resume(checkpoint)
         bar = progress_bar(len(runs), schedule, done_steps, progress)
         log.debug("training starts at step %d", done_steps + 1)  # scripts/bench.py's start-up
         for step in range(done_steps + 1, schedule.total_steps + 1):

@@ -144,6 +144,21 @@ class VmappedModel:
             return torch.func.vmap(self._logits, in_dims=(0, None))(self.params, x[0])
         return torch.func.vmap(self._logits)(self.params, x)
 
+    def widest_output(self, input_shape: tuple[int, ...]) -> int:
+        """The most values a layer outputs for one example of one run (the LeNet's first
+        convolution on MNIST: 20 x 24 x 24), found by a forward pass on the meta device."""
+        sizes = []
+        hooks = [
+            module.register_forward_hook(lambda _, __, output: sizes.append(output.numel()))
+            for module in self.template.modules()
+        ]
+        try:
+            self.template(torch.zeros(1, *input_shape, device="meta"))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return max(sizes)
+
     def losses_and_grads(
         self, x: torch.Tensor, y: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -59,16 +59,23 @@ def optimizer_class(optimizer: Mapping) -> type[torch.optim.Optimizer]:
     return cls
 
 
+KERNEL_OPTIONS = {
+    "fused": {"fused": True},
+    "foreach": {"foreach": True},
+    "foreach, capturable": {"foreach": True, "capturable": True},
+}
+
+
 def build_optimizer(
     optimizer: Mapping,
     model: torch.nn.Module | Iterable[torch.Tensor],
     implementation: str = "default",
 ) -> torch.optim.Optimizer:
     """The optimizer of a run's model, or of a list of tensors (an OptimizerGroup's or a
-    stack's runs: element-wise optimizers only). implementation: "fused" or "foreach" (as
-    implementation(optimizer) chose), or "default": whatever the config and the class
-    choose."""
-    chosen = {"fused": {"fused": True}, "foreach": {"foreach": True}}.get(implementation, {})
+    stack's runs: element-wise optimizers only). implementation: "fused", "foreach" or
+    "foreach, capturable" (as implementation(optimizer, device) chose), or "default":
+    whatever the config and the class choose."""
+    chosen = KERNEL_OPTIONS.get(implementation, {})
     cls, kwargs = optimizer_class(optimizer), optimizer_kwargs(optimizer)
     if not isinstance(model, torch.nn.Module):  # a list of tensors
         return cls(model, **kwargs, **chosen)
@@ -114,17 +121,58 @@ def fill_from_protocol(optimizer: DictConfig, steps: int) -> None:
             optimizer[key] = values[source]
 
 
-def implementation(optimizer: Mapping) -> str:
-    """The kernel that updates a run's tensors when the engine chooses: "fused" where the
-    class has a fused kernel (SGD, Adam, AdamW, Adagrad: one pass over a tensor instead of
-    up to ten), else "foreach" where it has that option, else "default". Where the config
-    itself sets `fused`, `foreach` or `differentiable`, "default": the config decides."""
-    options = inspect.signature(optimizer_class(optimizer).__init__).parameters
+# torch.optim's fused kernels: the operator each class's fused step calls. Whether the
+# installed torch has that operator for a device is in its dispatcher (CUDA's fused Adagrad,
+# for one, came years after the CPU's).
+FUSED_OPERATORS = {
+    torch.optim.SGD: "_fused_sgd_",
+    torch.optim.Adam: "_fused_adam_",
+    torch.optim.AdamW: "_fused_adamw_",
+    torch.optim.Adagrad: "_fused_adagrad_",
+}
+# Classes whose step reads a state tensor on the host unless capturable (ASGD's foreach
+# path: `.item()` of its mu and eta): on a GPU, a synchronisation every step.
+READS_ON_HOST = (torch.optim.ASGD,)
+
+
+def implementation(optimizer: Mapping, device_type: str) -> str:
+    """The kernel that updates a run's tensors on a device when the engine chooses: "fused"
+    where the installed torch has the class's fused kernel for that device (SGD, Adam,
+    AdamW, Adagrad: one pass over a tensor instead of up to ten), else "foreach" where the
+    class has that option ("foreach, capturable" for a class that would otherwise read its
+    state on the host each step, on a device where torch allows it), else "default". Where
+    the config itself sets `fused`, `foreach` or `differentiable`, "default": the config
+    decides."""
+    cls = optimizer_class(optimizer)
+    options = inspect.signature(cls.__init__).parameters
     if {"fused", "foreach", "differentiable"} & set(optimizer.keys()):
         return "default"
-    if "fused" in options:
+    if "fused" in options and has_fused_kernel(cls, device_type):
         return "fused"
-    return "foreach" if "foreach" in options else "default"
+    if "foreach" not in options:
+        return "default"
+    if issubclass(cls, READS_ON_HOST) and device_type in capturable_devices():
+        return "foreach, capturable"
+    return "foreach"
+
+
+def has_fused_kernel(cls: type, device_type: str) -> bool:
+    """Whether this torch has a fused kernel of torch.optim class cls (or the torch.optim
+    class it derives from) for a device type: the device is among those torch.optim runs
+    fused kernels on, and the dispatcher has the operator's kernel for it."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    operator = next((FUSED_OPERATORS[c] for c in cls.__mro__ if c in FUSED_OPERATORS), None)
+    if operator is None or device_type not in _get_fused_kernels_supported_devices():
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{operator}", device_type.upper())
+
+
+def capturable_devices() -> list[str]:
+    """The device types on which torch.optim accepts capturable=True (state on the device)."""
+    from torch.optim.optimizer import _get_capturable_supported_devices
+
+    return _get_capturable_supported_devices()
 
 
 def expand_lr_grid(optimizer_cfgs: list[DictConfig], lr_grid) -> list[DictConfig]:

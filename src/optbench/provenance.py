@@ -17,7 +17,8 @@ CONFIG_YAML = "config.yaml"
 
 
 def environment() -> dict:
-    """What produced the results: optbench's version and git revision, library versions."""
+    """What produced the results: optbench's version and git revision, library versions,
+    the CPU."""
     import torch
     import torchvision
 
@@ -28,7 +29,7 @@ def environment() -> dict:
         "torchvision_version": str(torchvision.__version__),
         "python_version": platform.python_version(),
         "machine": platform.machine(),
-        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name(),
+        "device_name": _cpu_name(),  # a CUDA job's layout (engine.layout) names its GPU
     }
 
 

@@ -12,6 +12,19 @@ from optbench.data import DatasetTensors
 from optbench.plan import OptimizerSpec, RunSpec
 from optbench.trainers import Batches, Trainer, rows_by_optimizer, stream_seed
 
+# The memory a stacked evaluation's widest layer output may take: a test batch of n examples
+# gives the LeNet's first convolution [n, R x 20, 24, 24] float32 for R runs (4.1 GB at
+# n = 1000, R = 90), so the test batch shrinks as the stack grows.
+EVAL_BUDGET_BYTES = 256 * 2**20
+
+
+def stacked_test_batch(batch_size: int, n_runs: int, widest_output: int) -> int:
+    """Test examples per forward pass of a stack of n_runs runs: train.test_batch_size, or
+    fewer where the widest layer output (widest_output float32 values per example and run)
+    would exceed EVAL_BUDGET_BYTES; at least one."""
+    fits = EVAL_BUDGET_BYTES // (n_runs * widest_output * 4)
+    return max(1, min(batch_size, fits))
+
 
 class StackTrainer(Trainer):
     """Runs of element-wise optimizers trained as one batched model: where a GPU trains the
@@ -38,13 +51,14 @@ class StackTrainer(Trainer):
                 for run in runs
             ]
         )
+        self.widest_output = self.model.widest_output(tuple(dataset["input_shape"]))
         params = list(self.model.params.values())  # each [R, ...]
         # per optimizer setting: (its optimizer, its views, each view's (parameter, row))
         self.optimizers, self.specs = [], list(rows_by_optimizer(runs))
         for spec, rows in rows_by_optimizer(runs).items():
             slots = [(i, r) for r in rows for i in range(len(params))]
             views = [params[i].detach()[r] for i, r in slots]
-            kernel = optimizers.implementation(spec.config)
+            kernel = optimizers.implementation(spec.config, device.type)
             optimizer = optimizers.build_optimizer(spec.config, views, kernel)
             self.optimizers.append((optimizer, views, slots))
 
@@ -73,6 +87,7 @@ class StackTrainer(Trainer):
     @torch.no_grad()
     def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
         x, y, n_runs = tensors.test_x, tensors.test_y, len(self.runs)
+        batch_size = stacked_test_batch(batch_size, n_runs, self.widest_output)
         loss_sum = torch.zeros(n_runs, device=x.device, dtype=torch.float64)
         correct = torch.zeros(n_runs, device=x.device, dtype=torch.int64)
         for start in range(0, len(x), batch_size):

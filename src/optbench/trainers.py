@@ -133,7 +133,10 @@ class Trainer:
 
     def load_counters(self, state: dict) -> None:
         for name in self.COUNTERS:
-            setattr(self, name, state[name])
+            value = state[name]
+            if isinstance(value, torch.Tensor):  # loaded on the CPU: to this trainer's device
+                value = value.to(getattr(self, name).device)
+            setattr(self, name, value)
 
 
 class RunTrainer(Trainer):
@@ -295,7 +298,7 @@ class OptimizerGroup:
         self.spec, self.trainers = spec, trainers
         params = [p for trainer in trainers for p in trainer.model.parameters()]
         self.optimizer = optimizers.build_optimizer(
-            spec.config, params, implementation=optimizers.implementation(spec.config)
+            spec.config, params, optimizers.implementation(spec.config, trainers[0].device.type)
         )
 
     def step(self) -> None:
