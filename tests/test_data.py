@@ -15,7 +15,7 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from optbench import data, preparation
+from optbench import data, offline, preparation
 from optbench.config import ConfigError
 
 from conftest import compose_config
@@ -75,17 +75,17 @@ def test_a_corrupted_file_is_detected_and_prepared_again(data_dir, tmp_path):
 
 def test_the_data_pickle_loader_admits_numpy_arrays_only():
     array = np.arange(6, dtype=np.float32).reshape(2, 3)
-    loaded = preparation._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(array, protocol=4))).load()
+    loaded = offline.NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(array, protocol=4))).load()
     np.testing.assert_array_equal(loaded, array)
     evil = pickle.dumps(shutil.rmtree, protocol=2)  # any other callable must be refused
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        preparation._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
+        offline.NumpyOnlyUnpickler(io.BytesIO(evil)).load()
 
 
 def test_idx_writer_matches_the_format_torchvision_reads(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
     path = tmp_path / "images-idx3-ubyte"
-    preparation._write_idx(path, images)
+    offline.write_idx(path, images)
     read = torchvision.datasets.mnist.read_image_file(str(path))
     assert np.array_equal(read.numpy(), images)
 

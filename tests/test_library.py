@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from constants import SMOKE
 from omegaconf import OmegaConf
 
-from optbench import catalog, checkpoints, engine, library, models, optimizers
+from optbench import catalog, checkpoints, engine, library, models, optimizer_checks, optimizers
 from optbench.config import ConfigError
 from optbench.data import load
 from optbench.plan import OptimizerSpec
@@ -55,7 +55,7 @@ def settings(names: list[str], plan) -> list[OptimizerSpec]:
     for name in names:
         config = OmegaConf.create(CONFIGS[name])
         optimizers.fill_from_protocol(config, schedule.total_steps)
-        optimizers.check_optimizer_config(config, model)
+        optimizer_checks.check_optimizer_config(config, model)
         result.append(OptimizerSpec.of(config))
     return result
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from optbench import engine, files, labels, results
+from optbench import engine, files, labels, multirun, results
 
 from conftest import ROOT, sweep_plan
 
@@ -96,7 +96,7 @@ def test_combining_jobs_tells_apart_the_same_optimizer_with_other_hyperparameter
             {"provenance": {"overrides": ["seeds=3", f"optimizer.momentum={momentum}"]}},
             tmp_path / str(job) / "config.yaml",
         )
-    combined = results.combine_jobs(tmp_path)
+    combined = multirun.combine_jobs(tmp_path)
     labelled = labels.label_settings(combined)
     assert sorted(labelled.optimizer.unique()) == ["sgd momentum=0.5", "sgd momentum=0.9"]
     assert len(combined) == 2 * len(sgd)
@@ -114,7 +114,7 @@ def test_combining_jobs_pools_settings_outside_the_protocol(real_runs, tmp_path)
             {"provenance": {"overrides": [f"seeds=[{seed}]", *overrides]}},
             tmp_path / str(job) / "config.yaml",
         )
-    combined = results.combine_jobs(tmp_path)
+    combined = multirun.combine_jobs(tmp_path)
     assert combined.optimizer.unique().tolist() == ["sgd"]
     assert sorted(combined.seed.unique()) == seeds[:2]
 
@@ -138,9 +138,9 @@ def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp
             {"provenance": {"overrides": [f"optimizer={name}"]}},
             tmp_path / str(job) / "config.yaml",
         )
-    combined = results.combine_jobs(tmp_path)
+    combined = multirun.combine_jobs(tmp_path)
     assert combined.optimizer.unique().tolist() == ["sgd", "adam"]
-    assert results.combine_jobs(tmp_path / "empty") is None
+    assert multirun.combine_jobs(tmp_path / "empty") is None
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,12 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     here, once the training's length is known to be valid, before its throwaway build."""
     seed_list(cfg.seeds)
     check_train(cfg.train)
-    from optbench import data, models, optimizers  # torch is slow to import: after the cheap checks
+    from optbench import (  # torch is slow to import: after the cheap checks
+        data,
+        models,
+        optimizer_checks,
+        optimizers,
+    )
 
     data.check_dataset_config(cfg.dataset)
     n_train = preparation.train_size(cfg.dataset)
@@ -62,4 +67,4 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     model = models.build_model(cfg.model, cfg.dataset, seed=0)  # a throwaway copy
     for optimizer_cfg in optimizer_cfgs:
         optimizers.fill_from_protocol(optimizer_cfg, total_steps)
-        optimizers.check_optimizer_config(optimizer_cfg, model)
+        optimizer_checks.check_optimizer_config(optimizer_cfg, model)

@@ -30,11 +30,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError, ResourceError
+from optbench.files import check_writable
 from optbench.jobs import (
     COMMANDS,
     Plans,
     check_command_line,
-    check_writable,
     job_key,
     make_plan,
 )
@@ -141,13 +141,13 @@ class CombineMultirun(Callback):
     again writes them all afresh, so one stopped while combining is repaired."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from optbench import checksums, results
+        from optbench import checksums, multirun, results
         from optbench.benchmark import write_analysis
 
         sweep_dir = Path(config.hydra.sweep.dir)
         _drop_working_directory(sweep_dir / "multirun.yaml")
         try:  # Hydra turns a callback's exception into a warning: exit here instead
-            combined = results.combine_jobs(sweep_dir)
+            combined = multirun.combine_jobs(sweep_dir)
             if combined is None:
                 return
             results.write_results(sweep_dir, combined)

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from optbench.config import ConfigError
-from optbench.jobs import check_writable
+from optbench.files import check_writable
 
 EXIT_INCONSISTENT = 1  # `optbench compare A B`: B does not reproduce A
 EXIT_CANNOT_TEST = 3  # `optbench compare A B`: the numbers differ and cannot be tested

@@ -29,6 +29,11 @@ class ResourceError(OSError):
     names the resource and the way out."""
 
 
+def is_number(value) -> bool:
+    """An int or a float, and not a boolean: true would pass for 1, false for 0."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def yaml_error_message(error: Exception) -> str:
     """A YAML syntax error in a config file, as one paragraph: the file, the line and
     column, what YAML expected, and the way out."""

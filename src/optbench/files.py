@@ -125,3 +125,59 @@ def move_aside(out_dir: Path) -> Path | None:
     for entry in entries:
         entry.rename(target / entry.name)
     return target
+
+
+# ---------------------------------------------------------------------------------------
+# Output folders, checked before anything trains
+
+
+def check_writable(
+    folder: Path, way_out: str = "hydra.run.dir=DIR (hydra.sweep.dir=DIR for -m)"
+) -> None:
+    """Fail now, not after training, when folder cannot be created or written."""
+    problem = unwritable_because(Path(folder))
+    if problem:
+        raise ConfigError(
+            f"Cannot write results to {shortened(folder)} ({problem}). Choose a folder you "
+            f"can write with {way_out}."
+        )
+
+
+# Room for the files a job writes inside its folder (.runs.csv.<temporary>,
+# checkpoint.pt.unreadable-<time>, tensorboard/<optimizer>/seed_<n>/...).
+ROOM_FOR_FILES = 100
+
+
+def unwritable_because(folder: Path) -> str | None:
+    """Why folder cannot be created or written, in a few words; None when it can. Probes
+    with a temporary folder inside its deepest existing ancestor, and leaves nothing behind."""
+    folder = folder.absolute()
+    # os.path's tests, not Path's: they answer False for a name too long to look up
+    for path in (folder, *folder.parents):
+        if os.path.islink(path) and not os.path.exists(path):  # mkdir fails: the name is taken
+            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    existing = folder
+    while not os.path.exists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    longest = os.pathconf(existing, "PC_NAME_MAX")
+    for part in folder.relative_to(existing).parts:
+        if len(os.fsencode(part)) > longest:
+            return (
+                f"the name {shortened(part, 40)} has {len(os.fsencode(part))} bytes, and the "
+                f"file system allows {longest}"
+            )
+    if len(os.fsencode(str(folder))) + ROOM_FOR_FILES > os.pathconf(existing, "PC_PATH_MAX"):
+        return f"the path is {len(os.fsencode(str(folder)))} bytes long, too long for its files"
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        return " ".join(str(error).split())
+    return None
+
+
+def shortened(text, keep: int = 100) -> str:
+    """A long name cut to its first `keep` characters, so that a message stays readable."""
+    text = str(text)
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"

@@ -8,16 +8,12 @@ and each job takes its own from them (composing a config takes about 0.3 s an op
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
-import os
-import re
-import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from yaml import YAMLError
@@ -29,10 +25,11 @@ from optbench.config import (
     CONFIG_PACKAGE,
     PRESET_GROUPS,
     REGISTERED_PRESETS,
-    Config,
     ConfigError,
     yaml_error_message,
 )
+from optbench.files import check_writable
+from optbench.overrides import check_grammar, check_keys, choices, one_paragraph
 from optbench.plan import OptimizerSpec, Plan
 
 COMMANDS = ("run", "sweep", "tune")  # the commands that train
@@ -50,7 +47,7 @@ def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
     commands the experiment's list (`optimizers`); `run` and `sweep` at every multiple of
     lr_grid when one is given. Needs an initialised Hydra (inside a Hydra app, or
     initialize_config_module)."""
-    _check_keys(overrides)
+    check_keys(overrides)
     _check_for_choice(cfg, overrides)
     if command in ("tune", "suite", "targets") and cfg.lr_grid is not None:
         raise ConfigError(
@@ -65,52 +62,6 @@ def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
     optimizer_cfgs = chosen if command == "tune" else expand_lr_grid(chosen, cfg.lr_grid)
     check_config(cfg, optimizer_cfgs)
     return Plan.of(cfg, [OptimizerSpec.of(o) for o in optimizer_cfgs])
-
-
-# Keys of the schema that come with an experiment preset, not from the command line.
-NOT_SETTABLE = ("experiment_name", "for_choice")
-
-
-def _check_keys(overrides: list[str]) -> None:
-    """The schema is closed: refuse a key the command line adds (+KEY=VALUE) outside an
-    optimizer's hyperparameters (each optimizer takes its own, checked against its class)
-    and Hydra's own settings; such a key would change the fingerprint and nothing else.
-    experiment_name comes with the experiment preset, so it is not set here either."""
-    keys = [f.name for f in dataclasses.fields(Config) if f.name not in NOT_SETTABLE]
-    for override in overrides:
-        key = override.split("=", 1)[0]
-        if key == "experiment_name":
-            raise ConfigError(
-                f"{override}: experiment_name is not a key to set; it is the name of the "
-                "experiment preset, which experiment=NAME chooses (e.g. experiment=mnist_ffnn; "
-                "a preset of your own goes on hydra.searchpath). The MLflow experiment's name "
-                "is logger.experiment_name=NAME."
-            )
-        if not key.startswith("+"):
-            continue  # a key the schema lacks fails at composition, naming the valid keys
-        name = key.lstrip("+")
-        if name.startswith(("optimizer.", "hydra.", "hydra/", "for_choice")):
-            continue  # for_choice: _check_for_choice says what to do instead
-        if name in keys or name in _groups():
-            raise ConfigError(
-                f"{override}: {name} is already part of the config; set it without the '+': "
-                f"{override.lstrip('+')}."
-            )
-        from optbench.catalog import close_matches
-
-        close = close_matches(name, keys)
-        meant = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(
-            f"{override}: {name!r} is not a key of optbench's config, and +KEY=VALUE adds "
-            "only an optimizer's hyperparameters (+optimizer.KEY=VALUE); "
-            f"{meant}valid keys: {', '.join(keys)}."
-        )
-
-
-def _groups() -> list[str]:
-    """The config groups a command line chooses from (dataset=, regime=, debug=, ...)."""
-    folders = importlib.resources.files(CONFIG_PACKAGE).iterdir()
-    return [f.name for f in folders if f.is_dir() and not f.name.startswith(("for_", "_"))]
 
 
 def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
@@ -164,7 +115,7 @@ def _compose_and_plan(
     ConfigError of one paragraph. Also the folder the job will write (hydra.run.dir, or
     hydra.sweep.dir for a multirun), as Hydra will name it. Needs an initialised Hydra."""
     try:
-        _check_keys(overrides)  # before Hydra's own, less helpful, messages
+        check_keys(overrides)  # before Hydra's own, less helpful, messages
         cfg = compose(CONFIG_NAME, overrides=overrides, return_hydra_config=True)
         folder = _job_folder(cfg, multirun)
         with open_dict(cfg):
@@ -175,7 +126,7 @@ def _compose_and_plan(
     except YAMLError as error:  # a config file of the user's that YAML cannot read
         raise ConfigError(yaml_error_message(error)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as error:
-        raise ConfigError(_one_paragraph(error, overrides)) from None
+        raise ConfigError(one_paragraph(error, overrides)) from None
 
 
 def _job_folder(cfg: DictConfig, multirun: bool) -> Path:
@@ -213,7 +164,7 @@ def _sweep_optimizers(cfg: DictConfig, overrides: list[str]) -> list[DictConfig]
         except MissingConfigException as error:
             raise ConfigError(
                 f"Unknown optimizer {name!r} in optimizers={list(cfg.optimizers)}; "
-                f"{_choices(name, error.options or [])}."
+                f"{choices(name, error.options or [])}."
             ) from None
         configs.append(composed.optimizer)
     return configs
@@ -256,7 +207,7 @@ def _jobs_of(args: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed, _ = get_args_parser().parse_known_args(args)
-    _check_grammar(parsed.overrides)
+    check_grammar(parsed.overrides)
     if (
         parsed.help
         or parsed.hydra_help
@@ -276,31 +227,6 @@ def _jobs_of(args: list[str]) -> list[list[str]]:
         return BasicSweeper.split_arguments(parsed_overrides, None)[0]
     except HydraException:
         return []
-
-
-def _check_grammar(overrides: list[str]) -> None:
-    """Refuse an override that Hydra's grammar cannot read, with the quoting that fixes the
-    usual cause: a value with spaces or special characters (a path) must be quoted for
-    Hydra, inside the quotes of the shell."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    for override in overrides:
-        try:
-            parser.parse_overrides([override])
-        except OverrideParseException as error:
-            key, equals, value = override.partition("=")
-            if not equals:
-                raise ConfigError(
-                    f"{override!r} is not an override (KEY=VALUE): a value with spaces must "
-                    "be quoted for the shell and for Hydra, e.g. 'hydra.run.dir=\"my results\"'."
-                ) from None
-            said = " ".join(str(error).split()).split(" See https")[0].rstrip(":")
-            raise ConfigError(
-                f"Hydra cannot read the override {override!r} ({said}): a value with spaces "
-                "or characters such as ~ ( ) [ ] , = must be quoted for Hydra, inside the "
-                f"shell's quotes, e.g. '{key}=\"{value}\"'."
-            ) from None
 
 
 def _output_root(args: list[str]) -> Path:
@@ -336,109 +262,3 @@ def _check_job_folders(sweep_dir: Path, jobs: list[list[str]]) -> None:
                 "Give the swept values in the order of the first command to add to that "
                 "sweep, or write elsewhere with hydra.sweep.dir=DIR."
             )
-
-
-def check_writable(
-    folder: Path, way_out: str = "hydra.run.dir=DIR (hydra.sweep.dir=DIR for -m)"
-) -> None:
-    """Fail now, not after training, when folder cannot be created or written."""
-    problem = unwritable_because(Path(folder))
-    if problem:
-        raise ConfigError(
-            f"Cannot write results to {shortened(folder)} ({problem}). Choose a folder you "
-            f"can write with {way_out}."
-        )
-
-
-# Room for the files a job writes inside its folder (.runs.csv.<temporary>,
-# checkpoint.pt.unreadable-<time>, tensorboard/<optimizer>/seed_<n>/...).
-ROOM_FOR_FILES = 100
-
-
-def unwritable_because(folder: Path) -> str | None:
-    """Why folder cannot be created or written, in a few words; None when it can. Probes
-    with a temporary folder inside its deepest existing ancestor, and leaves nothing behind."""
-    folder = folder.absolute()
-    # os.path's tests, not Path's: they answer False for a name too long to look up
-    for path in (folder, *folder.parents):
-        if os.path.islink(path) and not os.path.exists(path):  # mkdir fails: the name is taken
-            return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
-    existing = folder
-    while not os.path.exists(existing):
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file"
-    longest = os.pathconf(existing, "PC_NAME_MAX")
-    for part in folder.relative_to(existing).parts:
-        if len(os.fsencode(part)) > longest:
-            return (
-                f"the name {shortened(part, 40)} has {len(os.fsencode(part))} bytes, and the "
-                f"file system allows {longest}"
-            )
-    if len(os.fsencode(str(folder))) + ROOM_FOR_FILES > os.pathconf(existing, "PC_PATH_MAX"):
-        return f"the path is {len(os.fsencode(str(folder)))} bytes long, too long for its files"
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as error:
-        return " ".join(str(error).split())
-    return None
-
-
-def shortened(text, keep: int = 100) -> str:
-    """A long name cut to its first `keep` characters, so that a message stays readable."""
-    text = str(text)
-    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
-
-
-def _one_paragraph(error: BaseException, overrides: list[str] = ()) -> str:
-    """Hydra's and OmegaConf's errors, reworded as one paragraph naming the valid choices."""
-    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
-        group, _, name = error.missing_cfg_file.rpartition("/")
-        return (
-            f"Unknown {group} {name!r}; {_choices(name, error.options)}. "
-            f"Choose one with {group}=NAME."
-        )
-    text = str(error)
-    if error.__cause__ is not None and str(error.__cause__) not in text:
-        text += "\n" + str(error.__cause__)
-    lines = [line.strip() for line in text.splitlines()]
-    kept = []
-    for line in lines:
-        if line.startswith(("full_key:", "object_type", "reference_type", "Set the environment")):
-            break
-        if line and not line.startswith("To append to your config"):  # the schema forbids it
-            kept.append(line.rstrip("."))
-    text = ": ".join(kept) + "."
-    if "not in" in text and "Key '" in text:
-        text += " " + _valid_keys_hint(text, overrides)
-    return text
-
-
-def _choices(name: str, options: list[str]) -> str:
-    """The valid choices of a group, or for the optimizers (over 150) the close matches."""
-    if len(options) <= 30:
-        return f"valid choices: {', '.join(options)}"
-    from optbench.catalog import close_matches
-
-    close = close_matches(name, options)
-    found = f"close matches: {', '.join(close)}" if close else "no close match"
-    return f"{found} (`optbench optimizers` lists all {len(options)})"
-
-
-def _valid_keys_hint(message: str, overrides: list[str]) -> str:
-    """For a misspelt key, list the keys that exist at that level of the config."""
-    match = re.search(r"Could not override '([^']+)'", message)
-    if not match:
-        return ""
-    key = match.group(1)
-    parent = key.rpartition(".")[0]
-    others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-    try:
-        default = compose(CONFIG_NAME, overrides=others)
-    except (HydraException, OmegaConfBaseException):
-        default = compose(CONFIG_NAME)
-    node = OmegaConf.select(default, parent) if parent else default
-    if not isinstance(node, DictConfig):
-        return ""
-    prefix = f"{parent}." if parent else ""
-    return f"Valid keys here: {', '.join(prefix + k for k in node.keys())}."

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from optbench.config import ResourceError
+from optbench.files import unwritable_because
 from optbench.labels import label_settings
 
 LOGGERS = ("none", "tensorboard", "mlflow")
@@ -40,7 +41,6 @@ def check_destination(logger: dict, out_dir: Path) -> None:
     logs once training ends: a tracking server that does not answer, a store or TensorBoard
     folder that cannot be written. Stores that cannot be probed cheaply (databricks,
     postgresql://, ...) are left to MLflow."""
-    from optbench.jobs import unwritable_because
 
     name = logger["name"]
     if name == "tensorboard":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -190,120 +189,6 @@ def expand_lr_grid(optimizer_cfgs: list[DictConfig], lr_grid) -> list[DictConfig
             copy.lr = float(optimizer.lr) * float(multiple)
             expanded.append(copy)
     return expanded
-
-
-def check_optimizer_config(optimizer: DictConfig, model: torch.nn.Module) -> None:
-    """Build the optimizer on a throwaway copy of the model, so torch's own checks (lr >= 0,
-    betas in [0, 1), sparse gradients for SparseAdam, ...) reject bad hyperparameters
-    before any training."""
-    if "_target_" in optimizer.keys() and OmegaConf.is_missing(optimizer, "_target_"):
-        raise ConfigError(
-            f"Optimizer {optimizer.get('name')!r} needs optimizer._target_=... naming a "
-            "torch.optim.Optimizer subclass, e.g. optimizer._target_=my_package.MyOptimizer."
-        )
-    if "_target_" not in optimizer or "name" not in optimizer:
-        raise ConfigError(
-            f"Optimizer config {OmegaConf.to_container(optimizer)} needs a `name` and a "
-            "`_target_` naming a torch.optim.Optimizer subclass."
-        )
-    if not isinstance(optimizer.get("elementwise", False), bool):
-        raise ConfigError(
-            f"Optimizer {optimizer.name!r}: elementwise={optimizer.elementwise!r} must be true "
-            "(every element's update depends on its own gradient and state only) or false."
-        )
-    why = library.refusal(optimizer)
-    if why:
-        raise ConfigError(
-            f"Optimizer {optimizer.name!r} cannot train on optbench's models: {why}. "
-            "`optbench optimizers` lists the ones that can."
-        )
-    why = library.not_elementwise_because(optimizer)
-    if why:
-        raise ConfigError(f"Optimizer {optimizer.name!r}: {why}.")
-    _check_names(optimizer)
-    _check_numbers(optimizer)
-    try:
-        build_optimizer(optimizer, model)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as error:
-        given = ", ".join(f"{k}={v}" for k, v in optimizer_kwargs(optimizer).items())
-        raise ConfigError(
-            f"Optimizer {optimizer.name!r} refuses this configuration ({given}): "
-            f"{' '.join(str(error).split())}."
-        ) from None
-
-
-def _check_names(optimizer: DictConfig) -> None:
-    """Refuse a hyperparameter the class does not name, naming the ones it takes: for a
-    class without **kwargs, and for every registry optimizer (which would keep it in
-    **kwargs and never use it); a user's class that takes **kwargs decides itself."""
-    parameters = inspect.signature(optimizer_class(optimizer)).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters.values())
-    if takes_any and library.registry_name(optimizer) is None:
-        return
-    named = [
-        name
-        for name, p in list(parameters.items())[1:]  # less params (or model)
-        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    named += list(library.group_keys(optimizer))  # its matrices' parameter group's
-    unknown = [key for key in optimizer_kwargs(optimizer) if key not in named]
-    if unknown:
-        raise ConfigError(
-            f"Optimizer {optimizer.name!r} ({optimizer._target_}) takes no hyperparameter "
-            f"{unknown[0]!r}; it takes: {', '.join(named)}."
-        )
-
-
-def _check_numbers(optimizer: DictConfig) -> None:
-    """Refuse a hyperparameter that is NaN or infinite (unless that is the class's default,
-    as D-Adaptation's growth_rate=inf is), or, where the class's default is a number (the
-    lr always), anything but a number: text, or a boolean, which Python would take as 1 or
-    0 (lr=true would train at lr 1.0); where it is a tuple of numbers (betas), anything but
-    a list of numbers. Names the key (torch.optim's own checks would let NaN through)."""
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(optimizer_class(optimizer)).parameters.items()
-    }
-    for key, value in optimizer_kwargs(optimizer).items():
-        default = defaults.get(key)
-        values = value if isinstance(value, tuple) else (value,)
-        for item in values:
-            if isinstance(item, float) and not math.isfinite(item) and value != default:
-                raise ConfigError(
-                    f"Invalid optimizer.{key}={value!r} for {optimizer.name!r}: it must be a "
-                    "finite number."
-                )
-        if value is None:
-            continue  # the class's own choice (A2Grad's lr)
-        if isinstance(default, tuple) and all(_is_number(d) for d in default):
-            if not isinstance(value, tuple) or not all(_is_number(v) for v in value):
-                example = ",".join(str(d) for d in default)
-                raise ConfigError(
-                    f"Invalid optimizer.{key}={_as_given(value)} for {optimizer.name!r}: it "
-                    f"must be a list of numbers, e.g. optimizer.{key}=[{example}] (the "
-                    "class's default)."
-                )
-        elif (_is_number(default) or key == "lr") and not _is_number(value):
-            raise ConfigError(
-                f"Invalid optimizer.{key}={_as_given(value)} for {optimizer.name!r}: it must "
-                f"be a number (the class's default is {default!r}"
-                + ("; true and false are not numbers)." if isinstance(value, bool) else ").")
-            )
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _as_given(value) -> str:
-    """A value as the command line writes it: true, not Python's True; text quoted."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        return "[" + ",".join(_as_given(v) for v in value) + "]"
-    return repr(value)
 
 
 class SparseAdamWithAdam(torch.optim.Optimizer):

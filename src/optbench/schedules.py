@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from optbench.config import is_number
+
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear", "step")
 
 
@@ -51,7 +53,7 @@ def check(schedule: Mapping, total_steps: int) -> str | None:
         step_size, gamma = schedule["step_size"], schedule["gamma"]
         if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
             return f"Invalid schedule.step_size={step_size!r}: a positive number of steps."
-        if not _is_number(gamma) or not 0 < gamma <= 1:
+        if not is_number(gamma) or not 0 < gamma <= 1:
             return f"Invalid schedule.gamma={gamma!r}: a factor in (0, 1]."
     if name.startswith("warmup_"):
         warmup, final = schedule["warmup_steps"], schedule["final_lr_fraction"]
@@ -62,13 +64,9 @@ def check(schedule: Mapping, total_steps: int) -> str | None:
                 f"Invalid schedule.warmup_steps={warmup}: the training has {total_steps} "
                 "steps; warm up for fewer (or train longer with train.steps / train.epochs)."
             )
-        if not _is_number(final) or not 0 <= final <= 1:
+        if not is_number(final) or not 0 <= final <= 1:
             return f"Invalid schedule.final_lr_fraction={final!r}: a fraction in [0, 1]."
     return None
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)  # true is not 1
 
 
 def notes(schedule: Mapping, specs: list) -> list[str]:

@@ -144,29 +144,7 @@ def ranking(
     table = final_values(runs, metric)
     seed_sets = _seed_sets(runs, table.index)
     order = table.mean().sort_values(ascending=False).index.tolist()
-    pairs = []
-    for i, first in enumerate(order):
-        for second in order[i + 1 :]:
-            t_p, wilcoxon_p = paired_tests(table[first], table[second])
-            pairs.append(
-                {
-                    "optimizer": first,
-                    "other": second,
-                    "mean_difference": float((table[first] - table[second]).mean()),
-                    "n_pairs": len(table),
-                    "t_p": t_p,
-                    "wilcoxon_p": wilcoxon_p,
-                }
-            )
-    pairs = pd.DataFrame(
-        pairs, columns=["optimizer", "other", "mean_difference", "n_pairs", "t_p", "wilcoxon_p"]
-    )
-    testable = len(table) >= MIN_PAIRS  # every pair has the same seeds: all or none
-    pairs["t_p_holm"] = holm(pairs["t_p"].tolist()) if len(pairs) and testable else math.nan
-    pairs["wilcoxon_p_holm"] = (
-        holm(pairs["wilcoxon_p"].tolist()) if len(pairs) and testable else math.nan
-    )
-    pairs["significant"] = pairs["t_p_holm"] < alpha
+    pairs = _pairs(table, order, alpha)
     best = order[0]
     rows = []
     for rank, name in enumerate(order, start=1):
@@ -191,6 +169,35 @@ def ranking(
             }
         )
     return pd.DataFrame(rows), pairs
+
+
+def _pairs(table: pd.DataFrame, order: list[str], alpha: float) -> pd.DataFrame:
+    """Every pair of optimizers (in `order`, the better first): the mean difference of their
+    final values by seed, the paired tests' p-values, raw and Holm-adjusted."""
+    pairs = []
+    for i, first in enumerate(order):
+        for second in order[i + 1 :]:
+            t_p, wilcoxon_p = paired_tests(table[first], table[second])
+            pairs.append(
+                {
+                    "optimizer": first,
+                    "other": second,
+                    "mean_difference": float((table[first] - table[second]).mean()),
+                    "n_pairs": len(table),
+                    "t_p": t_p,
+                    "wilcoxon_p": wilcoxon_p,
+                }
+            )
+    pairs = pd.DataFrame(
+        pairs, columns=["optimizer", "other", "mean_difference", "n_pairs", "t_p", "wilcoxon_p"]
+    )
+    testable = len(table) >= MIN_PAIRS  # every pair has the same seeds: all or none
+    pairs["t_p_holm"] = holm(pairs["t_p"].tolist()) if len(pairs) and testable else math.nan
+    pairs["wilcoxon_p_holm"] = (
+        holm(pairs["wilcoxon_p"].tolist()) if len(pairs) and testable else math.nan
+    )
+    pairs["significant"] = pairs["t_p_holm"] < alpha
+    return pairs
 
 
 def seed_list(seeds) -> str:
