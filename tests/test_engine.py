@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from constants import LINE_SEARCH, SMOKE
 from omegaconf import OmegaConf
 
-from optbench import checkpoints, engine, library, models, stack
+from optbench import checkpoints, engine, library, models, stack, trainers
 from optbench.data import DatasetTensors, load
 from optbench.plan import OptimizerSpec, make_schedule
 from optbench.trainers import has_diverged, stream_seed
@@ -441,3 +443,27 @@ def test_a_stacked_evaluation_in_smaller_batches_gives_the_same_results(data_dir
     for (loss, accuracy), (split_loss, split_accuracy) in zip(whole, split, strict=True):
         assert split_loss == pytest.approx(loss, rel=1e-5)
         assert abs(split_accuracy - accuracy) <= 1 / len(tensors.test_x)
+
+
+@pytest.mark.parametrize("layout", ["stack_runs=never", "stack_runs=always"])
+def test_each_run_is_timed_on_every_device(data_dir, device, layout):
+    """wall_s grows with every evaluation and is positive, for runs alone, in a group
+    (sgd: one optimizer call for its runs) and stacked; on a GPU from CUDA events read at
+    the evaluations (trainers.StepClock), not from the kernel launches."""
+    plan = sweep_plan(device, layout, "optimizers=[sgd,rmsprop]", "seeds=2", SMOKE)
+    runs = engine.train(plan, progress=False)
+    for _, run in runs.groupby(["optimizer", "seed"]):
+        seconds = run.sort_values("step")["wall_s"].to_numpy()
+        assert (seconds > 0).all() and (np.diff(seconds) > 0).all()
+
+
+def test_a_cpu_step_clock_reads_the_time_at_once_and_splits_a_shared_step():
+    clock = trainers.StepClock(torch.device("cpu"))
+    start = clock.start()
+    time.sleep(0.02)
+    whole = clock.stop(start)
+    start = clock.start()
+    time.sleep(0.02)
+    share = clock.stop(start, shares=4)
+    assert whole >= 0.02 and 0.005 <= share < whole / 2
+    assert clock.collect() == 0.0 and clock.pending == []

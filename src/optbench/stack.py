@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 
@@ -63,7 +61,7 @@ class StackTrainer(Trainer):
             self.optimizers.append((optimizer, views, slots))
 
     def step(self, tensors: DatasetTensors, batches: Batches) -> None:
-        start = time.perf_counter()
+        start = self.clock.start()
         seeds = [run.seed for run in self.runs]
         if batches[seeds[0]] is None:  # full batch: one group of inputs for all runs
             x, y = tensors.train_x.unsqueeze(0), tensors.train_y.unsqueeze(0)
@@ -82,7 +80,7 @@ class StackTrainer(Trainer):
                 view.grad = grads[i][row]
             optimizer.step()
         self.grad_evals += 1  # a diverged run keeps computing in the stack, unreported
-        self.count_step(losses, time.perf_counter() - start)
+        self.count_step(losses, self.clock.stop(start))
 
     @torch.no_grad()
     def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:

@@ -67,6 +67,43 @@ def run_row(run: RunSpec, **measured) -> dict:
     return {**identity, "seed": run.seed, **measured}
 
 
+class StepClock:
+    """The seconds of a trainer's steps. On the CPU a step's kernels have run when it
+    returns, so perf_counter around it is its time. On a GPU a step only launches its
+    kernels, and perf_counter would time the launches: a CUDA event is recorded before and
+    after each step instead, and their elapsed times are read at the next evaluation, which
+    synchronises anyway, so the timing adds no synchronisation of its own."""
+
+    def __init__(self, device: torch.device):
+        self.events = torch.device(device).type == "cuda"
+        self.pending: list[tuple[object, object, float]] = []  # (start, end, share)
+
+    def start(self):
+        if not self.events:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, start, shares: int = 1) -> float:
+        """The step's seconds, divided into `shares` (0 on a GPU: read by collect())."""
+        if not self.events:
+            return (time.perf_counter() - start) / shares
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self.pending.append((start, end, 1 / shares))
+        return 0.0
+
+    def collect(self) -> float:
+        """The seconds of the GPU steps recorded since the last call (0 on the CPU)."""
+        if not self.pending:
+            return 0.0
+        self.pending[-1][1].synchronize()
+        seconds = sum(s.elapsed_time(e) * share for s, e, share in self.pending) / 1000
+        self.pending.clear()
+        return seconds
+
+
 class Trainer:
     """What every trainer accumulates for its runs as they train. With the weights and
     optimizer states, a checkpoint holds these counters, so that a resumed run continues
@@ -81,6 +118,7 @@ class Trainer:
         self.last_loss = torch.full((len(runs),), math.nan, device=device)
         self.grad_evals = 0  # forward + backward passes so far
         self.train_s = 0.0  # seconds spent in these runs' steps
+        self.clock = StepClock(device)
         # per run: None, or its grad_evals at the evaluation that found its training loss
         # NaN, infinite or above DIVERGED_LOSS, or its test loss NaN or infinite; from then
         # on its rows carry no metrics (a row not diverged has every metric) and it counts
@@ -101,6 +139,7 @@ class Trainer:
 
     def evaluation_rows(self, step: int, tensors: DatasetTensors, test_batch_size: int) -> list:
         """One row per run at this evaluation step; the counters start again."""
+        self.train_s += self.clock.collect()  # a GPU's steps, timed by CUDA events
         train_loss = (self.loss_sum / max(self.loss_count, 1)).tolist()  # one host sync
         last_loss = self.last_loss.tolist()
         self.loss_sum.zero_()
@@ -196,7 +235,7 @@ class RunTrainer(Trainer):
         if self.diverged_at[0] is not None:
             self.model.zero_grad(set_to_none=True)  # its group's optimizer skips it
             return
-        start = time.perf_counter()
+        start = self.clock.start()
         index = batches[self.seed]
         if index is None:
             x, y = tensors.train_x, tensors.train_y
@@ -220,7 +259,7 @@ class RunTrainer(Trainer):
             else:
                 loss = closure()
                 self.optimizer.step()
-        self.count_step(loss.detach().view(1), time.perf_counter() - start)
+        self.count_step(loss.detach().view(1), self.clock.stop(start))
 
     @contextlib.contextmanager
     def seeded(self, moment: int | str):
@@ -302,11 +341,14 @@ class OptimizerGroup:
         )
 
     def step(self) -> None:
-        start = time.perf_counter()
+        clock = self.trainers[0].clock
+        start = clock.start()
         self.optimizer.step()  # a diverged run's parameters have no gradient: skipped
-        share = (time.perf_counter() - start) / len(self.trainers)
+        share = clock.stop(start, shares=len(self.trainers))
         for trainer in self.trainers:
             trainer.train_s += share
+            if trainer is not self.trainers[0]:  # on a GPU: each its share, at evaluation
+                trainer.clock.pending += clock.pending[-1:]
 
 
 @torch.no_grad()
