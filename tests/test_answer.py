@@ -72,7 +72,9 @@ def test_a_sweep_ends_with_the_table_on_screen_and_in_its_log(tmp_path, data_dir
             mean, std = final.loc[name, ["test_accuracy_mean", "test_accuracy_std"]]
             assert f"{mean:.4f} ± {std:.4f}" in row
             assert row.endswith("best") == (name == ranking.optimizer[0])
-        assert said.rstrip().splitlines()[-1].endswith(f"Results in {out}")  # the last line
+    # the folder's path, the last line, on the terminal only: a log names no machine path
+    assert done.stdout.rstrip().splitlines()[-1] == f"Results in {out}"
+    assert "Results in" not in log
 
 
 def test_one_seed_prints_n_1_without_nan_and_counts_in_the_singular(tmp_path, data_dir):

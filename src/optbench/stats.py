@@ -151,7 +151,9 @@ def ranking(
         values = table[name].to_numpy()
         low, high = t_interval(values, bounds=metric_range(metric))
         versus = pairs[(pairs["optimizer"] == best) & (pairs["other"] == name)]
-        p_best = 1.0 if name == best else float(versus["t_p_holm"].iloc[0])
+        p_best = float(versus["t_p_holm"].iloc[0]) if name != best else 1.0
+        if len(values) < MIN_PAIRS:  # no test, so not even the best ties with itself
+            p_best = math.nan
         compared, left_out = seed_sets[name]
         rows.append(
             {
