@@ -6,9 +6,10 @@
 
 A GPU machine may have PyTorch, torchvision, pandas, matplotlib, scipy and tqdm but no
 network and none of optbench's other dependencies. `gather` puts into gpu-bundle/ the wheels
-the check needs besides those (Hydra, OmegaConf, PyYAML, pytest and its dependencies) for
-Python 3.10 to 3.13, the four MNIST files gzip-compressed, and a manifest of what it holds.
-The check tests the working tree itself (src/ and tests/, never a wheel of optbench):
+the check needs besides those (Hydra, OmegaConf, PyYAML, pytorch_optimizer, opt_einsum,
+pytest and its dependencies) for Python 3.10 to 3.13, the four MNIST files gzip-compressed,
+and a manifest of what it holds. The check tests the working tree itself (src/ and tests/,
+never a wheel of optbench):
 
 1. checks the Python version against the bundle's, and that the bundle was gathered for
    the dependencies the tree pins now (constraints.txt); refuses a stale one;
@@ -365,7 +366,8 @@ def run(args: list[str]) -> str:
 
 def stop_after_checkpoints(command: list[str], folder: Path) -> None:
     """Start the job, send it Ctrl-C once it has written its second checkpoint."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # its output to nowhere: a pipe nobody reads while this polls would fill and stop it
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint, seen = folder / "checkpoint.pt", set()
     while len(seen) < 2:
         if process.poll() is not None:
@@ -520,14 +522,25 @@ def run_stage_here(name: str, device: str) -> int:
 def stage_process(name: str, command: list[str], limit: float, env: dict) -> tuple[bool, str]:
     """Run a stage's process within limit seconds: (passed, its summary line)."""
     log = OUTPUT / f"{name}.log"
+    # its own process group: a stage out of time is ended with the jobs it started, which
+    # would otherwise go on using the GPU during the next stages
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit
-        )
-    except subprocess.TimeoutExpired as expired:
-        output = (expired.stdout or b"").decode() if isinstance(expired.stdout, bytes) else ""
-        log.write_text(output)
+        stdout, stderr = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, _ = process.communicate()
+        log.write_text(stdout or "")
         return False, f"TIMED OUT after {limit:.0f} s (its output: {log.relative_to(ROOT)})"
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     log.write_text(done.stdout + "\n" + done.stderr)
     lines = done.stdout.strip().splitlines()
     last = lines[-1] if lines else (done.stderr.strip().splitlines() or ["no output"])[-1]

@@ -317,8 +317,8 @@ def test_out_never_writes_over_results_and_names_the_seeds_compared(tmp_path, da
         done = run_cli("compare", str(adam), str(sgd), "--out", str(both), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert (
-            "the ranking compares seeds 0 (those they all have): adam has 0-4; sgd has 0."
-            in done.stdout
+            "Seeds compared: 0, the seeds every optimizer has and none diverged on; "
+            "left out: adam seeds 1-4." in done.stdout
         )
     ranking = pd.read_csv(both / "ranking.csv").set_index("optimizer")
     assert ranking.loc["adam", "seeds_left_out"] == "1-4"

@@ -69,24 +69,16 @@ def _check_out_holds_no_other_results(out: Path, runs) -> None:
 
 
 def _seeds_compared(runs) -> list[str]:
-    """On screen, where the combined optimizers do not all have the same seeds: which seeds
-    the paired tests compare, per protocol and optimizer."""
+    """On screen, where an optimizer has seeds that the ranking leaves out (another
+    optimizer lacks them, or they diverged): the ranking's own note of the seeds compared."""
     from optbench import stats
-    from optbench.labels import by_protocol, label_settings
 
-    lines = []
-    for _, mine, _ in by_protocol(label_settings(runs)):
-        seeds = mine.groupby("optimizer", sort=False)["seed"].unique()
-        if mine["optimizer"].nunique() < 2 or len({frozenset(s) for s in seeds}) == 1:
-            continue
-        common = sorted(set.intersection(*(set(s) for s in seeds)))
-        lines.append(
-            f"The optimizers have different seeds; the ranking compares seeds "
-            f"{stats.seed_list(common) or 'none'} (those they all have): "
-            + "; ".join(f"{name} has {stats.seed_list(s)}" for name, s in seeds.items())
-            + "."
-        )
-    return lines
+    return [
+        line
+        for table, _ in stats.rankings(runs).values()
+        for line in stats.seeds_note(table)
+        if line
+    ]
 
 
 def plot(args: list[str]) -> int:

@@ -184,7 +184,8 @@ def check_command_line(command: str, args: list[str]) -> Plans:
     for folder in sorted(set(folders.values())) or [_output_root(args)]:
         check_writable(folder, way_out)
     if multirun:
-        _check_job_folders(_output_root(args), jobs)
+        for folder in sorted(set(folders.values())):  # the sweep folder, resolved
+            _check_job_folders(folder, jobs)
     from optbench import loggers  # with pandas: not for the commands that fail before
 
     for key, plan in plans.items():  # a logger's store: reachable and writable, before training

@@ -228,12 +228,13 @@ def _p(value: float) -> str:
     return "cannot test" if math.isnan(value) else f"{value:.3g}"
 
 
-def _seeds_note(table: pd.DataFrame) -> list[str]:
+def seeds_note(table: pd.DataFrame) -> list[str]:
     """The lines that say which seeds are compared, where an optimizer has others too."""
     if "seeds_left_out" not in table or not table["seeds_left_out"].fillna("").any():
         return []
     left_out = [
-        f"{r.optimizer} seeds {r.seeds_left_out}"
+        f"{r.optimizer} seed{'s' if any(c in r.seeds_left_out for c in ',-') else ''} "
+        f"{r.seeds_left_out}"
         for r in table.itertuples()
         if isinstance(r.seeds_left_out, str) and r.seeds_left_out
     ]
@@ -265,7 +266,7 @@ def ranking_markdown(
         f"t-test on the per-seed differences, Holm-corrected over all {len(pairs)} pairs; "
         f"≈ marks optimizers statistically indistinguishable from the best at α = {alpha}.",
         "",
-        *_seeds_note(table),
+        *seeds_note(table),
         "| rank | optimizer | mean ± std (n) | 95% CI of the mean | p vs best (Holm) | |",
         "| ---: | --- | ---: | ---: | ---: | --- |",
     ]

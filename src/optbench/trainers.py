@@ -347,8 +347,9 @@ class OptimizerGroup:
         share = clock.stop(start, shares=len(self.trainers))
         for trainer in self.trainers:
             trainer.train_s += share
-            if trainer is not self.trainers[0]:  # on a GPU: each its share, at evaluation
-                trainer.clock.pending += clock.pending[-1:]
+        if clock.events:  # on a GPU: each trainer its share, read at the evaluation
+            for trainer in self.trainers[1:]:
+                trainer.clock.pending.append(clock.pending[-1])
 
 
 @torch.no_grad()
