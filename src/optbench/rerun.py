@@ -122,7 +122,7 @@ def _runs_only_in(mine: pd.DataFrame, other: pd.DataFrame, order: list[str]) -> 
     items = []
     for optimizer in sorted(set(names), key=lambda o: (order + [o]).index(o)):
         seeds = lacking[names == optimizer].get_level_values("seed")
-        items.append(f"{optimizer} seed{'s' if len(seeds) > 1 else ''} {stats.seed_list(seeds)}")
+        items.append(f"{optimizer} seed{'s' if len(seeds) > 1 else ''} {stats.seeds_text(seeds)}")
     return items
 
 

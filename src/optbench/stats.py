@@ -166,8 +166,8 @@ def ranking(
                 "ci_high": high,
                 "p_vs_best_holm": p_best,
                 "tied_with_best": p_best >= alpha,
-                "seeds": seed_list(compared),
-                "seeds_left_out": seed_list(left_out),
+                "seeds": seeds_text(compared),
+                "seeds_left_out": seeds_text(left_out),
             }
         )
     return pd.DataFrame(rows), pairs
@@ -202,7 +202,7 @@ def _pairs(table: pd.DataFrame, order: list[str], alpha: float) -> pd.DataFrame:
     return pairs
 
 
-def seed_list(seeds) -> str:
+def seeds_text(seeds) -> str:
     """Seeds as a reader writes them: "0-4", "0, 2, 5-7", "" for none."""
     seeds = sorted(int(s) for s in seeds)
     spans: list[list[int]] = []
