@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,13 @@ def data_dir() -> Path:
     directory = preparation.default_data_dir()
     preparation.prepare("mnist", directory)
     return directory
+
+
+def default_ctrl_c() -> None:
+    """For a child process that a test stops with SIGINT: tests started from a background
+    shell job inherit an ignored SIGINT, and so would the child; give it Ctrl-C's default,
+    as a terminal does (Popen's preexec_fn)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

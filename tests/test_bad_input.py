@@ -21,7 +21,7 @@ from constants import SMOKE
 
 from optbench.preparation import IDX_MD5
 
-from conftest import OPTBENCH, ROOT, run_cli
+from conftest import OPTBENCH, ROOT, default_ctrl_c, run_cli
 
 LONG_BETA = "0.999" + "0" * 300  # a folder name of 342 bytes: more than any file system takes
 
@@ -335,6 +335,7 @@ def test_ctrl_c_during_data_prepare_keeps_nothing_half_written(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_ctrl_c,
     )
     # Stopped while the offline source is fetched (torchvision's download has failed: no
     # network). Not at once: a SIGINT sent right after the first line was once lost (exit 0).

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from optbench import checksums, files, results
 from optbench.provenance import CONFIG_YAML
 
-from conftest import OPTBENCH, run_cli
+from conftest import OPTBENCH, default_ctrl_c, run_cli
 
 pytestmark = pytest.mark.slow  # real jobs in subprocesses, stopped and run again
 
@@ -78,11 +78,6 @@ def hooks(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hooks")
     (folder / "sitecustomize.py").write_text(SITECUSTOMIZE)
     return folder
-
-
-def default_ctrl_c() -> None:
-    """A child of a background shell job inherits an ignored SIGINT: give it the default."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def child(folder: Path, hooks: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from optbench import files, results
 from optbench.provenance import CONFIG_YAML
 
-from conftest import OPTBENCH, run_cli
+from conftest import OPTBENCH, default_ctrl_c, run_cli
 
 pytestmark = pytest.mark.slow  # real jobs in subprocesses, killed and resumed
 
@@ -53,12 +53,6 @@ def uninterrupted(tmp_path_factory, data_dir) -> Path:
     done = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=folder)
     assert done.returncode == 0, done.stderr
     return folder
-
-
-def default_ctrl_c() -> None:
-    """Tests started from a background shell job inherit an ignored SIGINT, and so would the
-    job: give it Ctrl-C's default, as a terminal does."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_and_stop(
