@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from constants import LINE_SEARCH, SMOKE
 from omegaconf import OmegaConf
 
-from optbench import checkpoints, engine, library, models, stack, trainers
+from optbench import checkpoints, clock, engine, library, models, stack
 from optbench.data import DatasetTensors, load
 from optbench.plan import OptimizerSpec, make_schedule
 from optbench.trainers import has_diverged, stream_seed
@@ -449,7 +449,7 @@ def test_a_stacked_evaluation_in_smaller_batches_gives_the_same_results(data_dir
 def test_each_run_is_timed_on_every_device(data_dir, device, layout):
     """wall_s grows with every evaluation and is positive, for runs alone, in a group
     (sgd: one optimizer call for its runs) and stacked; on a GPU from CUDA events read at
-    the evaluations (trainers.StepClock), not from the kernel launches."""
+    the evaluations (clock.StepClock), not from the kernel launches."""
     plan = sweep_plan(device, layout, "optimizers=[sgd,rmsprop]", "seeds=2", SMOKE)
     runs = engine.train(plan, progress=False)
     for _, run in runs.groupby(["optimizer", "seed"]):
@@ -458,12 +458,12 @@ def test_each_run_is_timed_on_every_device(data_dir, device, layout):
 
 
 def test_a_cpu_step_clock_reads_the_time_at_once_and_splits_a_shared_step():
-    clock = trainers.StepClock(torch.device("cpu"))
-    start = clock.start()
+    timer = clock.StepClock(torch.device("cpu"))
+    start = timer.start()
     time.sleep(0.02)
-    whole = clock.stop(start)
-    start = clock.start()
+    whole = timer.stop(start)
+    start = timer.start()
     time.sleep(0.02)
-    share = clock.stop(start, shares=4)
+    share = timer.stop(start, shares=4)
     assert whole >= 0.02 and 0.005 <= share < whole / 2
-    assert clock.collect() == 0.0 and clock.pending == []
+    assert timer.collect() == 0.0 and timer.pending == []

@@ -1,12 +1,9 @@
-"""What trains runs: a RunTrainer (one run, its own model; stack.StackTrainer trains runs
-of element-wise optimizers as one batched model), and the OptimizerGroup that steps the
-runs of one element-wise optimizer with one call (workers.Workers spreads trainers over
-the CPU's cores).
-
-Every trainer keeps the same per-run counters and turns them into rows the same way
+"""What trains runs: a RunTrainer (one run, its own model; stack.StackTrainer trains runs of
+element-wise optimizers as one batched model), and the OptimizerGroup that steps the runs of
+one element-wise optimizer with one call (workers.Workers spreads trainers over the CPU's
+cores). Every trainer keeps the same per-run counters and turns them into rows the same way
 (`Trainer.evaluation_rows`): one evaluation path and one representation of divergence,
-`diverged_at`, for lone and stacked runs alike.
-"""
+`diverged_at`, for lone and stacked runs alike."""
 
 from __future__ import annotations
 
@@ -16,7 +13,6 @@ import inspect
 import math
 import random
 import threading
-import time
 import warnings
 
 import numpy as np
@@ -24,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from optbench import library, models, optimizers
+from optbench.clock import StepClock
 from optbench.data import DatasetTensors
 from optbench.plan import OptimizerSpec, RunSpec
 
@@ -35,15 +32,15 @@ METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN
 # no longer resolve a difference of 1 between two logits: the scale on which classes are
 # told apart is lost. Recovering runs stay far below it (RMSprop at lr 1 on wizard_ffnn:
 # 1105 over its first epoch, 13,198 over its first 50 steps, then about 2.4); SGD at lr 1000
-# passes it within 10 steps (2.5e11 and more). docs/statistics.md gives the measurements.
+# passes it within 10 steps (2.5e11 and more): docs/statistics.md.
 DIVERGED_LOSS = 2.0**24
 
 Batches = dict[int, torch.Tensor | None]  # a seed's mini-batch indices (None: the whole set)
 
 # held by a step that draws from the global random generators (RunTrainer.seeded)
 _GLOBAL_GENERATORS = threading.Lock()
-# backward(create_graph=True) for Hessian-vector products: each step sets the gradients to
-# None, which ends the parameter-gradient reference cycle torch warns of
+# backward(create_graph=True), for Hessian-vector products: each step sets the gradients
+# to None, which ends the reference cycle torch warns of
 warnings.filterwarnings("ignore", "Using backward.. with create_graph=True")
 
 
@@ -65,43 +62,6 @@ def run_row(run: RunSpec, **measured) -> dict:
     spec = run.optimizer
     identity = {"optimizer": spec.name, "lr": spec.lr, "hyperparameters": spec.hyperparameters}
     return {**identity, "seed": run.seed, **measured}
-
-
-class StepClock:
-    """The seconds of a trainer's steps. On the CPU a step's kernels have run when it
-    returns, so perf_counter around it is its time. On a GPU a step only launches its
-    kernels, and perf_counter would time the launches: a CUDA event is recorded before and
-    after each step instead, and their elapsed times are read at the next evaluation, which
-    synchronises anyway, so the timing adds no synchronisation of its own."""
-
-    def __init__(self, device: torch.device):
-        self.events = torch.device(device).type == "cuda"
-        self.pending: list[tuple[object, object, float]] = []  # (start, end, share)
-
-    def start(self):
-        if not self.events:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def stop(self, start, shares: int = 1) -> float:
-        """The step's seconds, divided into `shares` (0 on a GPU: read by collect())."""
-        if not self.events:
-            return (time.perf_counter() - start) / shares
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        self.pending.append((start, end, 1 / shares))
-        return 0.0
-
-    def collect(self) -> float:
-        """The seconds of the GPU steps recorded since the last call (0 on the CPU)."""
-        if not self.pending:
-            return 0.0
-        self.pending[-1][1].synchronize()
-        seconds = sum(s.elapsed_time(e) * share for s, e, share in self.pending) / 1000
-        self.pending.clear()
-        return seconds
 
 
 class Trainer:
