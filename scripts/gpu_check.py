@@ -251,14 +251,30 @@ def installed(distribution: str) -> bool:
 
 
 def environment() -> dict:
-    """Every stage's environment: the bundle's site, then the tree's own src/."""
-    paths = [str(SITE), str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
+    """Every stage's environment: the bundle's site, then the tree's own package."""
+    paths = [str(SITE), str(source_view()), os.environ.get("PYTHONPATH", "")]
     return dict(
         os.environ,
         PYTHONUNBUFFERED="1",
         OPTBENCH_DATA_DIR=str(ROOT / "data"),
         PYTHONPATH=os.pathsep.join(p for p in paths if p),
     )
+
+
+def source_view() -> Path:
+    """The folder that holds the working tree's package as an install lays it out: links to
+    src/optbench's files, and configs/ inside it as optbench.configs (pyproject.toml's
+    package-dir); src/ alone lacks optbench.configs."""
+    view = OUTPUT / "src"
+    package = ROOT / "src" / "optbench"
+    shutil.rmtree(view, ignore_errors=True)  # links only: their targets stay
+    (view / "optbench").mkdir(parents=True)
+    for entry in package.iterdir():
+        if entry.name != "__pycache__":
+            (view / "optbench" / entry.name).symlink_to(entry)
+    if not (package / "configs").exists():
+        (view / "optbench" / "configs").symlink_to(ROOT / "configs")
+    return view
 
 
 # ---------------------------------------------------------------------------------------
