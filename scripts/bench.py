@@ -63,11 +63,11 @@ import torch
 import torchvision
 from torch import nn
 
-from optbench.jobs import compose_plan
+from optbench.compose.jobs import compose_plan
+from optbench.data.prepare import default_data_dir, prepare
 from optbench.models import FFNN, LeNet, ffnn_loss_and_grads
-from optbench.optimizers import build_optimizer
+from optbench.optimizers.build import build_optimizer
 from optbench.plan import OptimizerSpec
-from optbench.preparation import default_data_dir, prepare
 
 OPTBENCH = str(Path(sys.executable).with_name("optbench"))
 

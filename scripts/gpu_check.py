@@ -284,8 +284,8 @@ def source_view() -> Path:
 
 def stage_stacked(device: str, sizes: dict) -> str:
     """Stacked vs run by run: ffnn after one step, LeNet after two."""
-    from optbench import engine
-    from optbench.jobs import compose_plan
+    from optbench.compose.jobs import compose_plan
+    from optbench.training import loop
 
     shapes = {
         "ffnn": ("optimizers=[sgd,adam,rmsprop]", "train.steps=1"),
@@ -296,7 +296,7 @@ def stage_stacked(device: str, sizes: dict) -> str:
         common = (*overrides, f"device={device}", f"seeds={sizes['seeds']}", "train.eval_every=1")
         common += ("dataset.train_size=1000", *smaller(device, lenet=model == "lenet"))
         plans = [compose_plan("sweep", *common, f"stack_runs={m}") for m in ("always", "never")]
-        stacked, alone = (engine.train(plan, progress=False) for plan in plans)
+        stacked, alone = (loop.train(plan, progress=False) for plan in plans)
         n_test = plans[0].dataset["test_size"] or 10_000  # MNIST's test set
         worst = 0.0
         for column in ("train_loss", "last_batch_loss", "test_loss"):
@@ -405,8 +405,8 @@ def stage_sync(device: str, sizes: dict) -> str:
 
     import torch
 
-    from optbench import engine
-    from optbench.jobs import compose_plan
+    from optbench.compose.jobs import compose_plan
+    from optbench.training import loop
 
     if device != "cuda":
         return "skipped: synchronisation is a CUDA device's"
@@ -425,7 +425,7 @@ def stage_sync(device: str, sizes: dict) -> str:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            engine.train(plan, progress=False)
+            loop.train(plan, progress=False)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     sites = collections.Counter(
@@ -447,8 +447,8 @@ def stage_lenet_timing(device: str, sizes: dict) -> str:
     run-step (one evaluation included) and peak memory."""
     import torch
 
-    from optbench import engine
-    from optbench.jobs import compose_plan
+    from optbench.compose.jobs import compose_plan
+    from optbench.training import loop
 
     steps, parts = sizes["steps"], []
     for mode in ("always", "never"):
@@ -465,7 +465,7 @@ def stage_lenet_timing(device: str, sizes: dict) -> str:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        engine.train(plan, progress=False)
+        loop.train(plan, progress=False)
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

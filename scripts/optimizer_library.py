@@ -3,8 +3,8 @@ the installed library:
 
 - configs/optimizer/<name>.yaml for each registry name: the config `optimizer=<name>`
   selects (pto_<name> where optbench has a config of that name), with the library's
-  defaults as its hyperparameters and `elementwise` from optbench.library.ELEMENTWISE;
-- src/optbench/pytorch_optimizer.yaml: per registry name, the class (`_target_`), its
+  defaults as its hyperparameters and `elementwise` from optbench.optimizers.registry.ELEMENTWISE;
+- src/optbench/optimizers/pytorch_optimizer.yaml: per registry name, the class (`_target_`), its
   hyperparameters' defaults, the arguments without a default, the arguments whose default
   is not a plain value (a function, a dtype: they keep the library's default), what the
   constructor takes first (params or a model), whether `step` takes a closure or cannot do
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from optbench import library
+from optbench.optimizers import registry
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLE = ROOT / "src" / "optbench" / "pytorch_optimizer.yaml"
+TABLE = ROOT / "src" / "optbench" / "optimizers" / "pytorch_optimizer.yaml"
 CONFIGS = ROOT / "configs" / "optimizer"
 
 
@@ -84,13 +84,13 @@ def files() -> dict[Path, str]:
         name: entry(pytorch_optimizer.load_optimizer(name))
         for name in pytorch_optimizer.get_supported_optimizers()
     }
-    taken = library.own_configs()  # what the table written before does not record
-    configs = [library.config_name(name, taken) for name in optimizers]
+    taken = registry.own_configs()  # what the table written before does not record
+    configs = [registry.config_name(name, taken) for name in optimizers]
     table = {"version": version, "configs": configs, "optimizers": optimizers}
-    header = f"{library.GENERATED} from pytorch_optimizer {version}: do not edit.\n"
+    header = f"{registry.GENERATED} from pytorch_optimizer {version}: do not edit.\n"
     result = {TABLE: header + yaml.safe_dump(table, sort_keys=False, width=100)}
     for registry_name, info in optimizers.items():
-        config = library.config(registry_name, info, taken)
+        config = registry.config(registry_name, info, taken)
         summary = textwrap.fill(info["summary"], 88, initial_indent="# ", subsequent_indent="# ")
         about = f"{summary}\n# pytorch_optimizer's `{registry_name}` at the library's "
         about += "defaults\n# (`optbench optimizers` says how it trains).\n"
@@ -105,7 +105,7 @@ def main() -> int:
     options = parser.parse_args()
     wanted = files()
     # files this script wrote before that the installed library no longer has
-    stale = [CONFIGS / f"{name}.yaml" for name in library.generated_configs()]
+    stale = [CONFIGS / f"{name}.yaml" for name in registry.generated_configs()]
     stale = [path for path in stale if path not in wanted and path.exists()]
     changed = [
         path for path, text in wanted.items() if not path.exists() or path.read_text() != text

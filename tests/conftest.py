@@ -15,9 +15,10 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-import optbench.config  # noqa: F401  registers the typed schema
-from optbench import cli, preparation
-from optbench.jobs import compose_plan
+import optbench.config.schema  # noqa: F401  registers the typed schema
+from optbench import cli
+from optbench.compose.jobs import compose_plan
+from optbench.data import prepare
 from optbench.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +54,8 @@ def device(request) -> str:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real MNIST, prepared once (offline source where there is no network)."""
-    directory = preparation.default_data_dir()
-    preparation.prepare("mnist", directory)
+    directory = prepare.default_data_dir()
+    prepare.prepare("mnist", directory)
     return directory
 
 

@@ -11,7 +11,9 @@ import pytest
 from constants import SMOKE
 from scipy import stats as scipy_stats
 
-from optbench import answer, results, stats
+from optbench.analysis import stats
+from optbench.report import answer
+from optbench.results import store
 
 from conftest import ROOT, run_cli
 
@@ -20,13 +22,13 @@ COMMITTED = ROOT / "results" / "wizard_ffnn"
 
 @pytest.fixture(scope="module")
 def committed() -> pd.DataFrame:
-    return results.read_runs(COMMITTED)
+    return store.read_runs(COMMITTED)
 
 
 def test_the_table_holds_the_final_accuracies_and_the_rankings_best(committed):
     """Independent references: NumPy's mean and std and SciPy's t-interval of the runs.csv
     rows at the last step; the committed ranking.csv's best and ties."""
-    table = answer.final_table(results.summarize(committed), stats.ranking(committed)[0])
+    table = answer.final_table(store.summarize(committed), stats.ranking(committed)[0])
     final = committed[committed.step == committed.step.max()]
     for name, values in final.groupby("optimizer")["test_accuracy"]:
         row = table.set_index("optimizer").loc[name]
@@ -46,7 +48,7 @@ def test_the_table_holds_the_final_accuracies_and_the_rankings_best(committed):
 @pytest.mark.parametrize("width", [120, 60, 40, 34])
 def test_the_table_fits_the_terminal_and_keeps_optimizer_and_accuracy(committed, width):
     runs = committed.assign(optimizer=committed.optimizer + " betas=[0.9, 0.999] eps=1e-08")
-    table = answer.final_table(results.summarize(runs), stats.ranking(runs)[0])
+    table = answer.final_table(store.summarize(runs), stats.ranking(runs)[0])
     lines = answer.fitted(table, width)
     assert all(len(line) <= width for line in lines), lines
     assert lines[0].startswith("optimizer") and "accuracy" in lines[0]

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from constants import SMOKE
 
-from optbench.preparation import IDX_MD5
+from optbench.data.prepare import IDX_MD5
 
 from conftest import OPTBENCH, ROOT, default_ctrl_c, run_cli
 
@@ -214,7 +214,7 @@ def test_a_logger_that_could_not_write_fails_before_training(tmp_path, data_dir,
 
 def test_a_tracking_server_that_never_answers_is_given_up_in_seconds(tmp_path, data_dir):
     """A real socket that accepts connections and says nothing (a hung server)."""
-    from optbench.loggers import PROBE_TIMEOUT_S
+    from optbench.results.loggers import PROBE_TIMEOUT_S
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from optbench import engine
+from optbench.training import loop
 
 from conftest import ROOT, run_cli, sweep_plan
 
@@ -55,7 +55,7 @@ def test_the_engine_logs_when_training_starts(caplog):
     """bench.py's start-up ends at this debug line."""
     plan = sweep_plan("optimizers=[sgd]", "seeds=1", "debug=smoke")
     with caplog.at_level(logging.DEBUG, logger="optbench"):
-        engine.train(plan, progress=False)
+        loop.train(plan, progress=False)
     starts = [r.getMessage() for r in caplog.records if bench.STARTED in r.getMessage()]
     assert starts == ["training starts at step 1"]
 

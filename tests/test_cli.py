@@ -365,7 +365,9 @@ def test_a_plain_wheel_ships_the_configs_and_the_console_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(str(site))  # the wheel's copy, not the checkout
     assert "_target_: torch.optim.AdamW" in result.stdout
-    assert "pytorch_optimizer 4.1.0" in result.stdout  # src/optbench/pytorch_optimizer.yaml
+    assert (
+        "pytorch_optimizer 4.1.0" in result.stdout
+    )  # src/optbench/optimizers/pytorch_optimizer.yaml
 
 
 def test_the_console_script_exits_with_the_commands_code_and_everything_written(tmp_path):

@@ -11,10 +11,12 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from optbench import library, models
-from optbench.checks import check_config
-from optbench.config import ConfigError, seed_list
-from optbench.optimizers import build_optimizer, optimizer_class, optimizer_kwargs
+from optbench import models
+from optbench.compose.checks import check_config
+from optbench.config.schema import seed_list
+from optbench.errors import ConfigError
+from optbench.optimizers import registry
+from optbench.optimizers.build import build_optimizer, optimizer_class, optimizer_kwargs
 
 from conftest import compose_config, sweep_plan
 
@@ -24,7 +26,7 @@ def options(group: str) -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-OPTIMIZERS = sorted(library.own_configs())  # tests/test_library.py: the generated ones
+OPTIMIZERS = sorted(registry.own_configs())  # tests/test_library.py: the generated ones
 EXPERIMENTS = options("experiment")
 
 # The defining hyperparameters of the variants that are not torch.optim's defaults.

@@ -21,8 +21,9 @@ import pytest
 from constants import PLOTS, SMOKE
 from omegaconf import OmegaConf
 
-from optbench import checksums, files, results
-from optbench.provenance import CONFIG_YAML
+from optbench import files
+from optbench.results import checksums, store
+from optbench.results.provenance import CONFIG_YAML
 
 from conftest import OPTBENCH, default_ctrl_c, run_cli
 
@@ -107,11 +108,11 @@ def finished(tmp_path_factory, hooks, data_dir) -> tuple[Path, list[str]]:
 def assert_self_consistent(folder: Path, seeds: list[int]) -> None:
     """Every derived file there, written from the folder's runs.csv; no checkpoint left."""
     assert [name for name in DERIVED if not (folder / name).is_file()] == []
-    runs = results.read_runs(folder)
+    runs = store.read_runs(folder)
     assert sorted(runs["seed"].unique()) == seeds
-    fresh = results.summarize(runs).to_csv(index=False)
+    fresh = store.summarize(runs).to_csv(index=False)
     pd.testing.assert_frame_equal(
-        pd.read_csv(folder / results.SUMMARY_CSV), pd.read_csv(io.StringIO(fresh))
+        pd.read_csv(folder / store.SUMMARY_CSV), pd.read_csv(io.StringIO(fresh))
     )
     config = OmegaConf.load(folder / CONFIG_YAML)
     assert list(range(config.seeds)) == seeds
@@ -126,18 +127,18 @@ def assert_self_consistent(folder: Path, seeds: list[int]) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
     listed = [line.split(": ")[0] for line in checked.stdout.splitlines() if line.endswith(": OK")]
     assert sorted(listed) == sorted({"runs.csv", *DERIVED} - {"costs.csv"})
-    assert not (folder / results.CHECKPOINT).exists()
+    assert not (folder / store.CHECKPOINT).exists()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files"
 
 
 def comparable(folder: Path) -> pd.DataFrame:
     """runs.csv without wall_s, the one column that differs between two runs of a job."""
-    return pd.read_csv(folder / results.RUNS_CSV).drop(columns="wall_s")
+    return pd.read_csv(folder / store.RUNS_CSV).drop(columns="wall_s")
 
 
 def test_the_writes_of_a_jobs_end_are_those_the_stops_cover(finished):
     folder, replaced = finished
-    last_checkpoint = max(i for i, name in enumerate(replaced) if name == results.CHECKPOINT)
+    last_checkpoint = max(i for i, name in enumerate(replaced) if name == store.CHECKPOINT)
     assert replaced[last_checkpoint + 1 :] == END_WRITES
     assert_self_consistent(folder, [0, 1])
 
@@ -260,8 +261,8 @@ def test_a_folder_without_checksums_stopped_at_its_end_is_completed(finished, tm
     runs tells, and the same command writes it and config.yaml afresh."""
     folder = copy_of(finished[0], tmp_path)
     (folder / checksums.CHECKSUMS).unlink()
-    runs = results.read_runs(folder)
-    results.write_summary(folder, runs[runs["seed"] == 0])  # the summary of the earlier job
+    runs = store.read_runs(folder)
+    store.write_summary(folder, runs[runs["seed"] == 0])  # the summary of the earlier job
     again = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert OmegaConf.load(folder / CONFIG_YAML).provenance.written_without_training

@@ -8,7 +8,8 @@ import pytest
 import torch
 from constants import PNG_MAGIC, SMOKE
 
-from optbench import costs, data
+from optbench.data import in_memory
+from optbench.training import costs
 
 from conftest import run_cli, sweep_plan
 
@@ -20,7 +21,7 @@ EXPECTED = {"sgd": (0, 0), "momentum": (4, 4), "adam": (8, 8.001), "lbfgs": (808
 
 def test_state_bytes_per_parameter_equal_hand_counts(data_dir):
     plan = sweep_plan("optimizers=[sgd,momentum,adam,lbfgs]", SMOKE)
-    tensors = data.load(plan.dataset, plan.data_dir, torch.device("cpu"))
+    tensors = in_memory.load(plan.dataset, plan.data_dir, torch.device("cpu"))
     for spec in plan.optimizers:
         measured = costs.measure(plan, spec, tensors, torch.device("cpu"))
         low, high = EXPECTED[spec.name]

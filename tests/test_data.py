@@ -15,22 +15,22 @@ import torch
 import torchvision
 from omegaconf import OmegaConf
 
-from optbench import data, offline, preparation
-from optbench.config import ConfigError
+from optbench.data import in_memory, offline, prepare
+from optbench.errors import ConfigError
 
 from conftest import compose_config
 
 
 def test_prepared_mnist_files_are_byte_identical_to_the_originals(data_dir):
     raw = data_dir / "MNIST" / "raw"
-    assert preparation._idx_problems("mnist", raw) == {}
+    assert prepare._idx_problems("mnist", raw) == {}
     assert torchvision.datasets.MNIST(str(data_dir), train=True).data.shape == (60000, 28, 28)
 
 
 def test_loaded_tensors_equal_torchvisions_transforms(data_dir):
     """The tensors the engine trains on equal ToTensor (+ Normalize) applied image by image."""
     dataset_cfg = compose_config("experiment=examples_cnn").dataset
-    tensors = data.load(dataset_cfg, data_dir, torch.device("cpu"))
+    tensors = in_memory.load(dataset_cfg, data_dir, torch.device("cpu"))
     transform = torchvision.transforms.Compose(
         [torchvision.transforms.ToTensor(), torchvision.transforms.Normalize((0.1307,), (0.3081,))]
     )
@@ -53,7 +53,7 @@ def test_loaded_tensors_equal_torchvisions_transforms(data_dir):
 
 def test_train_size_keeps_the_first_examples_and_unscaled_pixels_lie_in_0_1(data_dir):
     dataset_cfg = compose_config("dataset.train_size=500").dataset
-    tensors = data.load(dataset_cfg, data_dir, torch.device("cpu"))
+    tensors = in_memory.load(dataset_cfg, data_dir, torch.device("cpu"))
     reference = torchvision.datasets.MNIST(str(data_dir), train=True)
     assert len(tensors.train_x) == 500
     assert torch.equal(tensors.train_y, reference.targets[:500])
@@ -66,10 +66,10 @@ def test_a_corrupted_file_is_detected_and_prepared_again(data_dir, tmp_path):
     labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-100])  # truncated
     problem = "t10k-labels-idx1-ubyte fails its MD5 check (corrupted or truncated)"
-    assert preparation._idx_problems("mnist", labels.parent) == {"t10k-labels-idx1-ubyte": problem}
+    assert prepare._idx_problems("mnist", labels.parent) == {"t10k-labels-idx1-ubyte": problem}
     messages = []
-    preparation.prepare("mnist", tmp_path, log=messages.append)
-    assert preparation._idx_problems("mnist", labels.parent) == {}
+    prepare.prepare("mnist", tmp_path, log=messages.append)
+    assert prepare._idx_problems("mnist", labels.parent) == {}
     assert any("preparing it again" in m for m in messages)
 
 
@@ -101,7 +101,7 @@ def _network_reachable() -> bool:
 @pytest.mark.skipif(_network_reachable(), reason="would download CIFAR-10 for real")
 def test_cifar10_without_network_says_which_archive_to_put_where(tmp_path):
     with pytest.raises(ConfigError) as error:
-        preparation.prepare("cifar10", tmp_path)
+        prepare.prepare("cifar10", tmp_path)
     message = str(error.value)
     assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
     assert "\n" not in message
@@ -109,16 +109,16 @@ def test_cifar10_without_network_says_which_archive_to_put_where(tmp_path):
 
 def test_unknown_dataset_and_bad_normalisation_are_rejected():
     with pytest.raises(ConfigError, match="valid choices: mnist, fashion_mnist, cifar10"):
-        preparation.prepare("imagenet", preparation.default_data_dir())
+        prepare.prepare("imagenet", prepare.default_data_dir())
     dataset_cfg = OmegaConf.merge(
         compose_config("dataset=cifar10").dataset, {"normalize": {"mean": [0.5], "std": [0.5]}}
     )
     with pytest.raises(ConfigError, match="give 3 mean"):
-        data.check_dataset_config(dataset_cfg)
+        in_memory.check_dataset_config(dataset_cfg)
 
 
 def test_data_dir_follows_the_environment_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("OPTBENCH_DATA_DIR", str(tmp_path))
-    assert preparation.default_data_dir() == tmp_path
-    assert preparation.resolve_data_dir(None) == tmp_path
-    assert preparation.resolve_data_dir("/somewhere/else") == Path("/somewhere/else")
+    assert prepare.default_data_dir() == tmp_path
+    assert prepare.resolve_data_dir(None) == tmp_path
+    assert prepare.resolve_data_dir("/somewhere/else") == Path("/somewhere/else")

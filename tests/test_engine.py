@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from constants import LINE_SEARCH, SMOKE
 from omegaconf import OmegaConf
 
-from optbench import checkpoints, clock, engine, library, models, stack
-from optbench.data import DatasetTensors, load
+from optbench import models
+from optbench.data.in_memory import DatasetTensors, load
+from optbench.optimizers import registry
 from optbench.plan import OptimizerSpec, make_schedule
-from optbench.trainers import has_diverged, stream_seed
+from optbench.training import checkpoints, loop, stack, trainers
+from optbench.training.trainers import has_diverged, stream_seed
 
 from conftest import ROOT, run_plan, sweep_plan
 
@@ -72,7 +74,7 @@ def test_every_optimizer_lowers_the_training_loss(data_dir, device):
         "train.eval_every=40",
         "seeds=2",
     )
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
     assert len(runs) == 10 * 2 * 2
     assert runs[RESULT_COLUMNS].notna().all().all()
     for (name, seed), rows in runs.groupby(["optimizer", "seed"]):
@@ -85,8 +87,8 @@ def test_the_same_seed_gives_identical_rows(data_dir, device):
     """Bit for bit on the CPU; on CUDA, whose kernels may sum in another order from one call
     to the next, to float rounding."""
     plan = run_plan(device, "optimizer=adam", "seeds=2", SMOKE)
-    first = engine.train(plan, progress=False)
-    second = engine.train(plan, progress=False)
+    first = loop.train(plan, progress=False)
+    second = loop.train(plan, progress=False)
     exact = device == "device=cpu"
     pd.testing.assert_frame_equal(
         without_time(first), without_time(second), check_exact=exact, rtol=1e-5
@@ -96,7 +98,7 @@ def test_the_same_seed_gives_identical_rows(data_dir, device):
 # optbench's own (tests/test_library.py: pytorch_optimizer's registry)
 ELEMENTWISE = sorted(
     name
-    for name in library.own_configs()
+    for name in registry.own_configs()
     if OmegaConf.load(ROOT / "configs" / "optimizer" / f"{name}.yaml").get("elementwise", False)
 )
 
@@ -110,7 +112,7 @@ def training(plan, optimizers=None) -> pd.DataFrame:
     """The rows of the plan's runs (with other optimizer settings), time left out."""
     if optimizers is not None:
         plan = dataclasses.replace(plan, optimizers=optimizers)
-    return without_time(engine.train(plan, progress=False))
+    return without_time(loop.train(plan, progress=False))
 
 
 # a narrow LeNet: a full one's pass over the 10,000 test images would be most of a test's time
@@ -191,7 +193,7 @@ def assert_stacked_agrees_with_run_by_run(*overrides: str, rtol: float) -> None:
     test accuracy within two test examples (a rounding may flip one prediction, a step of
     1/N, which no relative tolerance on the accuracy allows for)."""
     plans = [sweep_plan(*overrides, f"stack_runs={mode}") for mode in ("always", "never")]
-    stacked, alone = (engine.train(plan, progress=False) for plan in plans)
+    stacked, alone = (loop.train(plan, progress=False) for plan in plans)
     n_test = plans[0].dataset["test_size"] or 10_000
     accuracy_gap = (stacked["test_accuracy"] - alone["test_accuracy"]).abs().max()
     assert accuracy_gap <= 2 / n_test, accuracy_gap
@@ -248,7 +250,7 @@ def test_optimizers_that_are_not_elementwise_train_beside_a_stack(data_dir):
     plan = alone["adam"]
     specs = [p.optimizers[0] for p in alone.values()]
     cpu = torch.device("cpu")
-    assert [engine.should_stack(plan, spec, cpu) for spec in specs] == [True, False]
+    assert [loop.should_stack(plan, spec, cpu) for spec in specs] == [True, False]
     together = training(plan, specs)
     for name, alone_plan in alone.items():
         picked = together[together.optimizer == name].reset_index(drop=True)
@@ -309,7 +311,7 @@ def test_engine_equals_a_hand_written_sgd_loop(data_dir, device, schedule):
     the CPU; with step decay, lr halved by hand every 10 steps."""
     plan = run_plan(device, "optimizer=sgd", "seeds=[7]", "train.batch_size=64", SMOKE, *schedule)
     decay = 0.5 if schedule[0] == "schedule=step" else 1.0
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
 
     tensors: DatasetTensors = load(plan.dataset, data_dir, torch.device("cpu"))
     model = models.build_model(plan.model, plan.dataset, stream_seed(7, "init"))
@@ -361,7 +363,7 @@ def test_full_batch_and_epoch_columns(data_dir):
     plan = run_plan(
         "train.batch_size=full", "dataset.train_size=300", "train.epochs=3", "train.eval_every=1"
     )
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
     assert runs["step"].tolist() == [1, 2, 3] and runs["epoch"].tolist() == [1.0, 2.0, 3.0]
     assert (runs["train_loss"] == runs["last_batch_loss"]).all()  # one step per evaluation
     assert runs["wall_s"].is_monotonic_increasing
@@ -379,7 +381,7 @@ def test_the_three_regimes_run_on_both_ffnn_presets(data_dir, experiment, batch_
         "train.epochs=1",
         "train.eval_every=null",
     )
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
     assert runs["step"].tolist() == [steps] and runs["epoch"].tolist() == [1.0]
     assert runs[RESULT_COLUMNS].notna().all().all()
 
@@ -390,17 +392,17 @@ def test_a_checkpoint_loads_to_the_cpu_where_a_data_order_accepts_its_state(tmp_
     refuses it. checkpoints.load keeps every tensor on the CPU, and the order resumed from it
     draws the batches the saved one draws."""
     cpu = torch.device("cpu")
-    order = engine.DataOrder(seed=0, n_train=1000, batch_size=100, device=cpu)
+    order = loop.DataOrder(seed=0, n_train=1000, batch_size=100, device=cpu)
     order.next_batch()
     path = tmp_path / "checkpoint.pt"
     checkpoints.save(path, {"job": {}, "orders": {0: order.state_dict()}})
     mapped = torch.load(path, map_location="meta", weights_only=True)
     with pytest.raises(TypeError, match="ByteTensor"):
-        engine.DataOrder(0, 1000, 100, cpu).load_state_dict(mapped["orders"][0])
+        loop.DataOrder(0, 1000, 100, cpu).load_state_dict(mapped["orders"][0])
     state = checkpoints.load(path)
     saved = state["orders"][0]
     assert {t.device.type for t in [saved["generator"], *saved["batches"]]} == {"cpu"}
-    resumed = engine.DataOrder(0, 1000, 100, cpu)
+    resumed = loop.DataOrder(0, 1000, 100, cpu)
     resumed.load_state_dict(saved)
     for _ in range(25):  # the rest of this epoch and the next two
         assert torch.equal(resumed.next_batch(), order.next_batch())
@@ -435,7 +437,7 @@ def test_a_stacked_evaluation_in_smaller_batches_gives_the_same_results(data_dir
     cpu = torch.device("cpu")
     tensors = load(plan.dataset, plan.data_dir, cpu)
     trainer = stack.StackTrainer(plan.runs, plan.model, plan.dataset, cpu)
-    order = {seed: engine.DataOrder(seed, len(tensors.train_x), 64, cpu) for seed in (0, 1)}
+    order = {seed: loop.DataOrder(seed, len(tensors.train_x), 64, cpu) for seed in (0, 1)}
     for _ in range(3):  # a few steps away from the initial weights
         trainer.step(tensors, {seed: o.next_batch() for seed, o in order.items()})
     whole, split = trainer.test(tensors, 1000), trainer.test(tensors, 37)
@@ -449,16 +451,16 @@ def test_a_stacked_evaluation_in_smaller_batches_gives_the_same_results(data_dir
 def test_each_run_is_timed_on_every_device(data_dir, device, layout):
     """wall_s grows with every evaluation and is positive, for runs alone, in a group
     (sgd: one optimizer call for its runs) and stacked; on a GPU from CUDA events read at
-    the evaluations (clock.StepClock), not from the kernel launches."""
+    the evaluations (trainers.StepClock), not from the kernel launches."""
     plan = sweep_plan(device, layout, "optimizers=[sgd,rmsprop]", "seeds=2", SMOKE)
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
     for _, run in runs.groupby(["optimizer", "seed"]):
         seconds = run.sort_values("step")["wall_s"].to_numpy()
         assert (seconds > 0).all() and (np.diff(seconds) > 0).all()
 
 
 def test_a_cpu_step_clock_reads_the_time_at_once_and_splits_a_shared_step():
-    timer = clock.StepClock(torch.device("cpu"))
+    timer = trainers.StepClock(torch.device("cpu"))
     start = timer.start()
     time.sleep(0.02)
     whole = timer.stop(start)

@@ -86,7 +86,7 @@ def truncated_checkpoint(tmp_path: Path) -> None:
 
 
 def truncated_mnist(tmp_path: Path) -> None:
-    from optbench.preparation import default_data_dir
+    from optbench.data.prepare import default_data_dir
 
     shutil.copytree(default_data_dir() / "MNIST", tmp_path / "data" / "MNIST")
     labels = tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
@@ -316,11 +316,11 @@ def test_a_multirun_whose_job_diverges_everywhere_still_combines(tmp_path, data_
 
 
 def test_plot_into_a_folder_it_cannot_write_names_the_out_option(tmp_path):
-    from optbench import results
+    from optbench.results import store
 
-    runs = results.read_runs(ROOT / "results" / "wizard_ffnn")
+    runs = store.read_runs(ROOT / "results" / "wizard_ffnn")
     for seed in (0, 1):
-        results.write_results(tmp_path / str(seed), runs[runs.seed == seed])
+        store.write_results(tmp_path / str(seed), runs[runs.seed == seed])
     done = run_cli(
         "plot", str(tmp_path / "0"), str(tmp_path / "1"), "--out", "/proc/x", cwd=tmp_path
     )

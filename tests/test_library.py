@@ -1,5 +1,5 @@
 """pytorch_optimizer's registry: every optimizer trains, or is refused with its reason; the
-declarations of optbench.library (element-wise, random, Hessian, Muon groups) hold."""
+declarations of optbench.optimizers.registry (element-wise, random, Hessian, Muon groups) hold."""
 
 from __future__ import annotations
 
@@ -16,16 +16,19 @@ import torch.nn.functional as F
 from constants import SMOKE
 from omegaconf import OmegaConf
 
-from optbench import catalog, checkpoints, engine, library, models, optimizer_checks, optimizers
-from optbench.config import ConfigError
-from optbench.data import load
+from optbench import models
+from optbench.compose import optimizer_checks
+from optbench.data.in_memory import load
+from optbench.errors import ConfigError
+from optbench.optimizers import build, catalog, registry
 from optbench.plan import OptimizerSpec
-from optbench.trainers import RunTrainer, evaluate
+from optbench.training import checkpoints, loop
+from optbench.training.trainers import RunTrainer, evaluate
 
 from conftest import ROOT, run_cli, run_plan, sweep_plan
 
-CONFIGS = library.configs()  # optbench name -> config
-REFUSED = sorted(name for name, config in CONFIGS.items() if library.refusal(config))
+CONFIGS = registry.configs()  # optbench name -> config
+REFUSED = sorted(name for name, config in CONFIGS.items() if registry.refusal(config))
 TRAINABLE = sorted(set(CONFIGS) - set(REFUSED))
 ELEMENTWISE = sorted(name for name, config in CONFIGS.items() if config["elementwise"])
 RESULT_COLUMNS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
@@ -46,15 +49,15 @@ NOT_AT_DEFAULTS = {
 
 def settings(names: list[str], plan) -> list[OptimizerSpec]:
     """The optimizer settings `optimizers=[NAMES]` gives, filled in and checked as the CLI
-    checks them (checks.check_config), without composing each through Hydra (a tenth of a
-    second each): test_the_generated_configs... shows the files Hydra reads are these
-    configs, and test_composed_settings... that composing gives the same."""
+    checks them (optimizer_checks.check_optimizer_config), without composing each through
+    Hydra (a tenth of a second each): test_the_generated_configs... shows the files Hydra
+    reads are these configs, and test_composed_settings... that composing gives the same."""
     model = models.build_model(plan.model, plan.dataset, seed=0)
     schedule = plan.schedule()
     result = []
     for name in names:
         config = OmegaConf.create(CONFIGS[name])
-        optimizers.fill_from_protocol(config, schedule.total_steps)
+        build.fill_from_protocol(config, schedule.total_steps)
         optimizer_checks.check_optimizer_config(config, model)
         result.append(OptimizerSpec.of(config))
     return result
@@ -70,11 +73,11 @@ def test_composed_settings_equal_the_library_configs(data_dir):
 
 
 def training(plan, **changes) -> pd.DataFrame:
-    return engine.train(dataclasses.replace(plan, **changes), progress=False).drop(columns="wall_s")
+    return loop.train(dataclasses.replace(plan, **changes), progress=False).drop(columns="wall_s")
 
 
 def test_the_generated_configs_match_the_installed_library():
-    """configs/optimizer/<name>.yaml and src/optbench/pytorch_optimizer.yaml are what
+    """configs/optimizer/<name>.yaml and src/optbench/optimizers/pytorch_optimizer.yaml are what
     scripts/optimizer_library.py writes from the installed pytorch_optimizer (its classes'
     own signatures): nothing edited by hand, nothing stale after an upgrade."""
     spec = importlib.util.spec_from_file_location(
@@ -85,7 +88,7 @@ def test_the_generated_configs_match_the_installed_library():
     wanted = generator.files()
     for path, text in wanted.items():
         assert path.read_text() == text, f"{path} is out of date: run `make library`"
-    assert len(wanted) == len(library.table()["optimizers"]) + 1 >= 129
+    assert len(wanted) == len(registry.table()["optimizers"]) + 1 >= 129
 
 
 @pytest.mark.slow
@@ -124,8 +127,8 @@ def test_the_declared_elementwise_ones_train_the_same_grouped_stacked_and_alone(
     """What the engine guarantees for an element-wise optimizer, for each one the table
     declares: in an OptimizerGroup (the CPU's layout) bit for bit as alone; stacked (a GPU's
     layout, here on the CPU) within the stated tolerance of float rounding."""
-    own = library.own_configs()
-    assert set(ELEMENTWISE) == {library.config_name(n, own) for n in library.ELEMENTWISE}
+    own = registry.own_configs()
+    assert set(ELEMENTWISE) == {registry.config_name(n, own) for n in registry.ELEMENTWISE}
     plan = run_plan(SMOKE, "seeds=2")
     plan = dataclasses.replace(plan, optimizers=settings(ELEMENTWISE, plan))
     together = training(plan)
@@ -152,7 +155,7 @@ def steps_draw_random_numbers(config: dict, plan, tensors, count: int = 3) -> bo
     global random generator: torch's, NumPy's or Python's."""
     model = models.build_model(plan.model, plan.dataset, seed=0)
     states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
-    optimizer = optimizers.build_optimizer(config, model)
+    optimizer = build.build_optimizer(config, model)
     take_steps(optimizer, model, config, tensors, count)
     return not (
         torch.equal(states[0], torch.get_rng_state())
@@ -163,13 +166,13 @@ def steps_draw_random_numbers(config: dict, plan, tensors, count: int = 3) -> bo
 
 # Settings under which a declared optimizer draws within 3 steps (by default it draws later)
 DRAWS_SOONER = {"scalableshampoo": {"preconditioning_compute_steps": 1}}
-# Settings under which an optimizer of library.RANDOM_WHEN draws
+# Settings under which an optimizer of registry.RANDOM_WHEN draws
 DRAWS_WHEN = {"sara": {"lambda_rank": 0.1}}
 
 
 def take_steps(optimizer, model, config: dict, tensors, count: int) -> None:
     """count steps on the first 64 training images, outside the engine."""
-    hessian = "hessian" in library.needs(config)
+    hessian = "hessian" in registry.needs(config)
     x, y = tensors.train_x[:64], tensors.train_y[:64]
 
     @torch.enable_grad()
@@ -193,38 +196,38 @@ def test_the_optimizers_that_draw_random_numbers_are_the_declared_ones(data_dir)
     for name in TRAINABLE:
         config = {**filled(CONFIGS[name]), **DRAWS_SOONER.get(name, {})}
         if steps_draw_random_numbers(config, plan, tensors):
-            drawing.add(library.registry_name(config))
-        assert ("random" in library.needs(config)) == (library.registry_name(config) in drawing)
-    assert drawing == set(library.RANDOM)
+            drawing.add(registry.registry_name(config))
+        assert ("random" in registry.needs(config)) == (registry.registry_name(config) in drawing)
+    assert drawing == set(registry.RANDOM)
     for name, values in DRAWS_WHEN.items():
         config = {**filled(CONFIGS[name]), **values}
-        assert "random" in library.needs(config), name
+        assert "random" in registry.needs(config), name
         assert steps_draw_random_numbers(config, plan, tensors), name
 
 
 def test_every_optimizers_state_comes_back_from_a_checkpoint(data_dir, tmp_path):
     """After 3 steps, each optimizer's state goes through checkpoints.save and load
-    (torch.load with weights_only: library.CHECKPOINT_CLASSES allowed, AdaShift's deque
+    (torch.load with weights_only: registry.CHECKPOINT_CLASSES allowed, AdaShift's deque
     saved as a list) and loads into a new optimizer: an interrupted run of any resumes."""
     plan = run_plan(SMOKE, f"data_dir={data_dir}")
     tensors = load(plan.dataset, plan.data_dir, torch.device("cpu"))
     for name in TRAINABLE:
         config = filled(CONFIGS[name])
         model = models.build_model(plan.model, plan.dataset, seed=0)
-        optimizer = optimizers.build_optimizer(config, model)
+        optimizer = build.build_optimizer(config, model)
         take_steps(optimizer, model, config, tensors, 3)
         path = tmp_path / f"{name}.pt"
         checkpoints.save(path, {"job": name, "optimizer": optimizer.state_dict()})
         state = checkpoints.load(path)
         assert state is not None and path.exists(), name  # not set aside as unreadable
-        optimizers.build_optimizer(config, model).load_state_dict(state["optimizer"])
+        build.build_optimizer(config, model).load_state_dict(state["optimizer"])
 
 
 def filled(config: dict) -> dict:
     """A config with the values the protocol supplies (Ranger21's num_iterations) for a
     training of 40 steps."""
     config = OmegaConf.create(config)
-    optimizers.fill_from_protocol(config, 40)
+    build.fill_from_protocol(config, 40)
     return OmegaConf.to_container(config)
 
 
@@ -266,13 +269,13 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest(model):
     dataset = {"name": "mnist", "input_shape": [1, 28, 28], "num_classes": 10}
     net = models.build_model({"name": model}, dataset, seed=0)
     names = {id(p): name for name, p in net.named_parameters()}
-    groups = optimizers.muon_parameter_groups(net)
+    groups = build.muon_parameter_groups(net)
     muon, adamw = ([names[id(p)] for p in group["params"]] for group in groups)
     hidden = {"ffnn": ["fc1.weight"], "lenet": ["conv1.weight", "conv2.weight", "fc1.weight"]}
     assert (groups[0]["use_muon"], groups[1]["use_muon"]) == (True, False)
     assert muon == hidden[model]
     assert sorted(adamw) == sorted(set(names.values()) - set(muon))
-    optimizer = optimizers.build_optimizer(CONFIGS["muon"], net)
+    optimizer = build.build_optimizer(CONFIGS["muon"], net)
     assert [group["lr"] for group in optimizer.param_groups] == [0.02, 3e-4]  # muon, adamw
 
 
@@ -280,10 +283,10 @@ def test_optbench_optimizers_lists_every_optimizer_and_the_docs_table_is_current
     result = run_cli("optimizers", cwd=tmp_path)
     assert result.returncode == 0
     listed = [line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()][:-1]
-    assert sorted(listed) == sorted(library.own_configs() | set(CONFIGS))
+    assert sorted(listed) == sorted(registry.own_configs() | set(CONFIGS))
     assert f"{len(listed)} optimizers" in result.stdout
     for name in REFUSED:
-        assert library.REFUSED[library.registry_name(CONFIGS[name])] in result.stdout
+        assert registry.REFUSED[registry.registry_name(CONFIGS[name])] in result.stdout
     docs = (ROOT / "docs" / "optimizers.md").read_text()
     assert catalog.text(markdown=True) in docs, (
         "docs/optimizers.md: paste `optbench optimizers --markdown`"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from constants import SMOKE
 
-from optbench import loggers
+from optbench.results import loggers
 
 from conftest import run_cli, sweep_plan
 

@@ -15,15 +15,19 @@ import torch.nn.functional as F
 from constants import LINE_SEARCH, NEEDS
 from omegaconf import OmegaConf
 
-from optbench import data, engine, library, models, optimizers, results
-from optbench.checks import check_config
-from optbench.config import ConfigError
+from optbench import models
+from optbench.compose.checks import check_config
+from optbench.data import in_memory
+from optbench.errors import ConfigError
+from optbench.optimizers import build, registry
 from optbench.plan import OptimizerSpec
+from optbench.results import store
+from optbench.training import loop
 
 from conftest import ROOT, compose_config, run_cli, run_plan, sweep_plan
 
 # optbench's own configs; tests/test_library.py trains pytorch_optimizer's registry
-REGISTRY = sorted(library.own_configs() - {"custom"})
+REGISTRY = sorted(registry.own_configs() - {"custom"})
 # What each optimizer needs beside the shared protocol below.
 # L-BFGS is tested where it is meant to work: full batch, with a strong-Wolfe line search,
 # whose sufficient-decrease condition makes every step lower the loss. (On mini-batches its
@@ -43,7 +47,7 @@ def test_every_optimizer_trains_with_finite_losses(data_dir, name):
     plan = run_plan(
         f"optimizer={name}", "seeds=2", *SMALL, *TRAINING_NEEDS.get(name, [])
     )  # checked
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
     assert not runs["diverged"].any()
     assert runs[["train_loss", "test_loss", "test_accuracy"]].map(math.isfinite).all().all()
     if name not in MAY_NOT_LOWER:
@@ -54,7 +58,7 @@ def test_every_optimizer_trains_with_finite_losses(data_dir, name):
 
 @pytest.mark.slow
 def test_lbfgs_counts_its_gradient_evaluations(data_dir):
-    runs = engine.train(sweep_plan("optimizers=[sgd,lbfgs]", *SMALL), progress=False)
+    runs = loop.train(sweep_plan("optimizers=[sgd,lbfgs]", *SMALL), progress=False)
     sgd, lbfgs = (runs[runs.optimizer == name] for name in ("sgd", "lbfgs"))
     assert (sgd["grad_evals"] == sgd["step"]).all()  # one forward + backward per step
     assert (lbfgs["grad_evals"] > lbfgs["step"]).all()  # several per L-BFGS step
@@ -66,7 +70,7 @@ def test_sparse_input_ffnn_equals_the_dense_one(data_dir):
     dense = models.build_model(cfg.model, cfg.dataset, seed=11)
     sparse_cfg = compose_config("model.sparse_input=true")
     sparse = models.build_model(sparse_cfg.model, sparse_cfg.dataset, seed=11)
-    tensors = data.load(
+    tensors = in_memory.load(
         compose_config("dataset.train_size=256").dataset, data_dir, torch.device("cpu")
     )
     x, y = tensors.train_x, tensors.train_y
@@ -95,7 +99,7 @@ def test_sparse_adam_without_sparse_gradients_fails_before_training():
 def test_a_users_own_optimizer_runs_without_changing_optbench(data_dir, tmp_path, monkeypatch):
     # In process: an optimizer class defined only in the tests (its step takes no closure).
     plan = run_plan("optimizer=custom", "optimizer._target_=custom_optimizers.SignSGD", *SMALL)
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
     first, last = runs["train_loss"]
     assert last < first and runs["optimizer"].unique().tolist() == ["custom"]
     # Through the CLI, with the optimizer as a YAML file in the user's own config folder.
@@ -122,12 +126,12 @@ def test_a_diverging_run_stops_and_the_rest_go_on(data_dir, tmp_path):
     plan = sweep_plan("optimizers=[sgd,adam]", "seeds=3", *SMALL)
     sgd, adam = plan.optimizers
     wild = OptimizerSpec.of({**sgd.config, "lr": 1e12})  # sgd blows up; adam is untouched
-    runs = engine.train(dataclasses.replace(plan, optimizers=[wild, adam]), progress=False)
+    runs = loop.train(dataclasses.replace(plan, optimizers=[wild, adam]), progress=False)
     sgd, adam = runs[runs.optimizer == "sgd"], runs[runs.optimizer == "adam"]
     assert sgd["diverged"].all() and sgd["test_accuracy"].isna().all()
     assert (sgd["grad_evals"] == 30).all()  # found at the step-30 evaluation; no step since
     assert not adam["diverged"].any() and adam["test_accuracy"].gt(0.5).all()
-    summary = results.summarize(runs)
+    summary = store.summarize(runs)
     final = summary[summary.step == 60].set_index("optimizer")
     assert (final.loc["sgd", "n"], final.loc["sgd", "n_diverged"]) == (0, 3)
     assert final.loc["sgd", "diverged_fraction"] == 1.0
@@ -142,7 +146,7 @@ def test_a_diverging_run_stops_and_the_rest_go_on(data_dir, tmp_path):
 def every_elementwise_config() -> dict[str, dict]:
     """Every element-wise optimizer config (optbench's own and the registry's), filled for a
     training of 40 steps: the settings that may share an optimizer call or a stack."""
-    configs = library.configs() | {
+    configs = registry.configs() | {
         name: OmegaConf.to_container(compose_config(f"optimizer={name}").optimizer)
         for name in REGISTRY
     }
@@ -150,14 +154,14 @@ def every_elementwise_config() -> dict[str, dict]:
     for name, config in configs.items():
         if config.get("elementwise"):
             config = OmegaConf.create(config)
-            optimizers.fill_from_protocol(config, 40)
+            build.fill_from_protocol(config, 40)
             filled[name] = OmegaConf.to_container(config, resolve=True)
     return filled
 
 
 def registered_for(operator: str, device_type: str) -> bool:
     """Whether torch's dispatcher lists a kernel of the operator for the device type, read
-    from its printed table (another path than optimizers.has_fused_kernel's query)."""
+    from its printed table (another path than build.has_fused_kernel's query)."""
     table = torch._C._dispatch_dump(f"aten::{operator}")
     return any(line.startswith(f"{device_type.upper()}: registered") for line in table.splitlines())
 
@@ -173,9 +177,9 @@ def test_the_kernel_chosen_per_device_is_one_the_installed_torch_has(device_type
 
     chosen = {}
     for name, config in every_elementwise_config().items():
-        chosen[name] = kernel = optimizers.implementation(config, device_type)
-        cls = optimizers.optimizer_class(config)
-        operator = optimizers.FUSED_OPERATORS.get(cls)
+        chosen[name] = kernel = build.implementation(config, device_type)
+        cls = build.optimizer_class(config)
+        operator = build.FUSED_OPERATORS.get(cls)
         takes = inspect.signature(cls).parameters
         fused = (
             "fused" in takes
@@ -188,7 +192,7 @@ def test_the_kernel_chosen_per_device_is_one_the_installed_torch_has(device_type
         if kernel == "fused" and device_type == "cpu":
             parameter = torch.zeros(3, requires_grad=True)
             parameter.grad = torch.ones(3)
-            optimizers.build_optimizer(config, [parameter], kernel).step()
+            build.build_optimizer(config, [parameter], kernel).step()
     capturable = device_type in _get_capturable_supported_devices()
     assert chosen["asgd"] == ("foreach, capturable" if capturable else "foreach")
     assert chosen["rmsprop"] == "foreach"
@@ -202,11 +206,11 @@ def test_no_stacked_optimizer_reads_its_state_on_the_host_on_a_gpu():
     foreach step reads its state on the host: why CUDA takes its capturable one."""
     probed = 0
     for config in every_elementwise_config().values():
-        kernel = optimizers.implementation(config, "cuda")
+        kernel = build.implementation(config, "cuda")
         if kernel in ("fused", "foreach, capturable"):
             continue
         parameters = [torch.zeros(4, 3, device="meta"), torch.zeros(3, device="meta")]
-        optimizer = optimizers.build_optimizer(config, parameters, kernel)
+        optimizer = build.build_optimizer(config, parameters, kernel)
         for _ in range(3):
             for parameter in parameters:
                 parameter.grad = torch.zeros_like(parameter)
@@ -215,6 +219,6 @@ def test_no_stacked_optimizer_reads_its_state_on_the_host_on_a_gpu():
     assert probed >= 30
     parameter = torch.zeros(3, device="meta")
     parameter.grad = torch.zeros_like(parameter)
-    asgd = optimizers.build_optimizer(every_elementwise_config()["asgd"], [parameter], "foreach")
+    asgd = build.build_optimizer(every_elementwise_config()["asgd"], [parameter], "foreach")
     with pytest.raises(RuntimeError, match="item"):
         asgd.step()

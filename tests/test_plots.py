@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 
-from optbench import aggregates, costplot, figures, labels, plots, profiles, results
+from optbench import labels
+from optbench.analysis import profiles
+from optbench.report import figures, plots, suite_figures
+from optbench.results import store
 
 from conftest import ROOT
 
@@ -22,7 +25,7 @@ SUITE = ROOT / "results" / "suite"
 
 @pytest.fixture(scope="module")
 def runs() -> pd.DataFrame:
-    return labels.label_settings(results.read_runs(WIZARD))
+    return labels.label_settings(store.read_runs(WIZARD))
 
 
 def wcag_contrast(first, second) -> float:
@@ -37,7 +40,7 @@ def wcag_contrast(first, second) -> float:
 
 
 def test_the_loss_band_on_a_log_axis_is_the_seeds_quartiles_and_stays_positive(runs):
-    summary = results.summarize(runs)
+    summary = store.summarize(runs)
     figure = plots.curve_figure(summary, "last_batch_loss", "last batch loss", "title")
     axes = figure.axes[0]
     assert axes.get_yscale() == "log"
@@ -55,7 +58,7 @@ def test_the_loss_band_on_a_log_axis_is_the_seeds_quartiles_and_stays_positive(r
 
 
 def test_an_accuracy_band_stays_within_zero_and_one(runs):
-    summary = results.summarize(runs).assign(test_accuracy_std=0.5)  # a spread past 1
+    summary = store.summarize(runs).assign(test_accuracy_std=0.5)  # a spread past 1
     figure = plots.curve_figure(summary, "test_accuracy", "test accuracy", "title")
     for band in figure.axes[0].collections:
         edges = band.get_paths()[0].vertices[:, 1]
@@ -65,7 +68,7 @@ def test_an_accuracy_band_stays_within_zero_and_one(runs):
 
 def test_twelve_optimizers_get_twelve_distinct_lines(runs):
     """Past ten optimizers the colours repeat; the line style and marker tell them apart."""
-    summary = results.summarize(runs)
+    summary = store.summarize(runs)
     copies = [summary.assign(optimizer=summary["optimizer"] + f" {k}") for k in range(2)]
     many = pd.concat(copies, ignore_index=True)
     many = many[many["optimizer"].isin(many["optimizer"].unique()[:12])]
@@ -79,7 +82,7 @@ def test_twelve_optimizers_get_twelve_distinct_lines(runs):
 
 def test_heatmap_numbers_contrast_with_their_cells():
     probability = pd.read_csv(SUITE / "probability_of_improvement.csv")
-    figure = aggregates.probability_figure(probability)
+    figure = suite_figures.probability_figure(probability)
     axes = figure.axes[0]
     image = axes.get_images()[0]
     matrix = image.get_array()
@@ -99,7 +102,7 @@ def test_identical_profiles_share_one_line_that_names_them_all():
         index="workload", columns="optimizer", values="ratio"
     )
     rho = profiles.profile(table)
-    figure = profiles.profile_figure(rho, "steps", len(table))
+    figure = suite_figures.profile_figure(rho, "steps", len(table))
     axes = figure.axes[0]
     lines = axes.get_lines()
     distinct = {tuple(rho[name]) for name in rho.columns}
@@ -119,7 +122,7 @@ def test_identical_profiles_share_one_line_that_names_them_all():
 
 def test_costs_labels_neither_overlap_nor_leave_the_figure(runs):
     costs = pd.read_csv(WIZARD / "costs.csv")
-    figure = costplot.costs_figure(runs, costs)
+    figure = plots.costs_figure(runs, costs)
     state, time = figure.axes
     assert state.get_xscale() == "linear"
     ticks = [t.get_text() for t in state.get_xticklabels()]

@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optbench import preparation, published
-from optbench.optimizers import optimizer_class, optimizer_kwargs
+from optbench.analysis import published
+from optbench.data import prepare
+from optbench.optimizers.build import optimizer_class, optimizer_kwargs
 
 from conftest import ROOT, sweep_plan
 from reference_protocols import PROTOCOLS, PUBLISHED_SHA256
@@ -36,7 +37,7 @@ def test_every_preset_matches_the_reference_protocol(experiment):
         assert normalize is None
     else:
         assert (normalize["mean"], normalize["std"]) == tuple(map(list, reference["normalize"]))
-    assert preparation.train_size(plan.dataset) == reference["train_size"]
+    assert prepare.train_size(plan.dataset) == reference["train_size"]
     model, model_keys = reference["model"]
     assert plan.model["name"] == model
     assert {key: plan.model[key] for key in model_keys} == model_keys
@@ -56,9 +57,9 @@ def test_every_preset_matches_the_reference_protocol(experiment):
 
 @pytest.mark.parametrize("experiment", sorted(PUBLISHED_SHA256))
 def test_shipped_numbers_are_the_tutorials_tables(experiment):
-    shipped = files("optbench").joinpath(f"published/{experiment}.csv").read_bytes()
+    shipped = files("optbench.analysis").joinpath(f"published/{experiment}.csv").read_bytes()
     assert hashlib.sha256(shipped).hexdigest() == PUBLISHED_SHA256[experiment]
-    listed = pd.read_csv(files("optbench").joinpath(f"published/{experiment}.csv").open())
+    listed = pd.read_csv(files("optbench.analysis").joinpath(f"published/{experiment}.csv").open())
     # the tutorial's own optimizers; rprop diverged in examples_cnn and is not a preset
     assert set(listed.optimizer) - {"rprop"} == set(PROTOCOLS[experiment]["optimizers"])
 

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from optbench import cli, commands, engine, rerun, results
+from optbench import cli, commands
 from optbench.cli import main
+from optbench.results import store
+from optbench.training import loop
 
 from conftest import sweep_plan
 
@@ -27,20 +29,20 @@ def original(data_dir, tmp_path_factory):
         "train.eval_every=6",
     )
     folder = tmp_path_factory.mktemp("original")
-    results.write_results(folder, engine.train(plan, progress=False))
+    store.write_results(folder, loop.train(plan, progress=False))
     return folder
 
 
 def altered(original, tmp_path, change) -> tuple:
     """A copy of the original folder whose runs.csv went through change(runs)."""
-    runs = results.read_runs(original)
+    runs = store.read_runs(original)
     folder = tmp_path / "rerun"
-    results.write_results(folder, change(runs.copy()))
+    store.write_results(folder, change(runs.copy()))
     return folder
 
 
 def final_accuracy(folder, optimizer: str) -> np.ndarray:
-    runs = pd.read_csv(folder / results.RUNS_CSV)
+    runs = pd.read_csv(folder / store.RUNS_CSV)
     last = runs[(runs.optimizer == optimizer) & (runs.step == runs.step.max())]
     return last.sort_values("seed")["test_accuracy"].to_numpy()
 
@@ -55,7 +57,7 @@ def welch_by_hand(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_a_folder_against_itself_is_bit_identical(original, tmp_path, capsys):
     copy = altered(original, tmp_path, lambda runs: runs.assign(wall_s=runs["wall_s"] * 3))
-    verdict = rerun.compare(original, copy)
+    verdict = commands.rerun_verdict(original, copy)
     assert verdict.verdict == "bit-identical" and verdict.differing_runs == 0
     assert main(["compare", str(original), str(copy)]) == 0
     assert "BIT-IDENTICAL: all 8 runs" in capsys.readouterr().out
@@ -69,7 +71,7 @@ def test_last_digits_that_differ_are_consistent(original, tmp_path, capsys):
         return runs.assign(test_accuracy=runs["test_accuracy"] + noise)
 
     copy = altered(original, tmp_path, jitter)
-    verdict = rerun.compare(original, copy)
+    verdict = commands.rerun_verdict(original, copy)
     assert verdict.verdict == "consistent" and verdict.differing_runs == 8
     table = verdict.table.set_index("optimizer")
     for name in ("sgd", "adam"):
@@ -86,7 +88,7 @@ def test_a_shifted_optimizer_is_inconsistent(original, tmp_path, capsys):
         return runs.assign(test_accuracy=runs["test_accuracy"] - 0.2 * adam)
 
     copy = altered(original, tmp_path, shift)
-    verdict = rerun.compare(original, copy)
+    verdict = commands.rerun_verdict(original, copy)
     assert verdict.verdict == "inconsistent"
     flagged = verdict.table.set_index("optimizer")["flagged"]
     assert flagged["adam"] and not flagged["sgd"]
@@ -105,11 +107,11 @@ def test_one_seed_a_side_cannot_be_tested(original, tmp_path, capsys):
     so the verdict is "cannot test" with its own exit code, never CONSISTENT."""
     one_seed = altered(original, tmp_path, lambda runs: runs[runs["seed"] == 0])
     other = tmp_path / "other"
-    results.write_results(
+    store.write_results(
         other,
-        results.read_runs(one_seed).pipe(lambda r: r.assign(test_accuracy=r["test_accuracy"] / 2)),
+        store.read_runs(one_seed).pipe(lambda r: r.assign(test_accuracy=r["test_accuracy"] / 2)),
     )
-    verdict = rerun.compare(one_seed, other)
+    verdict = commands.rerun_verdict(one_seed, other)
     assert verdict.verdict == "cannot test"
     assert verdict.untestable == ["sgd", "adam"] and verdict.table["p"].isna().all()
     assert main(["compare", str(one_seed), str(other)]) == commands.EXIT_CANNOT_TEST
@@ -125,7 +127,7 @@ def test_every_run_diverged_on_one_side_cannot_be_tested(original, tmp_path, cap
         return runs.assign(diverged=runs["diverged"] | adam)
 
     copy = altered(original, tmp_path, diverge_adam)
-    verdict = rerun.compare(original, copy)
+    verdict = commands.rerun_verdict(original, copy)
     assert verdict.verdict == "cannot test" and verdict.untestable == ["adam"]
     assert main(["compare", str(original), str(copy)]) == commands.EXIT_CANNOT_TEST
     out = capsys.readouterr().out
@@ -144,7 +146,7 @@ def test_runs_only_in_one_folder_are_named_and_the_header_follows_the_arguments(
 
 
 def test_different_protocols_name_the_keys_that_differ(data_dir, tmp_path, capsys):
-    from optbench import provenance
+    from optbench.results import provenance
 
     folders = []
     for steps in (8, 12):
@@ -156,7 +158,7 @@ def test_different_protocols_name_the_keys_that_differ(data_dir, tmp_path, capsy
             "train.eval_every=4",
         )
         folder = tmp_path / f"steps{steps}"
-        results.write_results(folder, engine.train(plan, progress=False))
+        store.write_results(folder, loop.train(plan, progress=False))
         provenance.write_config(folder / provenance.CONFIG_YAML, plan, {}, [])
         folders.append(folder)
     assert main(["compare", *map(str, folders)]) == cli.EXIT_BAD_INPUT

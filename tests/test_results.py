@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from optbench import engine, files, labels, multirun, results
+from optbench import errors, files, labels
+from optbench.results import multirun, store
+from optbench.training import loop
 
 from conftest import ROOT, sweep_plan
 
@@ -27,18 +29,18 @@ def real_runs(data_dir) -> pd.DataFrame:
         "train.steps=12",
         "train.eval_every=4",
     )
-    return engine.train(plan, progress=False)
+    return loop.train(plan, progress=False)
 
 
 def test_summary_csv_equals_numpy_on_runs_csv(real_runs, tmp_path):
-    results.write_results(tmp_path, real_runs)
+    store.write_results(tmp_path, real_runs)
     runs = pd.read_csv(tmp_path / "runs.csv")
     summary = pd.read_csv(tmp_path / "summary.csv")
     assert len(summary) == 2 * 3  # optimizers x evaluation steps
     for row in summary.itertuples():
         values = runs[(runs.optimizer == row.optimizer) & (runs.step == row.step)]
         assert row.n == len(values) == 3
-        for metric in results.METRICS:
+        for metric in store.METRICS:
             column = values[metric].to_numpy()
             assert getattr(row, f"{metric}_mean") == pytest.approx(np.mean(column), rel=1e-12)
             assert getattr(row, f"{metric}_std") == pytest.approx(np.std(column, ddof=1), rel=1e-9)
@@ -46,7 +48,7 @@ def test_summary_csv_equals_numpy_on_runs_csv(real_runs, tmp_path):
 
 
 def test_runs_csv_has_the_contracted_columns(real_runs, tmp_path):
-    results.write_results(tmp_path, real_runs)
+    store.write_results(tmp_path, real_runs)
     columns = pd.read_csv(tmp_path / "runs.csv").columns
     for name in [
         "optimizer",
@@ -91,7 +93,7 @@ def test_combining_jobs_tells_apart_the_same_optimizer_with_other_hyperparameter
     sgd = real_runs[real_runs.optimizer == "sgd"]
     for job, momentum in ((0, 0.9), (1, 0.5)):
         runs = sgd.assign(hyperparameters=with_setting(sgd, momentum=momentum))
-        results.write_results(tmp_path / str(job), runs)
+        store.write_results(tmp_path / str(job), runs)
         OmegaConf.save(
             {"provenance": {"overrides": ["seeds=3", f"optimizer.momentum={momentum}"]}},
             tmp_path / str(job) / "config.yaml",
@@ -109,7 +111,7 @@ def test_combining_jobs_pools_settings_outside_the_protocol(real_runs, tmp_path)
     seeds = sorted(sgd.seed.unique())
     settings = (["threads=1", "stack_runs=always"], ["allow_tf32=true", "resume=false"])
     for job, (seed, overrides) in enumerate(zip(seeds, settings, strict=False)):
-        results.write_results(tmp_path / str(job), sgd[sgd.seed == seed])
+        store.write_results(tmp_path / str(job), sgd[sgd.seed == seed])
         OmegaConf.save(
             {"provenance": {"overrides": [f"seeds=[{seed}]", *overrides]}},
             tmp_path / str(job) / "config.yaml",
@@ -125,7 +127,7 @@ def test_an_optimizer_with_several_learning_rates_gets_one_label_per_rate(real_r
     both = pd.concat([sgd, slower], ignore_index=True)
     labelled = labels.label_settings(both)
     assert sorted(labelled.optimizer.unique()) == ["sgd lr=0.01", "sgd lr=0.1"]
-    summary = results.summarize(both)
+    summary = store.summarize(both)
     assert sorted(summary.optimizer.unique()) == ["sgd lr=0.01", "sgd lr=0.1"]
     assert (summary.n == 3).all()
     assert labels.label_settings(real_runs).optimizer.tolist() == real_runs.optimizer.tolist()
@@ -133,7 +135,7 @@ def test_an_optimizer_with_several_learning_rates_gets_one_label_per_rate(real_r
 
 def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp_path):
     for job, name in enumerate(["sgd", "adam"]):
-        results.write_results(tmp_path / str(job), real_runs[real_runs.optimizer == name])
+        store.write_results(tmp_path / str(job), real_runs[real_runs.optimizer == name])
         OmegaConf.save(
             {"provenance": {"overrides": [f"optimizer={name}"]}},
             tmp_path / str(job) / "config.yaml",
@@ -164,8 +166,8 @@ def test_combining_jobs_of_different_optimizers_keeps_their_names(real_runs, tmp
 def test_a_damaged_runs_csv_is_refused_with_its_line(real_runs, tmp_path, damage, message):
     damage(real_runs).to_csv(tmp_path / "runs.csv", index=False)
     before = (tmp_path / "runs.csv").read_bytes()
-    with pytest.raises(files.ResultsError, match=message):
-        results.read_runs(tmp_path)
+    with pytest.raises(errors.ResultsError, match=message):
+        store.read_runs(tmp_path)
     assert (tmp_path / "runs.csv").read_bytes() == before
 
 
@@ -174,9 +176,9 @@ def test_plots_keep_their_axis_labels(real_runs):
     optimizer's legend entry)."""
     import matplotlib.pyplot as plt
 
-    from optbench import plots
+    from optbench.report import plots
 
-    figure = plots.curve_figure(results.summarize(real_runs), "test_loss", "test loss", "title")
+    figure = plots.curve_figure(store.summarize(real_runs), "test_loss", "test loss", "title")
     axes = figure.axes[0]
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("optimizer step", "test loss")
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ["sgd", "adam"]

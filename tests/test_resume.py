@@ -19,8 +19,9 @@ import torch
 from constants import SMOKE
 from omegaconf import OmegaConf
 
-from optbench import files, results
-from optbench.provenance import CONFIG_YAML
+from optbench import files
+from optbench.results import store
+from optbench.results.provenance import CONFIG_YAML
 
 from conftest import OPTBENCH, default_ctrl_c, run_cli
 
@@ -40,7 +41,7 @@ JOB = (
 
 def comparable(folder: Path) -> pd.DataFrame:
     """runs.csv without wall_s, the one column that differs between two runs of a job."""
-    return pd.read_csv(folder / results.RUNS_CSV).drop(columns="wall_s")
+    return pd.read_csv(folder / store.RUNS_CSV).drop(columns="wall_s")
 
 
 def digest(path: Path) -> str:
@@ -70,7 +71,7 @@ def start_and_stop(
         text=True,
         preexec_fn=default_ctrl_c,
     )
-    checkpoint, seen, deadline = folder / results.CHECKPOINT, [], time.monotonic() + 300
+    checkpoint, seen, deadline = folder / store.CHECKPOINT, [], time.monotonic() + 300
     while len(seen) < 2:
         assert process.poll() is None and time.monotonic() < deadline, "no checkpoint came"
         written = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
@@ -89,12 +90,12 @@ def test_a_sweep_killed_at_a_random_moment_resumes_to_the_same_results(uninterru
     folder = tmp_path / "killed"
     stopped = start_and_stop(folder, signal.SIGKILL, rng)
     assert stopped.returncode == -signal.SIGKILL, f"random seed {seed}"
-    assert not (folder / results.RUNS_CSV).exists(), "the job ended before the kill"
+    assert not (folder / store.RUNS_CSV).exists(), "the job ended before the kill"
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from" in (folder / files.LOG).read_text()
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
-    assert not (folder / results.CHECKPOINT).exists()
+    assert not (folder / store.CHECKPOINT).exists()
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".")], "temporary files"
 
 
@@ -103,7 +104,7 @@ def test_ctrl_c_keeps_the_progress_and_says_how_to_resume(uninterrupted, tmp_pat
     stopped = start_and_stop(folder, signal.SIGINT, random.Random())
     assert stopped.returncode == 130, stopped.stderr
     assert "run the same command again to resume" in stopped.stderr
-    assert (folder / results.CHECKPOINT).is_file()
+    assert (folder / store.CHECKPOINT).is_file()
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
@@ -134,7 +135,7 @@ def test_a_stacked_job_stopped_and_resumed_from_a_gpu_checkpoint_gives_the_same_
     folder = tmp_path / "stopped"
     stopped = start_and_stop(folder, signal.SIGINT, random.Random(), job)
     assert stopped.returncode == 130, stopped.stderr
-    written_on_a_gpu(folder / results.CHECKPOINT, monkeypatch)
+    written_on_a_gpu(folder / store.CHECKPOINT, monkeypatch)
     resumed = run_cli(*job, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from" in (folder / files.LOG).read_text()
@@ -148,11 +149,11 @@ def test_the_same_command_again_trains_nothing_and_more_seeds_train_only_the_new
     job = [a for a in JOB if not a.startswith("seeds=")]
     first = run_cli(*job, "seeds=[0]", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    before = digest(folder / results.RUNS_CSV)
+    before = digest(folder / store.RUNS_CSV)
     again = run_cli(*job, "seeds=[0]", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "nothing to train" in (folder / files.LOG).read_text()
-    assert digest(folder / results.RUNS_CSV) == before
+    assert digest(folder / store.RUNS_CSV) == before
     more = run_cli(*job, "seeds=2", f"hydra.run.dir={folder}", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert "Skipping the 3 runs already complete" in (folder / files.LOG).read_text()
@@ -187,16 +188,16 @@ def test_a_folder_of_another_protocol_is_refused_and_left_untouched(uninterrupte
 def test_a_damaged_runs_csv_is_reported_and_left_untouched(uninterrupted, tmp_path):
     folder = tmp_path / "damaged"
     folder.mkdir()
-    text = (uninterrupted / results.RUNS_CSV).read_text()
+    text = (uninterrupted / store.RUNS_CSV).read_text()
     middle_of_a_row = text.index("\n", len(text) // 2) + 5
-    (folder / results.RUNS_CSV).write_text(text[:middle_of_a_row])
+    (folder / store.RUNS_CSV).write_text(text[:middle_of_a_row])
     (folder / CONFIG_YAML).write_bytes((uninterrupted / CONFIG_YAML).read_bytes())
-    before = digest(folder / results.RUNS_CSV)
+    before = digest(folder / store.RUNS_CSV)
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 2
     assert "cannot be read as optbench results" in resumed.stderr
     assert "left untouched" in resumed.stderr
-    assert digest(folder / results.RUNS_CSV) == before
+    assert digest(folder / store.RUNS_CSV) == before
 
 
 def test_an_output_folder_that_cannot_be_written_fails_before_training(tmp_path):
@@ -238,8 +239,8 @@ def test_compare_and_plot_refuse_to_mix_protocols_unless_told(uninterrupted, tmp
         "compare", str(uninterrupted), str(other), "--out", "both", "--allow-mixed", cwd=tmp_path
     )
     assert allowed.returncode == 0, allowed.stderr
-    assert len(pd.read_csv(tmp_path / "both" / results.RUNS_CSV)) == 2 * len(
-        pd.read_csv(uninterrupted / results.RUNS_CSV)
+    assert len(pd.read_csv(tmp_path / "both" / store.RUNS_CSV)) == 2 * len(
+        pd.read_csv(uninterrupted / store.RUNS_CSV)
     )
     twice = run_cli("compare", str(uninterrupted), str(uninterrupted), "--out", "x", cwd=tmp_path)
     assert twice.returncode == 2 and "would count twice" in twice.stderr
@@ -264,9 +265,9 @@ def test_hydra_launchers_write_one_sweep_folder_and_combine_every_job(launcher, 
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    jobs = sorted(p.parent.name for p in sweep.glob(f"*/{results.RUNS_CSV}"))
+    jobs = sorted(p.parent.name for p in sweep.glob(f"*/{store.RUNS_CSV}"))
     assert jobs == ["0", "1"]
-    combined = pd.read_csv(sweep / results.RUNS_CSV)
+    combined = pd.read_csv(sweep / store.RUNS_CSV)
     assert sorted(combined["optimizer"].unique()) == ["adam", "sgd"]
     assert len(combined) == 2 * 2 * 2  # optimizers x seeds x evaluations
     assert (sweep / "summary.csv").is_file()
@@ -373,7 +374,7 @@ def test_a_multirun_with_its_values_reordered_is_refused_before_training(tmp_pat
         cwd=tmp_path,
     )
     assert added.returncode == 0, added.stderr
-    combined = pd.read_csv(sweep / results.RUNS_CSV)
+    combined = pd.read_csv(sweep / store.RUNS_CSV)
     assert sorted(combined["optimizer"].unique()) == ["adam", "rmsprop", "sgd"]
     assert not combined.duplicated(["optimizer", "seed", "step"]).any()
 
@@ -392,4 +393,4 @@ def test_a_multirun_with_its_values_reordered_is_refused_before_training(tmp_pat
         f"the jobs' results cannot be combined: run adam seed 0 is in two job folders, "
         f"{sweep / '0'} and {sweep / 'copy_of_0'}" in twice.stderr
     )
-    assert pd.read_csv(sweep / results.RUNS_CSV).equals(combined)  # left as it was
+    assert pd.read_csv(sweep / store.RUNS_CSV).equals(combined)  # left as it was

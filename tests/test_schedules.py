@@ -10,9 +10,10 @@ import pytest
 import torch
 from constants import SMOKE
 
-from optbench import engine, schedules, tuning
-from optbench.config import ConfigError
+from optbench.analysis import tuning
+from optbench.errors import ConfigError
 from optbench.plan import OptimizerSpec
+from optbench.training import loop, lr_schedules
 
 from conftest import ROOT, run_plan, sweep_plan
 
@@ -59,12 +60,12 @@ def torch_factors(name: str, keys: dict, total: int) -> list[float]:
 )
 def test_factors_equal_torchs_schedulers(name, keys):
     total = 40
-    ours = [schedules.factor({"name": name, **keys}, t, total) for t in range(total)]
+    ours = [lr_schedules.factor({"name": name, **keys}, t, total) for t in range(total)]
     assert ours == pytest.approx(torch_factors(name, keys, total), rel=1e-9, abs=1e-12)
 
 
 def test_a_constant_schedule_is_one_everywhere_and_keeps_the_protocol():
-    assert [schedules.factor({"name": "constant"}, t, 10) for t in range(10)] == [1.0] * 10
+    assert [lr_schedules.factor({"name": "constant"}, t, 10) for t in range(10)] == [1.0] * 10
     committed = (
         pd.read_csv(ROOT / "results" / "wizard_ffnn" / "runs.csv")["fingerprint"].unique().tolist()
     )
@@ -79,18 +80,18 @@ def test_every_trainer_applies_the_schedule_and_runs_csv_records_it(data_dir, st
     same run with the lr halved by hand (a constant schedule, lr given per phase) agrees."""
     layout = ("optimizers=[sgd,adam]", "seeds=2", SMOKE, f"stack_runs={stack_runs}")
     plan = sweep_plan(*layout, "schedule=step", "schedule.step_size=10", "schedule.gamma=0.5")
-    runs = engine.train(plan, progress=False)
+    runs = loop.train(plan, progress=False)
     expected = runs["lr"] * 0.5 ** ((runs["step"] - 1) // 10)
     assert runs["current_lr"].tolist() == pytest.approx(expected.tolist(), rel=1e-12)
-    constant = engine.train(sweep_plan(*layout), progress=False)
+    constant = loop.train(sweep_plan(*layout), progress=False)
     assert (constant["current_lr"] == constant["lr"]).all()
     assert not runs["train_loss"].equals(constant["train_loss"])  # the schedule changed them
 
 
 def test_a_scheduled_run_is_the_same_in_a_group_and_alone(data_dir):
     overrides = ("optimizer=adam", SMOKE, "schedule=warmup_cosine", "schedule.warmup_steps=5")
-    together = engine.train(run_plan(*overrides, "seeds=3"), progress=False)
-    alone = engine.train(run_plan(*overrides, "seeds=[1]"), progress=False)
+    together = loop.train(run_plan(*overrides, "seeds=3"), progress=False)
+    alone = loop.train(run_plan(*overrides, "seeds=[1]"), progress=False)
     picked = together[together.seed == 1].drop(columns="wall_s").reset_index(drop=True)
     pd.testing.assert_frame_equal(picked, alone.drop(columns="wall_s"), check_exact=True)
 
@@ -117,9 +118,9 @@ def test_a_schedule_free_optimizer_given_a_schedule_gets_a_note():
     free = OptimizerSpec.of({"name": "sf", "_target_": "pytorch_optimizer.ScheduleFreeAdamW"})
     plain = OptimizerSpec.of({"name": "adam", "_target_": "torch.optim.Adam"})
     cosine = {"name": "warmup_cosine", "warmup_steps": 5, "final_lr_fraction": 0.0}
-    (note,) = schedules.notes(cosine, [free, plain])
+    (note,) = lr_schedules.notes(cosine, [free, plain])
     assert "sf is schedule-free" in note
-    assert schedules.notes({"name": "constant"}, [free]) == []
+    assert lr_schedules.notes({"name": "constant"}, [free]) == []
 
 
 def test_a_setting_may_hold_its_own_warmup(data_dir):
@@ -130,7 +131,7 @@ def test_a_setting_may_hold_its_own_warmup(data_dir):
     )
     (sgd,) = plan.optimizers
     own = OptimizerSpec.of({**sgd.config, "schedule": {"warmup_steps": 15}})
-    runs = engine.train(dataclasses.replace(plan, optimizers=[sgd, own]), progress=False)
+    runs = loop.train(dataclasses.replace(plan, optimizers=[sgd, own]), progress=False)
     steps = plan.schedule().total_steps
     for spec, warmup in ((sgd, 5), (own, 15)):
         rows = runs[runs.hyperparameters == spec.hyperparameters]

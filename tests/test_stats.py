@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from optbench import results, stats
+from optbench.analysis import stats
+from optbench.report import ranking
+from optbench.results import store
 
 
 def test_t_interval_equals_scipys():
@@ -29,7 +31,7 @@ def test_an_accuracy_interval_is_clipped_to_0_and_1_as_scipys_clipped(tmp_path):
     near_zero, near_one = [0.098, 0.084, 0.0, 0.31], [0.99, 1.0, 0.93, 1.0]
     runs = runs_from({"low": near_zero, "high": near_one})
     runs.loc[runs.optimizer == "low", "test_loss"] = [0.5, 0.1, 9.0, 0.2]
-    results.write_results(tmp_path, runs)
+    store.write_results(tmp_path, runs)
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("optimizer")
     table = stats.ranking(runs)[0].set_index("optimizer")
     for name, metric, (floor, ceiling) in [
@@ -132,7 +134,7 @@ def test_identical_runs_are_indistinguishable():
 
 def test_summary_csv_intervals_and_quartiles_equal_scipy_and_numpy(tmp_path):
     runs = runs_from({"a": [0.90, 0.93, 0.91, 0.95], "b": [0.5, 0.7, 0.6, 0.65]})
-    results.write_results(tmp_path, runs)
+    store.write_results(tmp_path, runs)
     summary = pd.read_csv(tmp_path / "summary.csv").set_index("optimizer")
     for name, values in runs.groupby("optimizer")["test_accuracy"]:
         values = values.to_numpy()
@@ -147,16 +149,16 @@ def test_summary_csv_intervals_and_quartiles_equal_scipy_and_numpy(tmp_path):
 
 def test_ranking_files(tmp_path):
     runs = runs_from({"a": [0.90, 0.93, 0.91], "b": [0.5, 0.7, 0.6]})
-    written = results.write_ranking(tmp_path, runs)
+    written = ranking.write_ranking(tmp_path, runs)
     assert sorted(p.name for p in written) == ["ranking.csv", "ranking.md", "ranking_pairs.csv"]
     assert "| 1 | a |" in (tmp_path / "ranking.md").read_text()
-    assert results.write_ranking(tmp_path / "one", runs[runs.optimizer == "a"]) == []
+    assert ranking.write_ranking(tmp_path / "one", runs[runs.optimizer == "a"]) == []
 
 
 def test_the_html_report_is_self_contained(tmp_path):
     runs = runs_from({"a": [0.90, 0.93, 0.91], "b": [0.5, 0.7, 0.6]})
-    results.write_results(tmp_path, runs)
-    from optbench import plots, report
+    store.write_results(tmp_path, runs)
+    from optbench.report import plots, report
 
     plots.plot_all(tmp_path)
     md_path, html_path = report.write_report(tmp_path)

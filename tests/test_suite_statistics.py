@@ -15,9 +15,10 @@ import pytest
 from omegaconf import OmegaConf
 from scipy import stats
 
-from optbench import aggregates, profiles, targets
-from optbench.config import ConfigError, check_target
-from optbench.jobs import compose_plan
+from optbench.analysis import aggregates, profiles, targets
+from optbench.compose.jobs import compose_plan
+from optbench.config.schema import check_target
+from optbench.errors import ConfigError
 from optbench.suite import WORKLOADS, preset_path
 
 INF = math.inf

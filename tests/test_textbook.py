@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from optbench import models
-from optbench.data import load
-from optbench.optimizers import build_optimizer
+from optbench.data.in_memory import load
+from optbench.optimizers.build import build_optimizer
 
 from conftest import compose_config
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optbench import tuning
+from optbench.analysis import tuning
 
 from conftest import compose_config, run_cli, sweep_plan
 

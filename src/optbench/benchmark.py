@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from optbench import (
-    answer,
-    checkpoints,
-    checksums,
-    costs,
-    engine,
-    files,
-    labels,
-    loggers,
-    preparation,
-    provenance,
-    results,
-    schedules,
-    stats,
-)
+from optbench import files, labels
+from optbench.analysis import stats
+from optbench.data import prepare
 from optbench.plan import OptimizerSpec, Plan, RunSpec
+from optbench.report import answer
+from optbench.results import checksums, loggers, provenance, store
+from optbench.training import checkpoints, costs, loop, lr_schedules
 
 # The analysis modules (plots, report, published, tuning) are imported where they are used:
 # with matplotlib, SciPy and Optuna they take about a second to import, which every command
@@ -62,7 +53,9 @@ def tune(
     """Random search with the same number of trials (tuning.trials) for every optimizer of
     the plan, all trained in one step loop; writes runs.csv, summary.csv, config.yaml, the
     tuning tables and curve (tuning.*) and the report. Returns the runs."""
-    from optbench import report, tuning
+    from optbench.analysis import tuning
+    from optbench.report import report
+    from optbench.report import tuning as tuning_report
 
     out_dir = Path(out_dir)
     trials, drawn = tuning.sample_trials(
@@ -76,7 +69,7 @@ def tune(
         runs, summary = _train_and_record(
             plan, trials, plan.optimizers, out_dir, overrides, progress
         )
-        written = tuning.write_tuning(out_dir, runs, drawn) + report.write_report(out_dir)
+        written = tuning_report.write_tuning(out_dir, runs, drawn) + report.write_report(out_dir)
         _finish(plan, out_dir, runs, written)
         loggers.write_logs(out_dir, plan.logger, runs)
     answer.log_final_table(summary)  # each optimizer's best trial
@@ -93,7 +86,7 @@ def workload(
     <out_dir>_tuning/), and its best trial's setting then trains every seed, under the
     optimizer's own name."""
     if any(o.startswith("tuning.trials=") for o in overrides or []):
-        from optbench import tuning
+        from optbench.analysis import tuning
 
         trials_dir = Path(out_dir).with_name(f"{Path(out_dir).name}_tuning")
         tuning_seed = [max(plan.seeds) + 1]
@@ -116,33 +109,33 @@ def _train_and_record(
     comes after differs between benchmark and tune.
 
     A checkpoint left in out_dir by this same job is resumed, and a folder of another
-    protocol is refused (results.previous_runs), as is a config.yaml edited by hand. With
+    protocol is refused (store.previous_runs), as is a config.yaml edited by hand. With
     nothing to train, summary.csv is written again from runs.csv, and config.yaml too
     where it is missing or was not written for this runs.csv (a job stopped at its end)."""
-    preparation.prepare(plan.dataset["name"], plan.data_dir, log=log.info)
-    for note in schedules.notes(plan.lr_schedule, trained):
+    prepare.prepare(plan.dataset["name"], plan.data_dir, log=log.info)
+    for note in lr_schedules.notes(plan.lr_schedule, trained):
         log.warning(note)
     files.remove_temporaries(out_dir)
     if not plan.resume and (aside := files.move_aside(out_dir)):
         log.info("resume=false: the folder's earlier results are now in its %s/", aside.name)
     schedule = plan.schedule()
-    previous = results.previous_runs(out_dir, plan, schedule.eval_steps)
+    previous = store.previous_runs(out_dir, plan, schedule.eval_steps)
     config_is_current = checksums.config_is_current(out_dir)  # refuses one edited by hand
-    done = results.complete_runs(previous, schedule.total_steps)
+    done = store.complete_runs(previous, schedule.total_steps)
     wanted = [RunSpec(optimizer, seed) for optimizer in trained for seed in plan.seeds]
     todo = [run for run in wanted if run.key not in done]
-    produced_by = provenance.environment() | engine.layout(plan, trained)  # as training starts
+    produced_by = provenance.environment() | loop.layout(plan, trained)  # as training starts
     if todo:
         if len(todo) < len(wanted):
             log.info(
                 "Skipping the %d runs already complete in the folder.", len(wanted) - len(todo)
             )
-        runs = results.merge_runs(previous, _train(plan, todo, out_dir, progress))
-        summary = results.write_results(out_dir, runs)
+        runs = store.merge_runs(previous, _train(plan, todo, out_dir, progress))
+        summary = store.write_results(out_dir, runs)
     else:
         log.info("All %d runs are already complete in the folder; nothing to train.", len(wanted))
         runs = previous
-        summary = results.write_summary(out_dir, runs)
+        summary = store.write_summary(out_dir, runs)
         if config_is_current:
             return runs, summary
         log.info(
@@ -167,9 +160,9 @@ def _say_where(out_dir: Path) -> None:
 def _train(plan: Plan, todo: list[RunSpec], out_dir: Path, progress: bool) -> pd.DataFrame:
     """Train the runs, resuming and saving the folder's checkpoint; on Ctrl-C or SIGTERM,
     say what is kept."""
-    checkpoint = out_dir / results.CHECKPOINT
+    checkpoint = out_dir / store.CHECKPOINT
     try:
-        return engine.train(plan, todo, progress=progress, checkpoint=checkpoint)
+        return loop.train(plan, todo, progress=progress, checkpoint=checkpoint)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (cli.Terminated)
         _say_what_is_kept(out_dir, checkpoint, stop)
         raise
@@ -178,10 +171,10 @@ def _train(plan: Plan, todo: list[RunSpec], out_dir: Path, progress: bool) -> pd
 def _finish(plan: Plan, out_dir: Path, runs: pd.DataFrame, written: list[Path]) -> None:
     """The last writes of a job: the checksums of runs.csv and of every file derived from it
     (which say the folder is complete), then the checkpoint, now spent, removed."""
-    derived = [out_dir / results.SUMMARY_CSV, out_dir / provenance.CONFIG_YAML, *written]
+    derived = [out_dir / store.SUMMARY_CSV, out_dir / provenance.CONFIG_YAML, *written]
     checksums.write(out_dir, derived)
-    checkpoint = out_dir / results.CHECKPOINT
-    complete = results.complete_runs(runs, plan.schedule().total_steps)
+    checkpoint = out_dir / store.CHECKPOINT
+    complete = store.complete_runs(runs, plan.schedule().total_steps)
     if checkpoints.is_spent(checkpoint, plan.fingerprint, complete):
         checkpoint.unlink()
 
@@ -190,7 +183,7 @@ def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) 
     kept = [
         f"{path.name} keeps {what}"  # in the folder: the log names no path of the machine
         for path, what in (
-            (out_dir / results.RUNS_CSV, "the complete runs"),
+            (out_dir / store.RUNS_CSV, "the complete runs"),
             (checkpoint, "the training state at the last evaluation point"),
         )
         if path.is_file()
@@ -208,10 +201,11 @@ def write_analysis(
     """Everything derived from runs.csv: the published comparison (for presets that have
     published numbers), the paired ranking (stats.rankings, computed unless given), the
     plots (unless draw_plots is False) and the report."""
-    from optbench import plots, published, report
+    from optbench.analysis import published
+    from optbench.report import plots, ranking, report
 
     written = published.write_comparison(out_dir, runs)
-    written += results.write_ranking(out_dir, runs, ranked=ranked)
+    written += ranking.write_ranking(out_dir, runs, ranked=ranked)
     if draw_plots:
         written += plots.plot_all(out_dir)
     written += report.write_report(out_dir)

@@ -29,15 +29,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from optbench.config import CONFIG_NAME, CONFIG_PACKAGE, ConfigError, ResourceError
-from optbench.files import check_writable
-from optbench.jobs import (
+from optbench.compose.jobs import (
     COMMANDS,
     Plans,
     check_command_line,
     job_key,
     make_plan,
 )
+from optbench.config.schema import CONFIG_NAME, CONFIG_PACKAGE
+from optbench.errors import ConfigError, ResourceError
+from optbench.files import check_writable
 
 USAGE = """\
 usage: optbench COMMAND [ARGS]     (optbench --version: optbench's and torch's versions)
@@ -141,8 +142,8 @@ class CombineMultirun(Callback):
     again writes them all afresh, so one stopped while combining is repaired."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from optbench import checksums, multirun, results
         from optbench.benchmark import write_analysis
+        from optbench.results import checksums, multirun, store
 
         sweep_dir = Path(config.hydra.sweep.dir)
         _drop_working_directory(sweep_dir / "multirun.yaml")
@@ -150,9 +151,9 @@ class CombineMultirun(Callback):
             combined = multirun.combine_jobs(sweep_dir)
             if combined is None:
                 return
-            results.write_results(sweep_dir, combined)
+            store.write_results(sweep_dir, combined)
             written = write_analysis(sweep_dir, combined)
-            checksums.write(sweep_dir, [sweep_dir / results.SUMMARY_CSV, *written])
+            checksums.write(sweep_dir, [sweep_dir / store.SUMMARY_CSV, *written])
         except ConfigError as error:  # e.g. one run in two job folders
             print(
                 f"optbench: error: the jobs' results cannot be combined: {error}", file=sys.stderr
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if command in COMMANDS and ("--help" in rest or "-h" in rest):
-            from optbench import helptext  # Hydra's help lists its internal groups too
+            from optbench import helptext
 
             print(helptext.text(command, rest), end="")
             return 0

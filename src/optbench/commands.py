@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from optbench.config import ConfigError
+from optbench.errors import ConfigError, ResultsError
 from optbench.files import check_writable
 
 EXIT_INCONSISTENT = 1  # `optbench compare A B`: B does not reproduce A
@@ -26,18 +26,18 @@ def _results_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _results_folder(options: argparse.Namespace):
     """(folder to write into, its runs): the one RESULTS_DIR, or several combined into --out."""
-    from optbench import results
+    from optbench.results import store
 
     dirs = options.results_dirs
     try:
         if len(dirs) == 1 and options.out is None:
-            return dirs[0], results.read_runs(dirs[0])
+            return dirs[0], store.read_runs(dirs[0])
         if options.out is None:
             raise ConfigError(f"Several folders ({', '.join(map(str, dirs))}) need --out DIR.")
-        runs = results.read_many(dirs, allow_mixed=options.allow_mixed)
+        runs = store.read_many(dirs, allow_mixed=options.allow_mixed)
         check_writable(options.out, way_out="--out DIR")
         _check_out_holds_no_other_results(options.out, runs)
-        results.write_results(options.out, runs)
+        store.write_results(options.out, runs)
         for line in _seeds_compared(runs):
             print(line)
         return options.out, runs
@@ -49,15 +49,13 @@ def _check_out_holds_no_other_results(out: Path, runs) -> None:
     """--out never writes over results: a folder that holds a job's results (its
     config.yaml) or other runs than these is refused. The same combination again, into the
     folder it made, is allowed: it rewrites what it wrote."""
-    from optbench import results
-    from optbench.provenance import CONFIG_YAML
+    from optbench.results import store
+    from optbench.results.provenance import CONFIG_YAML
 
-    existing = Path(out) / results.RUNS_CSV
+    existing = Path(out) / store.RUNS_CSV
     if (Path(out) / CONFIG_YAML).is_file():
         held = "a job's results (config.yaml)"
-    elif existing.is_file() and existing.read_text() != runs[results.RUN_COLUMNS].to_csv(
-        index=False
-    ):
+    elif existing.is_file() and existing.read_text() != runs[store.RUN_COLUMNS].to_csv(index=False):
         held = f"other runs ({existing})"
     else:
         return
@@ -71,7 +69,7 @@ def _check_out_holds_no_other_results(out: Path, runs) -> None:
 def _seeds_compared(runs) -> list[str]:
     """On screen, where an optimizer has seeds that the ranking leaves out (another
     optimizer lacks them, or they diverged): the ranking's own note of the seeds compared."""
-    from optbench import stats
+    from optbench.analysis import stats
 
     return [
         line
@@ -91,7 +89,8 @@ def plot(args: list[str]) -> int:
         help="what the curves are drawn against (repeatable; default: step)",
     )
     options = parser.parse_args(args)
-    from optbench import checksums, plots
+    from optbench.report import plots
+    from optbench.results import checksums
 
     folder, _ = _results_folder(options)
     written = []
@@ -113,8 +112,8 @@ def compare(args: list[str]) -> int:
     options = parser.parse_args(args)
     if len(options.results_dirs) == 2 and options.out is None:
         return _rerun_check(*options.results_dirs)
-    from optbench import checksums
     from optbench.benchmark import write_analysis
+    from optbench.results import checksums
 
     folder, runs = _results_folder(options)
     written = write_analysis(folder, runs, draw_plots=False)
@@ -126,10 +125,10 @@ def compare(args: list[str]) -> int:
 
 def _rerun_check(first: Path, second: Path) -> int:
     """Print whether `second` reproduces `first`; exit 1 when they are inconsistent."""
-    from optbench import rerun
+    from optbench.analysis import rerun
 
     try:
-        verdict = rerun.compare(first, second)
+        verdict = rerun_verdict(first, second)
     except FileNotFoundError as error:
         raise ConfigError(str(error)) from None
     print(rerun.report(first, second, verdict), end="")
@@ -138,28 +137,28 @@ def _rerun_check(first: Path, second: Path) -> int:
 
 
 def data(args: list[str]) -> int:
-    from optbench import preparation
+    from optbench.data import prepare
 
     parser = argparse.ArgumentParser(prog="optbench data", description="Manage datasets.")
     sub = parser.add_subparsers(dest="action", required=True)
-    prepare = sub.add_parser("prepare", help="put datasets on disk in torchvision's layout")
-    prepare.add_argument("names", nargs="+", metavar="NAME", help=", ".join(preparation.DATASETS))
-    prepare.add_argument(
+    command = sub.add_parser("prepare", help="put datasets on disk in torchvision's layout")
+    command.add_argument("names", nargs="+", metavar="NAME", help=", ".join(prepare.DATASETS))
+    command.add_argument(
         "--data-dir",
         type=Path,
         default=None,
         help="default: $OPTBENCH_DATA_DIR, else data/ of the checkout, else ./data",
     )
     options = parser.parse_args(args)
-    data_dir = preparation.resolve_data_dir(str(options.data_dir) if options.data_dir else None)
+    data_dir = prepare.resolve_data_dir(str(options.data_dir) if options.data_dir else None)
     for name in options.names:
-        preparation.prepare(name, data_dir)
+        prepare.prepare(name, data_dir)
         print(f"{name}: ready under {data_dir.resolve()}")
     return 0
 
 
 def optimizers(args: list[str]) -> int:
-    from optbench import catalog
+    from optbench.optimizers import catalog
 
     parser = argparse.ArgumentParser(
         prog="optbench optimizers",
@@ -185,3 +184,23 @@ def optimizers(args: list[str]) -> int:
     if problems:  # listed the rest; now the file to fix
         raise ConfigError(f"Not listed: {' '.join(problems)}")
     return 0
+
+
+def rerun_verdict(first_dir: Path, second_dir: Path):
+    """Does second_dir reproduce first_dir? Their runs read and checked to be of one
+    protocol (ResultsError naming the keys that differ, else), then analysis.rerun's
+    verdict."""
+    from optbench.analysis import rerun
+    from optbench.results import store
+    from optbench.results.provenance import differences
+
+    first, second = store.read_runs(first_dir), store.read_runs(second_dir)
+    if set(first["fingerprint"]) != set(second["fingerprint"]):
+        raise ResultsError(
+            f"{first_dir} and {second_dir} hold results of different protocols (fingerprints "
+            f"{', '.join(sorted(set(first['fingerprint'])))} and "
+            f"{', '.join(sorted(set(second['fingerprint'])))}; keys that differ: "
+            f"{differences(Path(first_dir), Path(second_dir))}): a rerun is the same protocol. "
+            "Compare two folders of one protocol."
+        )
+    return rerun.verdict(first, second, (str(first_dir), str(second_dir)))

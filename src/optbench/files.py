@@ -18,13 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from optbench.config import ConfigError, ResourceError
+from optbench.errors import ConfigError, ResourceError, ResultsError
 
 LOG = "optbench.log"  # written by Hydra while the job runs
-
-
-class ResultsError(ConfigError):
-    """A results folder that cannot be used as asked; the message says why and what to do."""
 
 
 def shown(path: Path) -> str:

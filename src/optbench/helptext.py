@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
-from optbench import catalog
-from optbench.config import CONFIG_NAME, CONFIG_PACKAGE
+from optbench.config.schema import CONFIG_NAME, CONFIG_PACKAGE
+from optbench.optimizers import catalog
 
 COMMANDS = {
     "run": "Train one optimizer (optimizer=NAME) over several seeds.",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optbench.config import ConfigError
+from optbench.errors import ConfigError
 
 
 class FFNN(nn.Module):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from optbench import preparation
-from optbench.config import fingerprint, hyperparameters, run_key, seed_list
+from optbench.config.schema import fingerprint, hyperparameters, run_key, seed_list
+from optbench.data import prepare
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Plan:
             threads=config["threads"],
             stack_runs=config["stack_runs"],
             allow_tf32=config["allow_tf32"],
-            data_dir=preparation.resolve_data_dir(config["data_dir"]),
+            data_dir=prepare.resolve_data_dir(config["data_dir"]),
             resume=config["resume"],
             tuning=config["tuning"],
             config=config,
@@ -135,4 +135,4 @@ class Plan:
         return [RunSpec(optimizer, seed) for optimizer in self.optimizers for seed in self.seeds]
 
     def schedule(self) -> Schedule:
-        return make_schedule(self.train, preparation.train_size(self.dataset))
+        return make_schedule(self.train, prepare.train_size(self.dataset))

@@ -21,18 +21,15 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from optbench import preparation, suite_report, targets
-from optbench.config import (
-    CONFIG_PACKAGE,
-    WHERE_AND_HOW,
-    ConfigError,
-    changes_protocol,
-    check_target,
-)
+from optbench.analysis import targets
+from optbench.analysis.targets import PROFILE_MEASURES
+from optbench.config.schema import CONFIG_PACKAGE, WHERE_AND_HOW, changes_protocol, check_target
+from optbench.data import prepare
+from optbench.errors import ConfigError
 from optbench.files import shown, write_csv
 from optbench.plan import Plan
-from optbench.suite_report import WORKLOADS_CSV
-from optbench.targets import PROFILE_MEASURES
+from optbench.report import suite_report
+from optbench.report.suite_report import WORKLOADS_CSV
 
 WORKLOADS = ("mnist_ffnn", "fashion_ffnn", "mnist_lenet", "fashion_lenet", "cifar10_lenet")
 # AlgoPerf's target-setting optimizers, as far as optbench has them.
@@ -157,7 +154,7 @@ def _choose_workloads(request: Request, given: str | None) -> None:
             f"Unknown workload {', '.join(unknown) or '(none given)'} in workloads={given}; "
             f"valid workloads: {', '.join(WORKLOADS)}."
         )
-    data_dir = preparation.resolve_data_dir(
+    data_dir = prepare.resolve_data_dir(
         next((a.split("=", 1)[1] for a in request.overrides if a.startswith("data_dir=")), None)
     )
     override = next(
@@ -180,14 +177,14 @@ def _why_not(name: str, command: str, data_dir: Path, target_override: str | Non
     """Why a workload cannot run now (one paragraph), or "" when it can: its data is not
     on disk and cannot be fetched, or (for a suite) it has no target."""
     dataset = dataset_of(name)
-    if dataset not in preparation.IDX_MD5 and not (data_dir / "cifar-10-batches-py").is_dir():
+    if dataset not in prepare.IDX_MD5 and not (data_dir / "cifar-10-batches-py").is_dir():
         return (  # no offline source: a download attempt would only wait for the network
             f"{dataset} is not on disk under {shown(data_dir)} and has no offline source; on a "
             f"machine with a network, `optbench data prepare {dataset}` downloads it (its "
             "message names the archive to copy in by hand otherwise)."
         )
     try:
-        preparation.prepare(dataset, data_dir)
+        prepare.prepare(dataset, data_dir)
     except ConfigError as error:
         return str(error)
     target = preset(name).target.test_accuracy
@@ -257,7 +254,7 @@ def finish(request: Request) -> list[str]:
     """After the jobs: a suite's own files (suite_report.py), or for `targets` each
     workload's target written into its preset. Returns what to tell the user."""
     from optbench import __version__
-    from optbench.config import git_revision
+    from optbench.config.schema import git_revision
 
     if request.command == "suite":
         written = suite_report.write(request.folder, request.measure)

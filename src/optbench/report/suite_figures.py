@@ -1,0 +1,142 @@
+"""The suite's figures: performance profiles, the IQM of normalised scores, the probability
+of improvement and the critical-difference diagram, drawn from what analysis computed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from optbench.analysis.aggregates import ALPHA
+
+
+def plot_profile(rho: pd.DataFrame, measure: str, n_workloads: int, path: Path) -> Path:
+    """performance_profile_<measure>.png: see profile_figure."""
+    from optbench.report.figures import save
+
+    return save(profile_figure(rho, measure, n_workloads), path)
+
+
+def shared_profiles(rho: pd.DataFrame) -> list[list[str]]:
+    """The optimizers grouped by identical profiles (often several never reach the target
+    within TAU_MAX, all at 0), in the order of their first member."""
+    groups: dict[tuple, list[str]] = {}
+    for name in rho.columns:
+        groups.setdefault(tuple(rho[name].to_numpy()), []).append(name)
+    return list(groups.values())
+
+
+def profile_figure(rho: pd.DataFrame, measure: str, n_workloads: int):
+    """One line per distinct profile, its legend entry naming every optimizer that has
+    it, and each line its own colour, style and markers, placed apart along the line so
+    that lines sharing a stretch stay told apart."""
+    import textwrap
+
+    from optbench.report.figures import plt, styles
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    groups = shared_profiles(rho)
+    labels = [textwrap.fill(", ".join(names), 32) for names in groups]
+    look = styles(labels)
+    for k, (names, label) in enumerate(zip(groups, labels, strict=True)):
+        every = (k * 7 % 40, 40)  # markers every 40 taus, started apart for each line
+        shared = f"\n(the same profile: {len(names)} optimizers)" if len(names) > 1 else ""
+        ax.step(
+            rho.index,
+            rho[names[0]],
+            where="post",
+            linewidth=1.8,
+            markersize=5,
+            markevery=every,
+            label=label + shared,
+            **look[label],
+        )
+    ax.set_xscale("log")
+    ticks = [1, 1.5, 2, 3, 4]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlim(1, rho.index.max())
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"τ: time to target ({measure}) within τ × the fastest optimizer's")
+    ax.set_ylabel(f"ρ(τ): fraction of the {n_workloads} workloads")
+    ax.set_title(f"Performance profiles ({measure} to the target; median over seeds)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(
+        title="optimizer (one line per distinct profile)",
+        fontsize=8,
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
+    return fig
+
+
+def plot_critical_difference(result: dict, path: Path) -> Path | None:
+    """The critical-difference diagram: average ranks on an axis, bars joining the
+    optimizers the Nemenyi test does not tell apart at ALPHA."""
+    if "nemenyi" not in result:
+        return None
+    import scikit_posthocs
+    from matplotlib.colors import to_hex
+
+    from optbench.report.figures import colors, plt, save
+
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(result["average"]) + 1.5))
+    names = list(result["nemenyi"].columns)  # the suite's order: each its colour elsewhere
+    scikit_posthocs.critical_difference_diagram(
+        result["average"],
+        result["nemenyi"],
+        ax=ax,
+        color_palette={name: to_hex(color) for name, color in colors(names).items()},
+        label_fmt_left="{label} ({rank:.1f})",  # .2g, the default, writes rank 10 as 1e+01
+        label_fmt_right="({rank:.1f}) {label}",
+    )
+    ax.set_title(
+        f"Average rank over {result['blocks']} blocks (workload × seed); bars: no significant "
+        f"difference (Nemenyi, α = {ALPHA}); Friedman p = {result['friedman_p']:.2g}",
+        fontsize=9,
+        pad=24,  # above the rank axis's numbers, drawn on the top edge
+    )
+    return save(fig, path)
+
+
+def plot_iqm(table: pd.DataFrame, path: Path) -> Path:
+    from optbench.report.figures import plt, save
+
+    table = table.iloc[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(table) + 1.5))
+    error = [table["iqm"] - table["iqm_low"], table["iqm_high"] - table["iqm"]]
+    ax.errorbar(table["iqm"], table["optimizer"], xerr=np.nan_to_num(error), fmt="o", capsize=3)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("IQM of normalised final accuracy (0: chance, 1: the target), 95% CI")
+    ax.grid(True, axis="x", alpha=0.3)
+    return save(fig, path)
+
+
+def plot_probability(probability: pd.DataFrame, path: Path) -> Path:
+    """probability_of_improvement.png: see probability_figure."""
+    from optbench.report.figures import save
+
+    return save(probability_figure(probability), path)
+
+
+def probability_figure(probability: pd.DataFrame):
+    """P(row beats column) as a heatmap, each cell's number in black or white, whichever
+    reads better on the cell's colour."""
+    from optbench.report.figures import plt, text_color_on
+
+    order = list(dict.fromkeys(probability["optimizer"]))
+    matrix = probability.pivot(index="optimizer", columns="other", values="probability")
+    matrix = matrix.reindex(index=order, columns=order)
+    fig, ax = plt.subplots(figsize=(0.6 * len(order) + 3, 0.5 * len(order) + 2))
+    image = ax.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="RdBu")
+    ax.set_xticks(range(len(order)), order, rotation=45, ha="right")
+    ax.set_yticks(range(len(order)), order)
+    for i, row in enumerate(matrix.to_numpy(dtype=float)):
+        for j, value in enumerate(row):
+            if value == value:  # not NaN (the diagonal)
+                color = text_color_on(image.cmap(image.norm(value)))
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax, label="P(row beats column)")
+    ax.set_title("Probability of improvement, averaged over workloads", fontsize=10)
+    return fig

@@ -1,0 +1,272 @@
+"""A suite's own files, from its workloads' runs.csv and workloads.csv alone:
+
+time_to_target_runs.csv   every run: reached the target?, when (steps, epochs, gradient
+                          evaluations, seconds; inf when never), final accuracy
+time_to_target.csv        every workload and optimizer: seeds that reached it, the
+                          median time with its distribution-free interval
+performance_ratios.csv    every measure, workload and optimizer: median time / the best's
+profile_scores.csv        every measure and optimizer: the area under its profile
+performance_profile_<measure>.png
+iqm.csv, iqm.png          interquartile mean of normalised final accuracy, 95% CI
+probability_of_improvement.csv, .png
+average_ranks.csv, nemenyi.csv, critical_difference.png
+suite.md, suite.html      the report: everything above, linking each workload's report
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from optbench.analysis import aggregates, profiles, targets
+from optbench.analysis.targets import PROFILE_MEASURES
+from optbench.errors import ResultsError
+from optbench.files import write_csv
+from optbench.labels import counted
+from optbench.report import suite_figures
+from optbench.report.report import render
+from optbench.results.store import read_runs
+
+WORKLOADS_CSV = "workloads.csv"  # written by suite.record_workloads, read by analyse
+
+
+def workload_runs(folder: Path, workload) -> pd.DataFrame:
+    """The runs a suite asked of one workload (its optimizers and seeds in workloads.csv),
+    from <folder>/<workload>/runs.csv; several settings of one optimizer are refused."""
+    try:
+        runs = read_runs(Path(folder) / workload.workload)
+    except FileNotFoundError as error:
+        raise ResultsError(
+            f"{error} Run the same command again to train the workload's runs."
+        ) from None
+    names, seeds = str(workload.optimizers).split(), [int(s) for s in str(workload.seeds).split()]
+    runs = runs[runs["optimizer"].isin(names) & runs["seed"].isin(seeds)]
+    settings = runs.groupby("optimizer")["hyperparameters"].nunique()
+    if (settings > 1).any():
+        raise ResultsError(
+            f"{Path(folder) / workload.workload} holds {settings.max()} settings of "
+            f"{settings.idxmax()}; a suite compares one setting per optimizer. Move the "
+            "folder aside, or run the suite with resume=false."
+        )
+    missing = sorted(set(names) - set(runs["optimizer"]))
+    if missing:
+        raise ResultsError(
+            f"{Path(folder) / workload.workload} has no runs of {', '.join(missing)}: run the "
+            "same suite command again to train them."
+        )
+    return runs
+
+
+def analyse(folder: Path) -> dict:
+    """Every table of the suite's files, as DataFrames (and the ranks' results)."""
+    workloads = pd.read_csv(Path(folder) / WORKLOADS_CSV)
+    ran = workloads[workloads["status"] == "ran"]
+    times = pd.concat(
+        [
+            targets.run_times(workload_runs(folder, w), w.target).assign(workload=w.workload)
+            for w in ran.itertuples()
+        ],
+        ignore_index=True,
+    )
+    per_optimizer = pd.concat(
+        [
+            targets.optimizer_times(t).assign(workload=w)
+            for w, t in times.groupby("workload", sort=False)
+        ],
+        ignore_index=True,
+    )
+    names = list(times["optimizer"].unique())
+    ratio_tables, ratio_rows, score_rows = {}, [], []
+    for measure in PROFILE_MEASURES:
+        medians = per_optimizer.pivot(
+            index="workload", columns="optimizer", values=f"{measure}_median"
+        )[names]
+        ratio = ratio_tables[measure] = profiles.ratios(medians)
+        long = ratio.stack().rename("ratio").reset_index()
+        ratio_rows.append(long.assign(measure=measure, median=medians.stack().to_numpy()))
+        score = profiles.score(ratio)
+        score_rows.append(score.rename_axis("optimizer").reset_index().assign(measure=measure))
+    by_workload = ran.set_index("workload")
+    scores = aggregates.normalised_scores(
+        times, by_workload["target"].to_dict(), by_workload["chance"].to_dict()
+    )
+    return {
+        "workloads": workloads,
+        "times": times,
+        "per_optimizer": per_optimizer,
+        "ratio_tables": ratio_tables,  # measure -> workloads x optimizers
+        "ratios": pd.concat(ratio_rows, ignore_index=True),
+        "profile_scores": pd.concat(score_rows, ignore_index=True),
+        "iqm": aggregates.iqm_table(scores),
+        "probability": aggregates.probability_of_improvement(scores),
+        "ranks": aggregates.ranks(scores),
+    }
+
+
+def write(folder: Path, measure: str = "steps") -> list[Path]:
+    """Write every file of the suite into folder; return their paths."""
+    folder = Path(folder)
+    t = analyse(folder)
+    written = []
+    for name, table in (
+        ("time_to_target_runs", t["times"]),
+        ("time_to_target", t["per_optimizer"]),
+        ("performance_ratios", t["ratios"]),
+        ("profile_scores", t["profile_scores"]),
+        ("iqm", t["iqm"]),
+        ("probability_of_improvement", t["probability"]),
+        ("average_ranks", t["ranks"]["average"].rename_axis("optimizer").reset_index()),
+    ):
+        write_csv(table, folder / f"{name}.csv")
+        written.append(folder / f"{name}.csv")
+    if "nemenyi" in t["ranks"]:
+        write_csv(
+            t["ranks"]["nemenyi"].rename_axis("optimizer").reset_index(), folder / "nemenyi.csv"
+        )
+        written.append(folder / "nemenyi.csv")
+    n_workloads = t["times"]["workload"].nunique()
+    for m, ratio in t["ratio_tables"].items():
+        path = folder / f"performance_profile_{m}.png"
+        written.append(suite_figures.plot_profile(profiles.profile(ratio), m, n_workloads, path))
+    written.append(suite_figures.plot_iqm(t["iqm"], folder / "iqm.png"))
+    written.append(
+        suite_figures.plot_probability(t["probability"], folder / "probability_of_improvement.png")
+    )
+    diagram = suite_figures.plot_critical_difference(t["ranks"], folder / "critical_difference.png")
+    written += [diagram] if diagram else []
+    title, parts = sections(t, measure)
+    return written + render(folder, "suite", title, parts)
+
+
+# ---------------------------------------------------------------------------------------
+# The report
+
+
+def _time(value: float, measure: str) -> str:
+    if value == float("inf"):
+        return "never"
+    return f"{value:.1f}" if measure == "seconds" else f"{value:g}"
+
+
+def unreached(per_optimizer: pd.DataFrame) -> list[str]:
+    """The workloads on which no run of any optimizer reached the target."""
+    reached = per_optimizer.groupby("workload", sort=False)["reached"].sum()
+    return list(reached[reached == 0].index)
+
+
+def _scores_table(t: dict, measure: str) -> pd.DataFrame:
+    wide = t["profile_scores"].pivot(index="optimizer", columns="measure", values="profile_score")
+    wide = wide[list(PROFILE_MEASURES)].sort_values(measure, ascending=False)
+    iqm = t["iqm"].set_index("optimizer")
+    ranks = t["ranks"]["average"]
+    return pd.DataFrame(
+        {
+            "optimizer": wide.index,
+            **{f"profile score ({m})": wide[m].round(3).to_numpy() for m in PROFILE_MEASURES},
+            "IQM [95% CI]": [
+                f"{r.iqm:.3f} [{r.iqm_low:.3f}, {r.iqm_high:.3f}]"
+                for r in iqm.loc[wide.index].itertuples()
+            ],
+            "average rank": [round(float(ranks[o]), 2) for o in wide.index],
+        }
+    )
+
+
+def _workload_table(per_optimizer: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "optimizer": per_optimizer["optimizer"],
+            "final accuracy (median of the runs that did not diverge)": per_optimizer[
+                "final_test_accuracy_median"
+            ].round(4),
+            "reached": [f"{r.reached}/{r.seeds}" for r in per_optimizer.itertuples()],
+            **{
+                f"{m} to target: median [interval]": [
+                    f"{_time(getattr(r, m + '_median'), m)} "
+                    f"[{_time(getattr(r, m + '_low'), m)}, {_time(getattr(r, m + '_high'), m)}]"
+                    for r in per_optimizer.itertuples()
+                ]
+                for m in ("steps", "epochs", "seconds")
+            },
+        }
+    )
+
+
+def _probability_table(probability: pd.DataFrame) -> pd.DataFrame:
+    cells = probability.assign(
+        cell=[f"{r.probability:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in probability.itertuples()]
+    )
+    wide = cells.pivot(index="optimizer", columns="other", values="cell").fillna("—")
+    order = list(dict.fromkeys(probability["optimizer"]))
+    return wide.loc[order, order].rename_axis(None, axis=1).reset_index()
+
+
+def _what_ran(t: dict) -> list:
+    workloads = t["workloads"]
+    ran = workloads[workloads["status"] == "ran"]
+    what = "Workloads and targets: " + "; ".join(
+        f"{w.workload} ({w.dataset}, {w.model}, target {w.target:.4f})" for w in ran.itertuples()
+    )
+    left = workloads[workloads["status"] != "ran"]
+    what += "." + "".join(f" {w.workload}: {w.status}" for w in left.itertuples())
+    parts = [("What ran", "text", what)]
+    missed = unreached(t["per_optimizer"])
+    if missed:
+        text = (
+            f"No run of any optimizer reached the target on {', '.join(missed)}: every "
+            "optimizer's time there is infinite, and the profiles count the workload as lost "
+            "for all of them."
+        )
+        parts.append(("Targets nobody reached", "text", text))
+    return parts
+
+
+def _aggregate_parts(t: dict) -> list:
+    ranks = t["ranks"]
+    rank_text = (
+        f"Ranked within {ranks['blocks']} blocks (workload × seed); Friedman p = "
+        f"{ranks['friedman_p']:.3g}; critical difference (Nemenyi, α = {aggregates.ALPHA}) = "
+        f"{ranks['critical_difference']:.2f} ranks. The seeds of one workload are not "
+        "independent datasets as Demšar's tests assume, so with few workloads read the "
+        "p-values and the diagram as optimistic."
+    )
+    parts = [
+        ("IQM of normalised final accuracy (0: chance, 1: the target), 95% CI", "image", "iqm.png"),
+        (
+            "Probability of improvement: P(row beats column), 95% stratified bootstrap CI",
+            "table",
+            _probability_table(t["probability"]),
+        ),
+        ("Probability of improvement", "image", "probability_of_improvement.png"),
+        ("Average ranks", "text", rank_text),
+    ]
+    if "nemenyi" in ranks:
+        parts.append(("Critical-difference diagram", "image", "critical_difference.png"))
+    return parts
+
+
+def sections(t: dict, measure: str) -> tuple[str, list]:
+    """The suite report's title and sections (report.render's kinds)."""
+    times, workloads = t["times"], t["workloads"]
+    ran = workloads[workloads["status"] == "ran"]
+    title = (
+        f"optbench suite: {counted(len(ran), 'workload')} × "
+        f"{counted(times['optimizer'].nunique(), 'optimizer')} × "
+        f"{counted(times['seed'].nunique(), 'seed')}"
+    )
+    parts = _what_ran(t)
+    parts.append(
+        (f"Who reaches the targets first (time in {measure})", "table", _scores_table(t, measure))
+    )
+    parts.append(
+        (f"Performance profiles ({measure})", "image", f"performance_profile_{measure}.png")
+    )
+    parts += _aggregate_parts(t)
+    for w in ran.itertuples():
+        mine = t["per_optimizer"][t["per_optimizer"]["workload"] == w.workload]
+        heading = f"{w.workload}: {w.dataset}, {w.model}, target {w.target:.4f}"
+        parts.append((heading, "table", _workload_table(mine)))
+    links = [(w, f"{w}/report.html") for w in ran["workload"]]
+    parts.append(("Each workload's own report", "links", links))
+    return title, parts

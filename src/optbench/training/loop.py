@@ -1,0 +1,346 @@
+"""The training engine: every (optimizer, seed) run of a job advances in one step loop.
+
+On the CPU every run is a RunTrainer (unless stack_runs=always): its own model, computed
+with its own tensors through single-threaded kernels, the runs spread over worker threads
+(workers.Workers); the runs of one element-wise optimizer share one optimizer call
+(trainers.OptimizerGroup). So a run gives the same numbers bit for bit whatever trains
+beside it and whatever the number of threads, by how the computation is laid out. On a GPU
+the runs of element-wise optimizers train as one batched model (stack.StackTrainer), which
+agrees with a lone run to float rounding.
+
+A run's randomness comes from its seed alone: the initial weights from one stream, the
+order of the mini-batches from another. So a seed gives the same run whatever other seeds
+or optimizers train beside it, and two optimizers with the same seed start from the same
+weights and see the same batches (their comparison is paired).
+
+Evaluation points produce one flat row per run (a dict); `train` returns them as a DataFrame.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from optbench.data import in_memory
+from optbench.errors import ConfigError
+from optbench.labels import counted
+from optbench.optimizers import build
+from optbench.plan import OptimizerSpec, Plan, RunSpec, Schedule
+from optbench.training import checkpoints, lr_schedules
+from optbench.training.stack import StackTrainer
+from optbench.training.trainers import OptimizerGroup, RunTrainer, rows_by_optimizer, stream_seed
+from optbench.training.workers import Workers
+
+log = logging.getLogger("optbench")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda but PyTorch sees no CUDA device on this machine; valid choices: "
+            "auto (CUDA when present, else CPU), cpu, cuda."
+        )
+    return torch.device(device)
+
+
+class DataOrder:
+    """One seed's mini-batch order: a fresh shuffle each epoch, as DataLoader(shuffle=True).
+
+    Every run with this seed, whatever its optimizer, sees these batches (paired runs)."""
+
+    def __init__(self, seed: int, n_train: int, batch_size: int, device: torch.device):
+        self.generator = torch.Generator().manual_seed(stream_seed(seed, "data_order"))
+        self.n_train, self.batch_size, self.device = n_train, batch_size, device
+        self.batches: list[torch.Tensor] = []  # the rest of this epoch's batches
+
+    def next_batch(self) -> torch.Tensor | None:
+        """Indices of the next mini-batch; None for full-batch training (the whole set)."""
+        if self.batch_size == self.n_train:
+            return None
+        if not self.batches:
+            order = torch.randperm(self.n_train, generator=self.generator).to(self.device)
+            self.batches = list(order.split(self.batch_size))[::-1]
+        return self.batches.pop()
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "batches": self.batches}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])  # a CPU ByteTensor: checkpoints.load
+        self.batches = [batch.to(self.device) for batch in state["batches"]]
+
+
+# ---------------------------------------------------------------------------------------
+# How a job's runs are laid out
+
+
+def should_stack(plan: Plan, spec: OptimizerSpec, device: torch.device) -> bool:
+    """Whether an optimizer's runs train in a StackTrainer (one batched model).
+
+    stack_runs=auto stacks the element-wise optimizers' runs on a GPU, where one batched
+    model keeps it busy; on the CPU every run trains in a RunTrainer, bit for bit the same
+    whatever trains beside it (see workers.Workers)."""
+    if plan.stack_runs == "never" or not in_group(plan, spec):
+        return False
+    return plan.stack_runs == "always" or device.type == "cuda"
+
+
+def in_group(plan: Plan, spec: OptimizerSpec) -> bool:
+    """Whether an optimizer's runs share one optimizer call (an OptimizerGroup, or the
+    optimizers of a stack): element-wise ones, but not on EmbeddingBag's sparse gradients."""
+    return spec.elementwise and not plan.model.get("sparse_input", False)
+
+
+def worker_count(plan: Plan, device: torch.device) -> int:
+    """Threads that train runs side by side: `threads`, else torch's default (the physical
+    cores); one on a GPU."""
+    if device.type == "cuda":
+        return 1
+    return plan.threads if plan.threads is not None else torch.get_num_threads()
+
+
+def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
+    """What decides a job's last digits besides its config, for config.yaml: the device,
+    torch's CPU capability (the vector instructions its kernels use), the worker threads
+    and the threads per kernel, which kernel updates each optimizer's tensors, and on a GPU
+    its name, the CUDA and cuDNN versions and cuDNN's settings."""
+    device = resolve_device(plan.device)
+    kernels = {
+        spec.name: build.implementation(spec.config, device.type)
+        if in_group(plan, spec)
+        else "default"
+        for spec in specs
+    }
+    return {
+        "device": device.type,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "worker_threads": worker_count(plan, device),
+        "threads_per_kernel": 1 if device.type == "cpu" else None,
+        "optimizer_kernels": kernels,
+        **gpu_provenance(device),
+    }
+
+
+def cudnn_settings(device: torch.device) -> dict:
+    """cuDNN's settings for a job on the device: on CUDA, deterministic convolution
+    algorithms and no autotuning (benchmark mode picks the fastest algorithm by timing, so
+    a resumed LeNet job could pick another than the uninterrupted one); none on the CPU."""
+    return {"deterministic": True, "benchmark": False} if device.type == "cuda" else {}
+
+
+def gpu_provenance(device: torch.device) -> dict:
+    """For config.yaml, on CUDA only: the GPU's name (in place of the CPU's), the CUDA and
+    cuDNN versions torch runs with, and cuDNN's settings (cudnn_settings)."""
+    if device.type != "cuda":
+        return {}
+    settings = {f"cudnn_{name}": value for name, value in cudnn_settings(device).items()}
+    return {
+        "device_name": torch.cuda.get_device_name(device),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version(),
+        **settings,
+    }
+
+
+def build_trainers(
+    plan: Plan, runs: list[RunSpec], device: torch.device
+) -> tuple[list, list[OptimizerGroup]]:
+    """The trainers of a job's runs: one StackTrainer of the stacked runs, a RunTrainer per
+    other run; and the OptimizerGroups of the RunTrainers that share an optimizer."""
+    stacked = [run for run in runs if should_stack(plan, run.optimizer, device)]
+    alone = [run for run in runs if not should_stack(plan, run.optimizer, device)]
+    trainers: list = [StackTrainer(stacked, plan.model, plan.dataset, device)] if stacked else []
+    groups = []
+    for spec, rows in rows_by_optimizer(alone).items():
+        grouped = in_group(plan, spec)
+        its_trainers = [
+            RunTrainer(alone[r], plan.model, plan.dataset, device, own_optimizer=not grouped)
+            for r in rows
+        ]
+        trainers += its_trainers
+        if grouped:
+            groups.append(OptimizerGroup(spec, its_trainers))
+    return trainers, groups
+
+
+class Job:
+    """A job's trainers, optimizer groups and data orders: what a checkpoint saves."""
+
+    def __init__(
+        self, plan: Plan, runs: list[RunSpec], batch_size: int, n_train: int, device: torch.device
+    ):
+        self.runs = runs
+        self.position = {run: i for i, run in enumerate(runs)}  # rows in the order of runs
+        if len(self.position) != len(runs):
+            raise ValueError("a run appears twice in the runs to train")
+        self.trainers, self.groups = build_trainers(plan, runs, device)
+        # each setting's schedule (the plan's, or a tuning trial's own warmup), and the
+        # optimizers whose lr a schedule changes (none when every schedule is constant)
+        specs = dict.fromkeys(run.optimizer for run in runs)
+        self.schedules = {spec: lr_schedules.of_setting(plan.lr_schedule, spec) for spec in specs}
+        self.scheduled = []
+        if not all(lr_schedules.is_constant(schedule) for schedule in self.schedules.values()):
+            self.scheduled = [pair for t in self.trainers for pair in t.optimizers_and_specs()]
+            self.scheduled += [(group.optimizer, group.spec) for group in self.groups]
+        seeds = sorted({run.seed for run in runs})
+        self.orders = {seed: DataOrder(seed, n_train, batch_size, device) for seed in seeds}
+        self.identity = {  # a checkpoint is resumed only by the job that wrote it
+            "format": checkpoints.FORMAT,
+            "fingerprint": plan.fingerprint,
+            "runs": [run.key for run in runs],
+            "trainers": [(type(t).__name__, len(t.runs)) for t in self.trainers],
+            "groups": [len(group.trainers) for group in self.groups],
+        }
+
+    def lr_multiples(self, step: int, total_steps: int) -> dict:
+        """Each optimizer setting's schedule factor at the step-th update (0-based); where
+        a schedule changes anything, every optimizer's lr is set to it."""
+        multiples = {
+            spec: lr_schedules.factor(schedule, step, total_steps)
+            for spec, schedule in self.schedules.items()
+        }
+        if self.scheduled:
+            lr_schedules.set_lr([(o, multiples[spec]) for o, spec in self.scheduled])
+        return multiples
+
+    def evaluation_rows(self, step: int, tensors, test_batch_size: int, workers: Workers):
+        """Every run's row at this evaluation step, in the order of the job's runs."""
+        tasks = [partial(t.evaluation_rows, step, tensors, test_batch_size) for t in self.trainers]
+        evaluated = [{}] * len(self.runs)
+        for trainer, its_rows in zip(self.trainers, workers.map(tasks), strict=True):
+            for run, row in zip(trainer.runs, its_rows, strict=True):
+                evaluated[self.position[run]] = row
+        return evaluated
+
+    def state_dict(self, step: int, rows: list[dict]) -> dict:
+        return {
+            "job": self.identity,
+            "step": step,
+            "rows": rows,
+            "trainers": [trainer.state_dict() for trainer in self.trainers],
+            "groups": [group.optimizer.state_dict() for group in self.groups],
+            "orders": {seed: order.state_dict() for seed, order in self.orders.items()},
+        }
+
+    def resume(self, checkpoint: Path | None) -> tuple[list[dict], int]:
+        """The rows and the step of the checkpoint this same job left, its state loaded
+        (from the CPU: each trainer, optimizer and data order moves its tensors to the
+        job's device); no rows and step 0 when there is none."""
+        state = checkpoints.load(checkpoint) if checkpoint is not None else None
+        if state is None:
+            return [], 0
+        if state["job"] != self.identity:
+            log.info(
+                "%s belongs to another job (or an earlier optbench); training from the start",
+                checkpoint.name,
+            )
+            return [], 0
+        for trainer, trainer_state in zip(self.trainers, state["trainers"], strict=True):
+            trainer.load_state_dict(trainer_state)
+        for group, group_state in zip(self.groups, state["groups"], strict=True):
+            group.optimizer.load_state_dict(group_state)
+        for seed, order in self.orders.items():
+            order.load_state_dict(state["orders"][seed])
+        log.info("Resuming from %s at step %d", checkpoint.name, state["step"])
+        return state["rows"], state["step"]
+
+
+# ---------------------------------------------------------------------------------------
+# The step loop
+
+
+def train(
+    plan: Plan,
+    runs: list[RunSpec] | None = None,
+    progress: bool = True,
+    checkpoint: Path | None = None,
+) -> pd.DataFrame:
+    """Train the plan's runs (or the given ones); one row per run and evaluation point.
+
+    Columns: experiment, dataset, model, fingerprint, optimizer, lr, hyperparameters, seed,
+    step, epoch, current_lr (the lr of the step's update: lr x the schedule's factor),
+    train_loss (mean mini-batch loss since the previous evaluation),
+    last_batch_loss, test_loss, test_accuracy (fraction in [0, 1]), grad_evals (forward +
+    backward passes so far), wall_s (seconds of this run's training so far, evaluation
+    excluded; a stacked run's share of its stack's time), diverged.
+
+    With `checkpoint`, the whole training state is saved there (atomically) at every
+    evaluation point, and a checkpoint left there by this same job is resumed from: the rows
+    come out as if never stopped.
+    """
+    runs = plan.runs if runs is None else runs
+    device = resolve_device(plan.device)
+    torch.backends.cuda.matmul.allow_tf32 = plan.allow_tf32  # torch's default: off
+    torch.backends.cudnn.allow_tf32 = plan.allow_tf32  # torch's default: on
+    for name, value in cudnn_settings(device).items():
+        setattr(torch.backends.cudnn, name, value)
+    schedule = plan.schedule()
+    context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
+    context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
+    eval_steps = set(schedule.eval_steps)
+    with Workers(worker_count(plan, device), device) as workers:
+        tensors = in_memory.load(plan.dataset, plan.data_dir, device)
+        job = Job(plan, runs, schedule.batch_size, len(tensors.train_x), device)
+        rows, done_steps = job.resume(checkpoint)
+        bar = progress_bar(len(runs), schedule, done_steps, progress)
+        log.debug("training starts at step %d", done_steps + 1)  # scripts/bench.py's start-up
+        for step in range(done_steps + 1, schedule.total_steps + 1):
+            multiples = job.lr_multiples(step - 1, schedule.total_steps)
+            batches = {seed: order.next_batch() for seed, order in job.orders.items()}
+            workers.map([partial(trainer.step, tensors, batches) for trainer in job.trainers])
+            workers.map([group.step for group in job.groups])
+            bar.update(len(runs))
+            if step not in eval_steps:
+                continue
+            evaluated = job.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
+            epoch = step / schedule.steps_per_epoch
+            for run, row in zip(job.runs, evaluated, strict=True):  # current_lr: this update's
+                current_lr = row["lr"] * multiples[run.optimizer]
+                rows.append({**context, **row, "epoch": epoch, "current_lr": current_lr})
+            if checkpoint is not None:
+                checkpoints.save(checkpoint, job.state_dict(step, rows))
+            report_progress(bar, evaluated, step, schedule.total_steps)
+        bar.close()
+    return pd.DataFrame(rows)
+
+
+def progress_bar(n_runs: int, schedule: Schedule, done_steps: int, enabled: bool) -> tqdm:
+    """A bar of every run's steps; none when output is not a terminal, or not enabled."""
+    return tqdm(
+        total=schedule.total_steps * n_runs,
+        initial=done_steps * n_runs,
+        desc=counted(n_runs, "run"),
+        unit="step",
+        disable=None if enabled else True,  # None: no bar when output is not a terminal
+        dynamic_ncols=True,
+        # the accuracy first (in desc), so a narrow terminal still shows it
+        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+    )
+
+
+def report_progress(bar: tqdm, evaluated: list[dict], step: int, total_steps: int) -> None:
+    """The mean test accuracy of the healthy runs, in the bar, else in the log."""
+    healthy = [row["test_accuracy"] for row in evaluated if not row["diverged"]]
+    # "—" once every run has diverged: no accuracy to average
+    accuracy = f"{sum(healthy) / len(healthy):.4f}" if healthy else "—"
+    diverged = len(evaluated) - len(healthy)
+    bar.set_description_str(
+        f"{counted(len(evaluated), 'run')}, accuracy {accuracy}, {diverged} diverged",
+        refresh=False,
+    )
+    if bar.disable:  # no progress bar (output is not a terminal): one log line instead
+        log.info(
+            "step %d/%d: mean test accuracy %s over %s (%d diverged)",
+            step,
+            total_steps,
+            accuracy,
+            counted(len(healthy), "run"),
+            diverged,
+        )
