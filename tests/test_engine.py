@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from optbench import models
 from optbench.data.in_memory import DatasetTensors, load
 from optbench.optimizers import registry
-from optbench.plan import OptimizerSpec, make_schedule
+from optbench.plan import OptimizerSpec, make_step_plan
 from optbench.training import checkpoints, loop, stack, trainers
 from optbench.training.trainers import has_diverged, stream_seed
 
@@ -47,7 +47,7 @@ def without_time(runs: pd.DataFrame) -> pd.DataFrame:
         ({"batch_size": "full", "epochs": 3}, 1000, (1000, 1, 3, [1, 2, 3])),
     ],
 )
-def test_schedule_by_hand(train, n_train, expected):
+def test_step_plan_by_hand(train, n_train, expected):
     defaults = {
         "batch_size": 64,
         "epochs": 1,
@@ -55,12 +55,12 @@ def test_schedule_by_hand(train, n_train, expected):
         "eval_every": None,
         "test_batch_size": 1000,
     }
-    schedule = make_schedule(defaults | train, n_train)
+    step_plan = make_step_plan(defaults | train, n_train)
     assert (
-        schedule.batch_size,
-        schedule.steps_per_epoch,
-        schedule.total_steps,
-        schedule.eval_steps,
+        step_plan.batch_size,
+        step_plan.steps_per_epoch,
+        step_plan.total_steps,
+        step_plan.eval_steps,
     ) == expected
 
 
@@ -322,9 +322,9 @@ def test_engine_equals_a_hand_written_sgd_loop(data_dir, device, schedule):
     def logits(x):
         return F.linear(F.relu(F.linear(x.flatten(1), w1, b1)), w2, b2)
 
-    schedule = plan.schedule()
+    step_plan = plan.step_plan()
     batches, losses, expected = [], [], []
-    for step in range(1, schedule.total_steps + 1):
+    for step in range(1, step_plan.total_steps + 1):
         if not batches:
             batches = list(torch.randperm(n, generator=order).split(64))
         index = batches.pop(0)
@@ -334,7 +334,7 @@ def test_engine_equals_a_hand_written_sgd_loop(data_dir, device, schedule):
             for p, g in zip((w1, b1, w2, b2), grads, strict=True):
                 p -= lr * decay ** ((step - 1) // 10) * g
         losses.append(loss.item())
-        if step in schedule.eval_steps:
+        if step in step_plan.eval_steps:
             with torch.no_grad():
                 out = logits(tensors.test_x)
                 expected.append(

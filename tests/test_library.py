@@ -53,11 +53,11 @@ def settings(names: list[str], plan) -> list[OptimizerSpec]:
     Hydra (a tenth of a second each): test_the_generated_configs... shows the files Hydra
     reads are these configs, and test_composed_settings... that composing gives the same."""
     model = models.build_model(plan.model, plan.dataset, seed=0)
-    schedule = plan.schedule()
+    step_plan = plan.step_plan()
     result = []
     for name in names:
         config = OmegaConf.create(CONFIGS[name])
-        build.fill_from_protocol(config, schedule.total_steps)
+        build.fill_from_protocol(config, step_plan.total_steps)
         optimizer_checks.check_optimizer_config(config, model)
         result.append(OptimizerSpec.of(config))
     return result

@@ -41,10 +41,10 @@ def test_every_preset_matches_the_reference_protocol(experiment):
     model, model_keys = reference["model"]
     assert plan.model["name"] == model
     assert {key: plan.model[key] for key in model_keys} == model_keys
-    schedule = plan.schedule()
-    assert schedule.batch_size == reference["batch_size"]
-    assert schedule.total_steps == reference["total_steps"]
-    assert schedule.eval_steps == reference["eval_steps"]
+    step_plan = plan.step_plan()
+    assert step_plan.batch_size == reference["batch_size"]
+    assert step_plan.total_steps == reference["total_steps"]
+    assert step_plan.eval_steps == reference["eval_steps"]
     assert plan.train["test_batch_size"] == reference["test_batch_size"]
     assert sorted(o.name for o in plan.optimizers) == sorted(reference["optimizers"])
     for spec in plan.optimizers:

@@ -63,7 +63,7 @@ def tune(
         plan.tuning["trials"],
         plan.tuning["seed"],
         plan.lr_schedule,
-        plan.schedule().total_steps,
+        plan.step_plan().total_steps,
     )
     with files.exclusive(out_dir):
         runs, summary = _train_and_record(
@@ -118,10 +118,10 @@ def _train_and_record(
     files.remove_temporaries(out_dir)
     if not plan.resume and (aside := files.move_aside(out_dir)):
         log.info("resume=false: the folder's earlier results are now in its %s/", aside.name)
-    schedule = plan.schedule()
-    previous = store.previous_runs(out_dir, plan, schedule.eval_steps)
+    step_plan = plan.step_plan()
+    previous = store.previous_runs(out_dir, plan, step_plan.eval_steps)
     config_is_current = checksums.config_is_current(out_dir)  # refuses one edited by hand
-    done = store.complete_runs(previous, schedule.total_steps)
+    done = store.complete_runs(previous, step_plan.total_steps)
     wanted = [RunSpec(optimizer, seed) for optimizer in trained for seed in plan.seeds]
     todo = [run for run in wanted if run.key not in done]
     produced_by = provenance.environment() | loop.layout(plan, trained)  # as training starts
@@ -174,7 +174,7 @@ def _finish(plan: Plan, out_dir: Path, runs: pd.DataFrame, written: list[Path]) 
     derived = [out_dir / store.SUMMARY_CSV, out_dir / provenance.CONFIG_YAML, *written]
     checksums.write(out_dir, derived)
     checkpoint = out_dir / store.CHECKPOINT
-    complete = store.complete_runs(runs, plan.schedule().total_steps)
+    complete = store.complete_runs(runs, plan.step_plan().total_steps)
     if checkpoints.is_spent(checkpoint, plan.fingerprint, complete):
         checkpoint.unlink()
 

@@ -60,14 +60,17 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class StepPlan:
+    """The steps of a job: how many, how many examples each, and after which the runs are
+    evaluated. (The learning-rate schedule is `Plan.lr_schedule`, training/lr_schedules.py.)"""
+
     batch_size: int  # examples per step
     steps_per_epoch: int  # ceil(n_train / batch_size): the last batch of an epoch may be smaller
     total_steps: int
     eval_steps: list[int]  # steps after which every run is evaluated (always ends at total_steps)
 
 
-def make_schedule(train: Mapping, n_train: int) -> Schedule:
+def make_step_plan(train: Mapping, n_train: int) -> StepPlan:
     """The steps of a protocol's `train` settings on n_train examples (checks.py has made
     sure the batch fits)."""
     batch_size = n_train if train["batch_size"] == "full" else train["batch_size"]
@@ -79,7 +82,7 @@ def make_schedule(train: Mapping, n_train: int) -> Schedule:
     eval_steps = list(range(every, total_steps + 1, every))
     if not eval_steps or eval_steps[-1] != total_steps:
         eval_steps.append(total_steps)
-    return Schedule(batch_size, steps_per_epoch, total_steps, eval_steps)
+    return StepPlan(batch_size, steps_per_epoch, total_steps, eval_steps)
 
 
 @dataclass(frozen=True)
@@ -134,5 +137,6 @@ class Plan:
         """Every (optimizer setting, seed) run, optimizer by optimizer."""
         return [RunSpec(optimizer, seed) for optimizer in self.optimizers for seed in self.seeds]
 
-    def schedule(self) -> Schedule:
-        return make_schedule(self.train, prepare.train_size(self.dataset))
+    def step_plan(self) -> StepPlan:
+        """The steps this job trains and evaluates at."""
+        return make_step_plan(self.train, prepare.train_size(self.dataset))

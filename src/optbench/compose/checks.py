@@ -16,7 +16,7 @@ from optbench.config.schema import (
 )
 from optbench.data import prepare
 from optbench.errors import ConfigError
-from optbench.plan import make_schedule
+from optbench.plan import make_step_plan
 from optbench.training import lr_schedules
 
 
@@ -39,7 +39,7 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
             f"({n_train} examples); use at most that, or train.batch_size=full."
         )
     models.check_model_config(cfg.model)
-    total_steps = make_schedule(cfg.train, n_train).total_steps
+    total_steps = make_step_plan(cfg.train, n_train).total_steps
     problem = lr_schedules.check(cfg.schedule, total_steps)
     if problem:
         raise ConfigError(problem)

@@ -63,7 +63,7 @@ def build_one_run(plan: Plan, spec: OptimizerSpec, device: torch.device) -> tupl
 def time_steps(plan: Plan, built: tuple, tensors, device: torch.device) -> dict:
     """Train a run built by build_one_run for the warm-up and timed steps; its costs."""
     (trainer,), groups = built
-    batch_size = plan.schedule().batch_size
+    batch_size = plan.step_plan().batch_size
     order = loop.DataOrder(0, len(tensors.train_x), batch_size, device)
     times = []
     for step in range(WARMUP_STEPS + TIMED_STEPS):

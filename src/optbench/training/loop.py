@@ -30,7 +30,7 @@ from optbench.data import in_memory
 from optbench.errors import ConfigError
 from optbench.labels import counted
 from optbench.optimizers import build
-from optbench.plan import OptimizerSpec, Plan, RunSpec, Schedule
+from optbench.plan import OptimizerSpec, Plan, RunSpec, StepPlan
 from optbench.training import checkpoints, lr_schedules
 from optbench.training.stack import StackTrainer
 from optbench.training.trainers import OptimizerGroup, RunTrainer, rows_by_optimizer, stream_seed
@@ -281,18 +281,18 @@ def train(
     torch.backends.cudnn.allow_tf32 = plan.allow_tf32  # torch's default: on
     for name, value in cudnn_settings(device).items():
         setattr(torch.backends.cudnn, name, value)
-    schedule = plan.schedule()
+    step_plan = plan.step_plan()
     context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
     context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
-    eval_steps = set(schedule.eval_steps)
+    eval_steps = set(step_plan.eval_steps)
     with Workers(worker_count(plan, device), device) as workers:
         tensors = in_memory.load(plan.dataset, plan.data_dir, device)
-        job = Job(plan, runs, schedule.batch_size, len(tensors.train_x), device)
+        job = Job(plan, runs, step_plan.batch_size, len(tensors.train_x), device)
         rows, done_steps = job.resume(checkpoint)
-        bar = progress_bar(len(runs), schedule, done_steps, progress)
+        bar = progress_bar(len(runs), step_plan, done_steps, progress)
         log.debug("training starts at step %d", done_steps + 1)  # scripts/bench.py's start-up
-        for step in range(done_steps + 1, schedule.total_steps + 1):
-            multiples = job.lr_multiples(step - 1, schedule.total_steps)
+        for step in range(done_steps + 1, step_plan.total_steps + 1):
+            multiples = job.lr_multiples(step - 1, step_plan.total_steps)
             batches = {seed: order.next_batch() for seed, order in job.orders.items()}
             workers.map([partial(trainer.step, tensors, batches) for trainer in job.trainers])
             workers.map([group.step for group in job.groups])
@@ -300,21 +300,21 @@ def train(
             if step not in eval_steps:
                 continue
             evaluated = job.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
-            epoch = step / schedule.steps_per_epoch
+            epoch = step / step_plan.steps_per_epoch
             for run, row in zip(job.runs, evaluated, strict=True):  # current_lr: this update's
                 current_lr = row["lr"] * multiples[run.optimizer]
                 rows.append({**context, **row, "epoch": epoch, "current_lr": current_lr})
             if checkpoint is not None:
                 checkpoints.save(checkpoint, job.state_dict(step, rows))
-            report_progress(bar, evaluated, step, schedule.total_steps)
+            report_progress(bar, evaluated, step, step_plan.total_steps)
         bar.close()
     return pd.DataFrame(rows)
 
 
-def progress_bar(n_runs: int, schedule: Schedule, done_steps: int, enabled: bool) -> tqdm:
+def progress_bar(n_runs: int, step_plan: StepPlan, done_steps: int, enabled: bool) -> tqdm:
     """A bar of every run's steps; none when output is not a terminal, or not enabled."""
     return tqdm(
-        total=schedule.total_steps * n_runs,
+        total=step_plan.total_steps * n_runs,
         initial=done_steps * n_runs,
         desc=counted(n_runs, "run"),
         unit="step",
