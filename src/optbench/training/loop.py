@@ -170,8 +170,9 @@ def build_trainers(
     return trainers, groups
 
 
-class Job:
-    """A job's trainers, optimizer groups and data orders: what a checkpoint saves."""
+class TrainingState:
+    """The training state of a job: its trainers, optimizer groups and data orders (what a
+    checkpoint saves), and the lr schedule of each optimizer setting."""
 
     def __init__(
         self, plan: Plan, runs: list[RunSpec], batch_size: int, n_train: int, device: torch.device
@@ -287,25 +288,25 @@ def train(
     eval_steps = set(step_plan.eval_steps)
     with Workers(worker_count(plan, device), device) as workers:
         tensors = in_memory.load(plan.dataset, plan.data_dir, device)
-        job = Job(plan, runs, step_plan.batch_size, len(tensors.train_x), device)
-        rows, done_steps = job.resume(checkpoint)
+        state = TrainingState(plan, runs, step_plan.batch_size, len(tensors.train_x), device)
+        rows, done_steps = state.resume(checkpoint)
         bar = progress_bar(len(runs), step_plan, done_steps, progress)
         log.debug("training starts at step %d", done_steps + 1)  # scripts/bench.py's start-up
         for step in range(done_steps + 1, step_plan.total_steps + 1):
-            multiples = job.lr_multiples(step - 1, step_plan.total_steps)
-            batches = {seed: order.next_batch() for seed, order in job.orders.items()}
-            workers.map([partial(trainer.step, tensors, batches) for trainer in job.trainers])
-            workers.map([group.step for group in job.groups])
+            multiples = state.lr_multiples(step - 1, step_plan.total_steps)
+            batches = {seed: order.next_batch() for seed, order in state.orders.items()}
+            workers.map([partial(trainer.step, tensors, batches) for trainer in state.trainers])
+            workers.map([group.step for group in state.groups])
             bar.update(len(runs))
             if step not in eval_steps:
                 continue
-            evaluated = job.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
+            evaluated = state.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
             epoch = step / step_plan.steps_per_epoch
-            for run, row in zip(job.runs, evaluated, strict=True):  # current_lr: this update's
+            for run, row in zip(state.runs, evaluated, strict=True):  # current_lr: this update's
                 current_lr = row["lr"] * multiples[run.optimizer]
                 rows.append({**context, **row, "epoch": epoch, "current_lr": current_lr})
             if checkpoint is not None:
-                checkpoints.save(checkpoint, job.state_dict(step, rows))
+                checkpoints.save(checkpoint, state.state_dict(step, rows))
             report_progress(bar, evaluated, step, step_plan.total_steps)
         bar.close()
     return pd.DataFrame(rows)
