@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in ("plot", "compare", "data", "optimizers"):
             from optbench import commands
 
-            return getattr(commands, command)(rest)
+            return commands.HANDLERS[command](rest)
         raise ConfigError(
             f"Unknown command {command!r}; valid commands: run, sweep, tune, suite, targets, plot, "
             "compare, data, optimizers. "

@@ -1,6 +1,7 @@
 """The commands that read results and configs rather than train: plot, compare (a ranking,
 or whether one folder reproduces another), data prepare and optimizers. Each takes its
-arguments after the command's name and returns the exit code."""
+arguments after the command's name and returns the exit code; `HANDLERS` maps each
+command's name to its function."""
 
 from __future__ import annotations
 
@@ -102,7 +103,9 @@ def plot(args: list[str]) -> int:
     return 0
 
 
-def compare(args: list[str]) -> int:
+def analyse_or_check_rerun(args: list[str]) -> int:
+    """`optbench compare`: write the ranking, published comparison and report of a results
+    folder (or of several combined); given two folders and no --out, the rerun check."""
     parser = argparse.ArgumentParser(
         prog="optbench compare",
         description="Rank the optimizers with paired tests, set the tutorial's published "
@@ -204,3 +207,11 @@ def rerun_verdict(first_dir: Path, second_dir: Path):
             "Compare two folders of one protocol."
         )
     return rerun.verdict(first, second, (str(first_dir), str(second_dir)))
+
+
+HANDLERS = {
+    "plot": plot,
+    "compare": analyse_or_check_rerun,
+    "data": data,
+    "optimizers": optimizers,
+}
