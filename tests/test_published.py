@@ -99,10 +99,10 @@ def synthetic_runs(accuracies: dict[str, list[float]], step: int = 3000) -> pd.D
     return pd.DataFrame(rows)
 
 
-def test_compare_against_a_hand_computation():
+def test_beside_ours_against_a_hand_computation():
     sgd = [0.955, 0.957, 0.959, 0.956]  # published summary: 0.9578
     adam = [0.990, 0.991, 0.992, 0.989]  # published summary: 0.9720, far below
-    comparison = published.compare(synthetic_runs({"sgd": sgd, "adam": adam}), "wizard_ffnn")
+    comparison = published.beside_ours(synthetic_runs({"sgd": sgd, "adam": adam}), "wizard_ffnn")
     final = comparison[comparison.metric == "final_test_accuracy"].set_index("optimizer")
     for name, values, value in (("sgd", sgd, 0.9578), ("adam", adam, 0.9720)):
         row = final.loc[name]

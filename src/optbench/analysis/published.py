@@ -1,8 +1,8 @@
 """The tutorials' published one-seed numbers, and where they sit in our distribution.
 
-The files in optbench/published/ are copied verbatim from the tutorials' tables (one seed
+The files in analysis/published/ are copied verbatim from the tutorials' tables (one seed
 each). `published(experiment)` turns them into long rows (optimizer, x, metric, value);
-`compare(runs, experiment)` sets each beside our mean ± std over seeds at the same point.
+`beside_ours(runs, experiment)` sets each beside our mean ± std over seeds at the same point.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def published(experiment: str) -> pd.DataFrame | None:
     return pd.DataFrame(rows, columns=["optimizer", "x", "at", "metric", "published", "printed_as"])
 
 
-def compare(runs: pd.DataFrame, experiment: str) -> pd.DataFrame | None:
+def beside_ours(runs: pd.DataFrame, experiment: str) -> pd.DataFrame | None:
     """Per published cell: our mean, std (ddof=1), n, min, max at the same optimizer and
     point, z = (published - mean) / std, and `flagged` when |z| > 3."""
     table = published(experiment)
@@ -210,7 +210,7 @@ def write_comparison(results_dir, runs: pd.DataFrame) -> list:
     written = []
     experiments = [e for e in runs["experiment"].unique() if e in SOURCES]
     for experiment in experiments:
-        comparison = compare(runs, experiment)
+        comparison = beside_ours(runs, experiment)
         if comparison is None:
             continue
         suffix = "" if len(experiments) == 1 else f"_{experiment}"

@@ -184,7 +184,7 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
     if table is not None:
         sections.append(("Ranking (paired t-tests by seed, Holm-corrected)", "table", table))
     for experiment in runs["experiment"].unique():
-        comparison = published.compare(runs, experiment)
+        comparison = published.beside_ours(runs, experiment)
         if comparison is not None:
             heading = f"Published one-seed numbers ({experiment})"
             sections.append((heading, "table", _published_table(comparison)))
