@@ -191,8 +191,8 @@ def optimizers(args: list[str]) -> int:
 
 def rerun_verdict(first_dir: Path, second_dir: Path):
     """Does second_dir reproduce first_dir? Their runs read and checked to be of one
-    protocol (ResultsError naming the keys that differ, else), then analysis.rerun's
-    verdict."""
+    protocol (ResultsError naming the keys that differ, else), then
+    analysis.rerun.judge_reproduction's verdict."""
     from optbench.analysis import rerun
     from optbench.results import store
     from optbench.results.provenance import differences
@@ -206,7 +206,7 @@ def rerun_verdict(first_dir: Path, second_dir: Path):
             f"{differences(Path(first_dir), Path(second_dir))}): a rerun is the same protocol. "
             "Compare two folders of one protocol."
         )
-    return rerun.verdict(first, second, (str(first_dir), str(second_dir)))
+    return rerun.judge_reproduction(first, second, (str(first_dir), str(second_dir)))
 
 
 HANDLERS = {

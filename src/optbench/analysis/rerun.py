@@ -68,7 +68,9 @@ def welch_p(a: np.ndarray, b: np.ndarray) -> float:
     return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def verdict(first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, str]) -> Verdict:
+def judge_reproduction(
+    first: pd.DataFrame, second: pd.DataFrame, names: tuple[str, str]
+) -> Verdict:
     """The verdict for two runs tables of one protocol (read from the folders `names`);
     ResultsError if they share no run."""
     first_dir, second_dir = names
