@@ -256,10 +256,11 @@ def changes_protocol(override: str) -> bool:
     return key not in NOT_PROTOCOL and not key.startswith(("hydra.", "optimizer."))
 
 
-def protocol(cfg: DictConfig | dict) -> dict:
-    """The resolved config without the keys that do not change a run (NOT_PROTOCOL). A
-    constant schedule is no schedule: left out, so that a protocol keeps the fingerprint it
-    had before optbench had schedules; so is the whole test set (dataset.test_size null)."""
+def protocol_config(cfg: DictConfig | dict) -> dict:
+    """The protocol as config: the resolved config without the keys that do not change a
+    run (NOT_PROTOCOL), what the fingerprint hashes. A constant schedule is no schedule:
+    left out, so that a protocol keeps the fingerprint it had before optbench had schedules;
+    so is the whole test set (dataset.test_size null)."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     container = OmegaConf.to_container(OmegaConf.create(container), enum_to_str=True)
     kept = {key: value for key, value in container.items() if key not in NOT_PROTOCOL}
@@ -272,7 +273,7 @@ def protocol(cfg: DictConfig | dict) -> dict:
 
 def fingerprint(cfg: DictConfig | dict) -> str:
     """Hash of the protocol: the resolved config without seeds, optimizer and paths."""
-    text = OmegaConf.to_yaml(OmegaConf.create(protocol(cfg)), sort_keys=True)
+    text = OmegaConf.to_yaml(OmegaConf.create(protocol_config(cfg)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from optbench import __version__
-from optbench.config.schema import git_revision, protocol, protocol_differences
+from optbench.config.schema import git_revision, protocol_config, protocol_differences
 from optbench.files import atomic_write
 from optbench.plan import Plan
 
@@ -52,13 +52,13 @@ def recorded_config(results_dir: Path) -> dict:
 def _recorded_protocol(results_dir: Path) -> dict | None:
     """The protocol that results_dir's config.yaml records (None without one)."""
     recorded = recorded_config(results_dir)
-    return protocol(recorded) if recorded else None
+    return protocol_config(recorded) if recorded else None
 
 
 def differences(a: Path, b: Plan | Path) -> str:
     """The protocol keys that differ between folder a and a plan (or folder) b."""
     first = _recorded_protocol(a)
-    second = _recorded_protocol(b) if isinstance(b, Path) else protocol(b.config)
+    second = _recorded_protocol(b) if isinstance(b, Path) else protocol_config(b.config)
     if first is None or second is None:
         return "(a folder has no config.yaml to compare)"
     return "; ".join(protocol_differences(first, second)) or "(none recorded)"
