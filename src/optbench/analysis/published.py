@@ -30,7 +30,7 @@ SOURCES = {
 }
 
 # The dataset and model each tutorial trained: only such runs are compared with it.
-PROTOCOLS = {"wizard_ffnn": ("mnist", "ffnn"), "examples_cnn": ("mnist", "lenet")}
+DATASET_AND_MODEL = {"wizard_ffnn": ("mnist", "ffnn"), "examples_cnn": ("mnist", "lenet")}
 
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_MD = "comparison.md"
@@ -92,7 +92,7 @@ def beside_ours(runs: pd.DataFrame, experiment: str) -> pd.DataFrame | None:
     table = published(experiment)
     if table is None:
         return None
-    dataset, model = PROTOCOLS[experiment]
+    dataset, model = DATASET_AND_MODEL[experiment]
     runs = runs[
         (runs["experiment"] == experiment) & (runs["dataset"] == dataset) & (runs["model"] == model)
     ]

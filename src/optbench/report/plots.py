@@ -246,7 +246,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
 
 def _published_points(runs: pd.DataFrame, protocol) -> pd.DataFrame | None:
     """The tutorial's published points for this protocol, placed at our optimizer steps."""
-    if published.PROTOCOLS.get(protocol.experiment) != (protocol.dataset, protocol.model):
+    if published.DATASET_AND_MODEL.get(protocol.experiment) != (protocol.dataset, protocol.model):
         return None
     points = published.published(protocol.experiment)
     steps_per_epoch = (runs["step"] / runs["epoch"]).iloc[0]
