@@ -14,12 +14,16 @@ import re
 
 import pandas as pd
 
+# The columns of runs.csv that name a protocol for the tables and plots: its experiment,
+# dataset and model (what a multirun over datasets or models varies). The fingerprint
+# (config.schema.fingerprint) is what tells two protocols apart when results are combined.
 PROTOCOL_KEYS = ["experiment", "dataset", "model"]
 
 
 def by_protocol(runs: pd.DataFrame):
-    """Yield (protocol, its runs, file-name suffix) for every protocol in runs. The suffix is
-    empty when there is one protocol, else "_<experiment>_<dataset>_<model>"."""
+    """Yield (protocol, its runs, file-name suffix) for every protocol in runs, a protocol
+    named by its PROTOCOL_KEYS values (experiment, dataset, model). The suffix is empty when
+    there is one protocol, else "_<experiment>_<dataset>_<model>"."""
     protocols = runs[PROTOCOL_KEYS].drop_duplicates()
     for names in protocols.itertuples(index=False):  # (experiment, dataset, model)
         mask = (runs[PROTOCOL_KEYS] == list(names)).all(axis=1)
