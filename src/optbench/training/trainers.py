@@ -25,7 +25,8 @@ from optbench.data.in_memory import DatasetTensors
 from optbench.optimizers import build, registry
 from optbench.plan import OptimizerSpec, RunSpec
 
-METRICS = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")  # NaN once diverged
+# What an evaluation measures of a run (NaN once it has diverged)
+EVALUATED = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")
 
 # A run has diverged once its mean training loss since the previous evaluation is NaN,
 # infinite or above this bound. Cross-entropy is at least the margin by which the top logit
@@ -120,7 +121,7 @@ class Trainer:
                 run_row(
                     run,
                     step=step,
-                    **dict(zip(METRICS, (math.nan,) * 4 if diverged else measured, strict=True)),
+                    **dict(zip(EVALUATED, (math.nan,) * 4 if diverged else measured, strict=True)),
                     grad_evals=self.diverged_at[r] if diverged else self.grad_evals,
                     wall_s=self.train_s / len(self.runs),  # a stacked run's share of the time
                     diverged=diverged,
