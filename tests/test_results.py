@@ -40,7 +40,7 @@ def test_summary_csv_equals_numpy_on_runs_csv(real_runs, tmp_path):
     for row in summary.itertuples():
         values = runs[(runs.optimizer == row.optimizer) & (runs.step == row.step)]
         assert row.n == len(values) == 3
-        for metric in store.METRICS:
+        for metric in store.SUMMARIZED:
             column = values[metric].to_numpy()
             assert getattr(row, f"{metric}_mean") == pytest.approx(np.mean(column), rel=1e-12)
             assert getattr(row, f"{metric}_std") == pytest.approx(np.std(column, ddof=1), rel=1e-9)

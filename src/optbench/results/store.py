@@ -25,10 +25,11 @@ RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
 CHECKPOINT = "checkpoint.pt"  # the training state of an unfinished job (engine.train)
 
-METRICS = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
+# The columns of runs.csv that summary.csv summarizes over seeds
+SUMMARIZED = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
 # A summary row is one optimizer at one evaluation step of one protocol.
 GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "hyperparameters", "step"]
-RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch", "current_lr"] + METRICS
+RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch", "current_lr"] + SUMMARIZED
 RUN_COLUMNS += ["diverged", "fingerprint"]
 
 
@@ -51,7 +52,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
     def describe(group: pd.DataFrame) -> pd.Series:
         columns = {}
-        for m in METRICS:
+        for m in SUMMARIZED:
             values = group[m]
             columns[f"{m}_mean"] = values.mean()
             columns[f"{m}_std"] = values.std(ddof=1)
@@ -59,9 +60,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             columns.update({f"{m}_{k}": v for k, v in described.items()})
         return pd.Series(columns)
 
-    described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[METRICS].apply(describe)
+    described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[SUMMARIZED].apply(describe)
     # every column even where every run diverged (NaN there)
-    columns = [f"{m}_{k}" for m in METRICS for k in ("mean", "std", *stats.DESCRIBED)]
+    columns = [f"{m}_{k}" for m in SUMMARIZED for k in ("mean", "std", *stats.DESCRIBED)]
     described = described.reindex(columns=columns)
     summary = counts.join(described).reset_index()
     summary.insert(summary.columns.get_loc("seeds"), "n", summary["seeds"] - summary["n_diverged"])
