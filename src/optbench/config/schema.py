@@ -1,8 +1,13 @@
-"""The typed top-level config, and the checks every job passes before any training starts.
+"""The typed top-level config, and what makes two runs the same run and two configs the
+same protocol.
 
 Hydra composes `configs/config.yaml` on top of the `Config` schema registered here, so a
 misspelt key (`train.epoch=3`) or a wrong type (`train.epochs=abc`) fails at composition.
-`checks.check_config` then catches the values a schema cannot express (seeds=0, lr<0, ...).
+The checks of the values a schema cannot express (seeds=0, lr<0, ...) live in
+compose/checks.py (`check_config`); it calls a few value checks defined here, beside the
+schema they complete: seed_list (plan.py's too), check_train, check_target (suite.py's
+too) and positive_int. Also here: a run's identity (run_key), the protocol as config
+and its fingerprint, and the source revision config.yaml records.
 """
 
 from __future__ import annotations
