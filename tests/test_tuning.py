@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from optbench.analysis import tuning
+from optbench.analysis import stats, tuning
 
 from conftest import compose_config, run_cli, sweep_plan
 
@@ -26,7 +26,7 @@ def test_resampled_expected_best_matches_the_closed_form():
     rng = np.random.default_rng(0)
     for k in (1, 3, 12):
         best = tuning.expected_best(values, k, rng)
-        standard_error = best["std"] / np.sqrt(tuning.RESAMPLES)
+        standard_error = best["std"] / np.sqrt(stats.RESAMPLES)
         assert (
             abs(best["expected_best"] - tuning.expected_best_exact(values, k)) < 5 * standard_error
         )

@@ -25,9 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-CONFIDENCE = 0.95
-RESAMPLES = 2000
-ALPHA = 0.05
+from optbench.analysis.stats import ALPHA, CONFIDENCE, RESAMPLES
 
 
 def normalised_scores(times: pd.DataFrame, targets: dict, chance: dict) -> pd.DataFrame:

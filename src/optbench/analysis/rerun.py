@@ -33,9 +33,9 @@ from scipy import stats as scipy_stats
 
 from optbench import errors, labels
 from optbench.analysis import stats
+from optbench.analysis.stats import ALPHA
 from optbench.config.schema import RUN_IDENTITY
 
-ALPHA = 0.05
 IDENTITY = [*RUN_IDENTITY, "step"]
 TEST = "Welch's t-test on the final test accuracy, Holm-corrected over the optimizers"
 

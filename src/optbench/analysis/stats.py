@@ -19,8 +19,15 @@ from optbench.labels import by_protocol, interval, label_settings, mean_std
 # SciPy is imported where it is used: it takes a few tenths of a second to import, which a
 # training command would otherwise spend before its first step.
 
-CONFIDENCE = 0.95  # for the t-intervals of the mean
-ALPHA = 0.05  # family-wise error rate of the pairwise tests, Holm-corrected
+# The statistical settings every analysis shares, defined here only:
+# the confidence of every interval (a mean's t-interval, a bootstrap interval, a median's
+# distribution-free interval)
+CONFIDENCE = 0.95
+# the family-wise error rate of every test (the Holm-corrected pairwise tests and rerun
+# check, the Nemenyi critical difference)
+ALPHA = 0.05
+# the bootstrap draws of an interval, and of each point of an expected-best curve
+RESAMPLES = 2000
 
 
 # The values each metric can take. An interval of a mean is clipped to them: with few seeds

@@ -21,13 +21,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 from scipy import stats as scipy_stats
 
+from optbench.analysis.stats import CONFIDENCE
 from optbench.errors import ConfigError
 from optbench.files import atomic_write
 
 # What time is measured in: the name a user gives -> the runs.csv column.
 MEASURES = {"steps": "step", "epochs": "epoch", "grad_evals": "grad_evals", "seconds": "wall_s"}
 PROFILE_MEASURES = ("steps", "grad_evals", "seconds")  # what performance profiles may measure
-CONFIDENCE = 0.95  # of the distribution-free interval of a median
 RULE = (
     "the highest, among the reference optimizers, of the median over seeds of each run's "
     "best test accuracy over its evaluations (rounded down to 4 decimals)"

@@ -25,10 +25,9 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from optbench.analysis.stats import RESAMPLES
 from optbench.labels import trial_name
 from optbench.plan import OptimizerSpec
-
-RESAMPLES = 2000  # bootstrap draws per point of the expected-best curve
 
 
 def search_space(

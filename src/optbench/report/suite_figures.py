@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from optbench.analysis.aggregates import ALPHA
+from optbench.analysis.stats import ALPHA
 
 
 def plot_profile(rho: pd.DataFrame, measure: str, n_workloads: int, path: Path) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from optbench.analysis import aggregates, profiles, targets
+from optbench.analysis import aggregates, profiles, stats, targets
 from optbench.analysis.targets import PROFILE_MEASURES
 from optbench.errors import ResultsError
 from optbench.files import write_csv
@@ -226,7 +226,7 @@ def _aggregate_parts(t: dict) -> list:
     ranks = t["ranks"]
     rank_text = (
         f"Ranked within {ranks['blocks']} blocks (workload × seed); Friedman p = "
-        f"{ranks['friedman_p']:.3g}; critical difference (Nemenyi, α = {aggregates.ALPHA}) = "
+        f"{ranks['friedman_p']:.3g}; critical difference (Nemenyi, α = {stats.ALPHA}) = "
         f"{ranks['critical_difference']:.2f} ranks. The seeds of one workload are not "
         "independent datasets as Demšar's tests assume, so with few workloads read the "
         "p-values and the diagram as optimistic."
