@@ -9,9 +9,8 @@ import pandas as pd
 
 from optbench.analysis import published
 from optbench.labels import by_protocol, label_settings
-from optbench.report.figures import colors as _colors
+from optbench.report import figures
 from optbench.report.figures import label_points, plt, room_for_labels, styles
-from optbench.report.figures import save as _save
 from optbench.results.store import read_runs, summarize
 
 CURVES = {  # file stem -> (metric, y-axis label)
@@ -145,7 +144,7 @@ def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     optimizers sorted from best to worst mean."""
     final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
     order = final.groupby("optimizer")["test_accuracy"].mean().sort_values(ascending=False)
-    colors = _colors(list(runs["optimizer"].unique()))
+    colors = figures.colors(list(runs["optimizer"].unique()))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 5))
     jitter = np.random.default_rng(0)  # fixed: the same files give the same picture
     for i, name in enumerate(order.index):
@@ -184,7 +183,7 @@ def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set_ylabel("final test accuracy (fraction correct)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    return _save(fig, path)
+    return figures.save(fig, path)
 
 
 def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
@@ -241,7 +240,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(title="optimizer", fontsize=8)
-    return _save(fig, path)
+    return figures.save(fig, path)
 
 
 def _published_points(runs: pd.DataFrame, protocol) -> pd.DataFrame | None:
@@ -280,7 +279,7 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
             own = None if points is None else points[points["metric"].isin(wanted)]
             figure = curve_figure(summary, metric, label, title, own, x)
             path = results_dir / f"{stem}{suffix}{'' if x == 'step' else f'_vs_{x}'}.png"
-            written.append(_save(figure, path))
+            written.append(figures.save(figure, path))
         if x != "step":
             continue
         raw_subset = raw.loc[subset.index]
@@ -303,7 +302,7 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
 
 def plot_costs(runs: pd.DataFrame, costs: pd.DataFrame, results_dir: Path) -> Path:
     """costs.png: see costs_figure."""
-    return _save(costs_figure(runs, costs), results_dir / "costs.png")
+    return figures.save(costs_figure(runs, costs), results_dir / "costs.png")
 
 
 def costs_figure(runs: pd.DataFrame, costs: pd.DataFrame) -> plt.Figure:
