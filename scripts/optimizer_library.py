@@ -10,7 +10,8 @@ the installed library:
   constructor takes first (params or a model), whether `step` takes a closure or cannot do
   without one, and whether the optimizer has train()/eval() modes (schedule-free).
 
-optbench reads these files instead of importing the library at start-up (about 3 s).
+optbench reads these files instead of importing the library at start-up, which is slow
+(docs/speed.md).
 
     python scripts/optimizer_library.py          # rewrite them (`make library`)
     python scripts/optimizer_library.py --check  # exit 1 when they are out of date

@@ -21,8 +21,8 @@ from optbench.results import checksums, loggers, provenance, store
 from optbench.training import checkpoints, costs, loop, lr_schedules
 
 # The analysis modules (plots, report, published, tuning) are imported where they are used:
-# with matplotlib, SciPy and Optuna they take about a second to import, which every command
-# would otherwise spend before its first training step.
+# matplotlib, SciPy and Optuna are slow to import (docs/speed.md), and every command would
+# otherwise spend that before its first training step.
 
 log = logging.getLogger("optbench")
 

@@ -292,10 +292,10 @@ def console() -> None:
     """The `optbench` console script: main(), then exit without Python's teardown.
 
     Once torch and its compiler are imported, tearing the interpreter down (freeing every
-    module) takes about a second after the work is done. The exit handlers still run
-    (logging's flush and close among them) and every file optbench writes is already
-    closed, so only that teardown is skipped; while a thread that Python would wait for is
-    still alive, the exit is the ordinary one."""
+    module) takes a noticeable time after the work is done (docs/speed.md). The exit
+    handlers still run (logging's flush and close among them) and every file optbench
+    writes is already closed, so only that teardown is skipped; while a thread that Python
+    would wait for is still alive, the exit is the ordinary one."""
     code = main()
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
     if any(not t.daemon for t in others):

@@ -16,8 +16,8 @@ import pandas as pd
 
 from optbench.labels import by_protocol, interval, label_settings, mean_std
 
-# SciPy is imported where it is used: it takes a few tenths of a second to import, which a
-# training command would otherwise spend before its first step.
+# SciPy is imported where it is used: it is slow to import (docs/speed.md), and a training
+# command would otherwise spend that before its first step.
 
 # The statistical settings every analysis shares, defined here only:
 # the confidence of every interval (a mean's t-interval, a bootstrap interval, a median's

@@ -3,7 +3,8 @@
 This is where the DictConfig stops. Before Hydra starts a job (and creates its output
 folder), `check_command_line` composes and checks every job the command line asks for, so
 bad input fails in seconds with one paragraph and nothing written; it returns their Plans,
-and each job takes its own from them (composing a config takes about 0.3 s an optimizer).
+and each job takes its own from them rather than composing its config again (Hydra's
+composition is slow: docs/speed.md).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class StackTrainer(Trainer):
             x, y = tensors.train_x.unsqueeze(0), tensors.train_y.unsqueeze(0)
         else:  # a group per run: its own mini-batch
             index = torch.stack([batches[seed] for seed in seeds])  # [R, B]
-            images = tensors.train_x.flatten(1)  # a 2-D gather is 3x faster than a 4-D one
+            images = tensors.train_x.flatten(1)  # every run's batch gathered as rows
             x = images.index_select(0, index.flatten())
             x = x.view(*index.shape, *tensors.train_x.shape[1:])
             y = tensors.train_y.index_select(0, index.flatten()).view(index.shape)

@@ -158,10 +158,10 @@ class RunTrainer(Trainer):
         super().__init__([run], device)
         self.seed = run.seed
         self.model = models.build_model(model, dataset, stream_seed(run.seed, "init"))
-        # Convolution weights in channels-last layout: oneDNN's fast path on the CPU, 1.6 to
-        # 1.8x faster for the LeNet than the default layout (a no-op for the ffnn). Not for
-        # optimizers that may flatten a gradient with view(-1) (L-BFGS does): that needs
-        # the default layout.
+        # Convolution weights in channels-last layout: oneDNN's fast path on the CPU, much
+        # faster for the LeNet than the default layout (docs/speed.md; a no-op for the
+        # ffnn). Not for optimizers that may flatten a gradient with view(-1) (L-BFGS
+        # does): that needs the default layout.
         memory_format = (
             torch.channels_last if run.optimizer.elementwise else torch.contiguous_format
         )
@@ -201,7 +201,7 @@ class RunTrainer(Trainer):
         index = batches[self.seed]
         if index is None:
             x, y = tensors.train_x, tensors.train_y
-        else:  # index_select: about 2.5x faster than x[index] for a [N, C, H, W] tensor
+        else:  # index_select: x[index] takes a slower path for a [N, C, H, W] tensor
             x, y = tensors.train_x.index_select(0, index), tensors.train_y.index_select(0, index)
 
         def closure() -> torch.Tensor:
