@@ -291,7 +291,6 @@ def train(
         state = TrainingState(plan, runs, step_plan.batch_size, len(tensors.train_x), device)
         rows, done_steps = state.resume(checkpoint)
         bar = progress_bar(len(runs), step_plan, done_steps, progress)
-        log.debug("training starts at step %d", done_steps + 1)  # scripts/bench.py's start-up
         for step in range(done_steps + 1, step_plan.total_steps + 1):
             multiples = state.lr_multiples(step - 1, step_plan.total_steps)
             batches = {seed: order.next_batch() for seed, order in state.orders.items()}
