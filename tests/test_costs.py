@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 from constants import PNG_MAGIC, SMOKE
 
-from optbench.data import in_memory
 from optbench.training import costs
 
 from conftest import run_cli, sweep_plan
@@ -19,13 +17,16 @@ from conftest import run_cli, sweep_plan
 EXPECTED = {"sgd": (0, 0), "momentum": (4, 4), "adam": (8, 8.001), "lbfgs": (808, 808.02)}
 
 
-def test_state_bytes_per_parameter_equal_hand_counts(data_dir):
+def test_state_bytes_per_parameter_equal_hand_counts(data_dir, tmp_path):
+    """costs.csv as a sweep writes it (costs.write_costs), against the hand counts."""
     plan = sweep_plan("optimizers=[sgd,momentum,adam,lbfgs]", SMOKE)
-    tensors = in_memory.load(plan.dataset, plan.data_dir, torch.device("cpu"))
-    for spec in plan.optimizers:
-        measured = costs.measure(plan, spec, tensors, torch.device("cpu"))
-        low, high = EXPECTED[spec.name]
-        assert low <= measured["state_bytes_per_param"] <= high, (spec.name, measured)
+    settings = {spec.name: spec.config for spec in plan.optimizers}
+    assert costs.write_costs(tmp_path, plan, settings) == [tmp_path / costs.COSTS_CSV]
+    table = pd.read_csv(tmp_path / costs.COSTS_CSV)
+    assert table["optimizer"].tolist() == list(settings)
+    for measured in table.to_dict("records"):
+        low, high = EXPECTED[measured["optimizer"]]
+        assert low <= measured["state_bytes_per_param"] <= high, measured
         assert measured["params"] == 784 * 100 + 100 + 100 * 10 + 10
         assert measured["ms_per_step"] > 0 and measured["device"] == "cpu"
 

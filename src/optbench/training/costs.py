@@ -46,22 +46,17 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return sum(size(state) for state in optimizer.state.values())
 
 
-def measure(plan: Plan, spec: OptimizerSpec, tensors, device: torch.device) -> dict:
-    """One run of the setting on its own (not grouped with other runs; seed 0, its own
-    model, the engine's kernels): its state bytes after the warm-up steps, and the median
-    milliseconds of the timed steps."""
-    return time_steps(plan, build_one_run(plan, spec, device), tensors, device)
-
-
 def build_one_run(plan: Plan, spec: OptimizerSpec, device: torch.device) -> tuple:
-    """The trainer and optimizer groups of the setting's run with seed 0. Built in the
-    calling thread: drawing the initial weights seeds torch's global generator."""
+    """The trainer and optimizer groups of the setting's run with seed 0, on its own (not
+    grouped with other runs; its own model, the engine's kernels). Built in the calling
+    thread: drawing the initial weights seeds torch's global generator."""
     alone = dataclasses.replace(plan, stack_runs="never")
     return loop.build_trainers(alone, [RunSpec(spec, 0)], device)
 
 
 def time_steps(plan: Plan, built: tuple, tensors, device: torch.device) -> dict:
-    """Train a run built by build_one_run for the warm-up and timed steps; its costs."""
+    """Train a run built by build_one_run for the warm-up and timed steps; its costs: the
+    state bytes after the warm-up steps, and the median milliseconds of the timed steps."""
     (trainer,), groups = built
     batch_size = plan.step_plan().batch_size
     order = loop.DataOrder(0, len(tensors.train_x), batch_size, device)
