@@ -26,7 +26,6 @@ from optbench.errors import ResourceError
 from optbench.files import unwritable_because
 from optbench.labels import label_settings
 
-LOGGERS = ("none", "tensorboard", "mlflow")
 LOGGED = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "current_lr"]
 LOGGED += ["grad_evals", "wall_s"]
 
