@@ -87,7 +87,6 @@ def test_lr_grid_multiplies_each_optimizers_lr():
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_lr_grid_sweep_and_tune_end_to_end(data_dir, tmp_path):
     small = ["dataset.train_size=1000", "train.steps=30", "train.eval_every=30", "seeds=2"]
     out = tmp_path / "grid"
