@@ -8,6 +8,10 @@ from pathlib import Path
 # at 10 and 20
 SMOKE = "debug=smoke"
 
+# The fingerprint of the wizard_ffnn protocol, as its results committed in
+# results/wizard_ffnn/runs.csv record it: the protocol from before optbench had schedules
+WIZARD_FFNN_FINGERPRINT = "44b94764d2c6"
+
 # What an optimizer config needs beyond the default model to build and train.
 NEEDS = {
     "sparse_adam": ["model.sparse_input=true"],
