@@ -67,8 +67,8 @@ PROTOCOLS = {
     },
 }
 
-# SHA-256 of the published tables shipped in src/optbench/published/, as copied from the
-# tutorials (one seed each; see docs/protocols.md).
+# SHA-256 of the published tables shipped in src/optbench/analysis/published/, as copied
+# from the tutorials (one seed each; see docs/protocols.md).
 PUBLISHED_SHA256 = {
     "wizard_ffnn": "a4a0616a91d57c741ac4e82c17fd7edaae4eaafa05cfd71deaebbded0c8fb4ca",
     "examples_cnn": "4847c3750654cd69fd2116b1100dbe8ee051a68ca716b26e331e4115f4396323",

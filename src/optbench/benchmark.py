@@ -1,7 +1,7 @@
 """The core: a Plan in, results on disk and a DataFrame out.
 
 `benchmark` and `tune` never read sys.argv or change directory; the CLI only makes the
-plan (jobs.py) and calls them, and the tests call them directly.
+plan (compose/jobs.py) and calls them, and the tests call them directly.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
     optbench optimizers           every optimizer a config can name, and how it trains
 
-This module parses the command line and calls the core: jobs.py composes and checks the
+This module parses the command line and calls the core: compose/jobs.py composes and checks the
 jobs before Hydra starts them, benchmark.py trains and writes.
 """
 

@@ -2,7 +2,7 @@
 chooses from, the optimizers grouped by where they come from, wrapped to the terminal.
 
 Hydra's own help would also list the for_choice_* groups (the presets' values, which
-optbench registers as groups: config.register_preset_values) and every optimizer on one
+optbench registers as groups: config.schema.register_preset_values) and every optimizer on one
 line. Reads config files only (no Hydra, no torch), so it answers at once."""
 
 from __future__ import annotations

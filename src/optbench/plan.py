@@ -1,6 +1,6 @@
 """A job as plain data: what it trains, on what, and how.
 
-The composed Hydra config (a DictConfig) stops at this boundary: `jobs.make_plan` composes
+The composed Hydra config (a DictConfig) stops at this boundary: `compose.jobs.make_plan` composes
 and checks a command's job and turns it into a `Plan`. The engine, results, stats, plots
 and report take Plans, the specs below, plain dicts and DataFrames.
 """
@@ -25,7 +25,7 @@ class OptimizerSpec:
     are: that is what tells two settings apart in runs.csv."""
 
     name: str
-    hyperparameters: str  # config.hyperparameters: canonical JSON of every key but the name
+    hyperparameters: str  # config.schema.hyperparameters: canonical JSON of every key but the name
     config: dict = field(compare=False, repr=False)
 
     @classmethod
@@ -55,7 +55,7 @@ class RunSpec:
 
     @property
     def key(self) -> tuple[str, str, int]:
-        """config.run_key: how runs.csv and a checkpoint name this run."""
+        """config.schema.run_key: how runs.csv and a checkpoint name this run."""
         return run_key(self.optimizer.name, self.optimizer.hyperparameters, self.seed)
 
 
@@ -93,19 +93,19 @@ class Plan:
     dataset: dict  # name, input_shape, num_classes, train_size, normalize
     model: dict  # name and the model's constructor arguments
     train: dict  # batch_size, epochs, steps, eval_every, test_batch_size
-    lr_schedule: dict  # name and its keys (schedules.py)
-    logger: dict  # where else results go (loggers.py)
+    lr_schedule: dict  # name and its keys (training/lr_schedules.py)
+    logger: dict  # where else results go (results/loggers.py)
     optimizers: list[OptimizerSpec]  # in the order the job trains and reports them
     seeds: list[int]
     device: str  # auto, cpu or cuda
     threads: int | None  # worker threads on the CPU; None: torch's default
-    stack_runs: str  # auto, always or never (engine.should_stack)
+    stack_runs: str  # auto, always or never (training.loop.should_stack)
     allow_tf32: bool
     data_dir: Path
     resume: bool
     tuning: dict  # trials, seed (`optbench tune`)
     config: dict  # the whole resolved config, as config.yaml records it
-    fingerprint: str  # config.fingerprint: what "the same protocol" means
+    fingerprint: str  # config.schema.fingerprint: what "the same protocol" means
 
     @classmethod
     def of(cls, cfg: DictConfig, optimizers: list[OptimizerSpec]) -> Plan:

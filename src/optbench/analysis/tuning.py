@@ -75,7 +75,7 @@ def sample_trials(
                     config["betas"] = [value, *config["betas"][1:]]
                 elif key == "one_minus_beta2":  # AdEMAMix's third beta stays
                     config["betas"] = [config["betas"][0], 1 - value, *config["betas"][2:]]
-                elif key == "warmup_steps":  # the trial's own schedule (schedules.of_setting)
+                elif key == "warmup_steps":  # the trial's own schedule (lr_schedules.of_setting)
                     config["schedule"] = {"warmup_steps": value}
                 else:
                     config[key] = value

@@ -68,7 +68,7 @@ def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
 
 def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:
     """Refuse preset values that would be silently ignored: for_choice is merged when Hydra
-    composes a preset of optbench's configs/experiment/ (config.register_preset_values)."""
+    composes a preset of optbench's configs/experiment/ (config.schema.register_preset_values)."""
     given = [o for o in overrides if o.lstrip("+~").startswith("for_choice")]
     if given:
         raise ConfigError(

