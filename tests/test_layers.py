@@ -29,7 +29,7 @@ LAYERS = [
     ["report"],
     ["compose"],
     ["benchmark"],
-    ["suite"],
+    ["workloads"],  # optbench suite and targets (optbench.suite is the API's function)
     ["commands", "helptext"],
     ["cli"],
     ["api", "textbook"],

@@ -128,7 +128,7 @@ def command_line(
             raise ConfigError(
                 f"out={str(out)!r} and {named[0]} both name the folder; give it once, as out=."
             )
-        # suite.parse reads its folder's value as written and quotes it for Hydra itself
+        # workloads.parse reads its folder's value as written and quotes it for Hydra itself
         args.append(f"{key}={out}" if command == "suite" else f"{key}={_quoted(str(out))}")
     return args
 
@@ -137,7 +137,7 @@ def _train(command: str, overrides: Overrides, out, progress: bool, settings: di
     args = command_line(command, overrides, out, settings)
     with _logging_as_it_was():
         folders = cli.train(command, args, progress=progress)
-    return load(folders[0])
+    return load(Path(folders[0]).absolute())
 
 
 @contextlib.contextmanager

@@ -235,16 +235,16 @@ def _suite(command: str, args: list[str], progress: bool = True) -> Path:
     """`optbench suite` and `optbench targets`: one sweep job per workload (a Hydra
     multirun, checked whole before it starts), then the suite's own files or the targets.
     Returns the suite's folder."""
-    from optbench import suite
+    from optbench import workloads
 
-    request = suite.parse(command, args)
+    request = workloads.parse(command, args)
     for line in request.left_out:
         print(f"optbench: {line}")
     check_writable(request.folder)
     plans = check_command_line(command, request.hydra_args)
-    suite.record_workloads(request, plans)
+    workloads.record_workloads(request, plans)
     _run_hydra_app(command, request.hydra_args, hydra_app(command, plans, progress))
-    for line in suite.finish(request):
+    for line in workloads.finish(request):
         print(f"optbench: {line}")
     return request.folder
 
