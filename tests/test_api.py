@@ -227,3 +227,48 @@ def test_the_examples_of_docs_python_md_run_as_written(tmp_path, data_dir):
     assert sorted(final["optimizer"]) == ["adam", "sgd"]
     run_folder = Path("outputs", "wizard_ffnn", "debug=smoke,optimizer.lr=0.01,optimizer=adam")
     assert namespace["adam"].folder == tmp_path / run_folder
+
+
+def test_a_suite_through_the_api_is_the_commands_suite(tmp_path, data_dir):
+    """The suite's own path (one sweep job per workload, a Hydra multirun, then its files)."""
+    done = run_cli(
+        "suite",
+        "workloads=[mnist_ffnn]",
+        "optimizers=[sgd,adam]",
+        "seeds=2",
+        "debug=smoke",
+        f"hydra.sweep.dir={tmp_path / 'command'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    suite = optbench.suite(
+        workloads=["mnist_ffnn"],
+        optimizers=["sgd", "adam"],
+        seeds=2,
+        debug="smoke",
+        out=tmp_path / "api",
+        progress=False,
+    )
+    assert suite.folder == tmp_path / "api" and (suite.folder / "suite.html").is_file()
+    assert sorted(p.name for p in suite.folder.rglob("*")) == sorted(
+        p.name for p in (tmp_path / "command").rglob("*")
+    )
+    command = optbench.load(tmp_path / "command")
+    pd.testing.assert_frame_equal(without_wall_s(suite.runs), without_wall_s(command.runs))
+    pd.testing.assert_frame_equal(without_wall_s(suite.summary), without_wall_s(command.summary))
+    assert set(suite.runs["experiment"]) == {"mnist_ffnn"}
+    pd.testing.assert_frame_equal(suite.ranking, pd.read_csv(suite.folder / "average_ranks.csv"))
+
+
+def test_tune_returns_every_trial(tmp_path, data_dir):
+    tuned = optbench.tune(
+        optimizers=["sgd", "adam"],
+        seeds=1,
+        debug="smoke",
+        overrides=["tuning.trials=2"],
+        out=tmp_path / "tuned",
+        progress=False,
+    )
+    trials = tuned.runs.groupby("optimizer")["hyperparameters"].nunique()
+    assert trials.to_dict() == {"adam": 2, "sgd": 2}  # two settings drawn per optimizer
+    assert tuned.ranking is None and (tuned.folder / "report.md").is_file()
