@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_faults import mount_tmpfs, unmount
 
 import optbench
 from optbench.api import command_line
@@ -277,3 +278,25 @@ def test_tune_returns_every_trial(tmp_path, data_dir):
     ]
     assert tuned.runs.groupby("optimizer")["lr"].nunique().eq(1).all()
     assert tuned.ranking is None and (tuned.folder / "report.md").is_file()
+
+
+def test_a_full_disk_during_the_job_raises_resource_error_with_the_commands_message(
+    tmp_path, data_dir
+):
+    """A fault only the job meets (its writes): carried out of Hydra as the same
+    ResourceError. Each side writes onto a real 200 kB file system of its own."""
+    cli_folder, api_folder = tmp_path / "command", tmp_path / "api"
+    for folder in (cli_folder, api_folder):
+        mount_tmpfs(folder, "size=200k")
+    try:
+        done = run_cli("run", "seeds=2", "debug=smoke", f"hydra.run.dir={cli_folder}", cwd=tmp_path)
+        assert done.returncode == 74, done.stderr
+        with pytest.raises(optbench.ResourceError) as raised:
+            optbench.run(seeds=2, debug="smoke", out=api_folder, progress=False)
+    finally:
+        for folder in (cli_folder, api_folder):
+            unmount(folder)
+    assert "is out of space" in str(raised.value)
+    assert done.stderr.replace(str(cli_folder), str(api_folder)) == (
+        f"optbench: error: {raised.value}\n"
+    )
