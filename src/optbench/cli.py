@@ -10,8 +10,9 @@
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
     optbench optimizers           every optimizer a config can name, and how it trains
 
-This module parses the command line and calls the core: jobs.py composes and checks the
-jobs before Hydra starts them, benchmark.py trains and writes.
+This module parses the command line and calls the core: compose/jobs.py composes and checks
+the jobs before Hydra starts them, benchmark.py trains and writes. `train` is a training
+command's whole path, which optbench.api (optbench.run, sweep, ...) calls too.
 """
 
 from __future__ import annotations
