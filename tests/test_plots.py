@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 
+import optbench
 from optbench import labels
 from optbench.analysis import profiles
 from optbench.report import figures, plots, suite_figures
@@ -25,7 +26,7 @@ SUITE = ROOT / "results" / "suite"
 
 @pytest.fixture(scope="module")
 def runs() -> pd.DataFrame:
-    return labels.label_settings(store.read_runs(WIZARD))
+    return labels.label_settings(optbench.load(WIZARD).runs)
 
 
 def wcag_contrast(first, second) -> float:

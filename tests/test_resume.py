@@ -19,6 +19,7 @@ import torch
 from constants import SMOKE
 from omegaconf import OmegaConf
 
+import optbench
 from optbench import files
 from optbench.results import store
 from optbench.results.provenance import CONFIG_YAML
@@ -37,6 +38,15 @@ JOB = (
     "train.eval_every=20",
     "threads=1",
 )
+# The same job for optbench.sweep
+SETTINGS = {
+    "optimizers": ["sgd", "adam", "rmsprop"],
+    "seeds": 2,
+    "dataset.train_size": 2000,
+    "train.steps": 300,
+    "train.eval_every": 20,
+    "threads": 1,
+}
 
 
 def comparable(folder: Path) -> pd.DataFrame:
@@ -51,9 +61,7 @@ def digest(path: Path) -> str:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_dir) -> Path:
     folder = tmp_path_factory.mktemp("uninterrupted")
-    done = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=folder)
-    assert done.returncode == 0, done.stderr
-    return folder
+    return optbench.sweep(**SETTINGS, out=folder, progress=False).folder
 
 
 def start_and_stop(
@@ -146,16 +154,12 @@ def test_the_same_command_again_trains_nothing_and_more_seeds_train_only_the_new
     uninterrupted, tmp_path
 ):
     folder = tmp_path / "growing"
-    job = [a for a in JOB if not a.startswith("seeds=")]
-    first = run_cli(*job, "seeds=[0]", f"hydra.run.dir={folder}", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    optbench.sweep(**(SETTINGS | {"seeds": [0]}), out=folder, progress=False)
     before = digest(folder / store.RUNS_CSV)
-    again = run_cli(*job, "seeds=[0]", f"hydra.run.dir={folder}", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
+    optbench.sweep(**(SETTINGS | {"seeds": [0]}), out=folder, progress=False)
     assert "nothing to train" in (folder / files.LOG).read_text()
     assert digest(folder / store.RUNS_CSV) == before
-    more = run_cli(*job, "seeds=2", f"hydra.run.dir={folder}", cwd=tmp_path)
-    assert more.returncode == 0, more.stderr
+    optbench.sweep(**SETTINGS, out=folder, progress=False)
     assert "Skipping the 3 runs already complete" in (folder / files.LOG).read_text()
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
 
@@ -167,8 +171,7 @@ def test_resume_false_moves_the_old_results_aside(uninterrupted, tmp_path):
     for name in old:
         (folder / name).write_bytes((uninterrupted / name).read_bytes())
     (folder / CONFIG_YAML).write_bytes((uninterrupted / CONFIG_YAML).read_bytes())
-    rerun = run_cli(*JOB, "resume=false", f"hydra.run.dir={folder}", cwd=tmp_path)
-    assert rerun.returncode == 0, rerun.stderr
+    optbench.sweep(**SETTINGS, resume=False, out=folder, progress=False)
     (aside,) = folder.glob("replaced-*")
     assert {p.name: digest(p) for p in aside.glob("*.csv")} == old
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
@@ -176,9 +179,10 @@ def test_resume_false_moves_the_old_results_aside(uninterrupted, tmp_path):
 
 def test_a_folder_of_another_protocol_is_refused_and_left_untouched(uninterrupted, tmp_path):
     before = {p.name: digest(p) for p in uninterrupted.iterdir() if p.is_file()}
-    other = run_cli(*JOB, "train.batch_size=32", f"hydra.run.dir={uninterrupted}", cwd=tmp_path)
-    assert other.returncode == 2
-    assert "another protocol" in other.stderr and "train.batch_size (100 -> 32)" in other.stderr
+    with pytest.raises(optbench.ConfigError) as other:
+        optbench.sweep(**SETTINGS, **{"train.batch_size": 32}, out=uninterrupted, progress=False)
+    assert "another protocol" in str(other.value)
+    assert "train.batch_size (100 -> 32)" in str(other.value)
     after = {p.name: digest(p) for p in uninterrupted.iterdir() if p.is_file()}
     assert {k: v for k, v in after.items() if k != files.LOG} == {
         k: v for k, v in before.items() if k != files.LOG
@@ -193,10 +197,10 @@ def test_a_damaged_runs_csv_is_reported_and_left_untouched(uninterrupted, tmp_pa
     (folder / store.RUNS_CSV).write_text(text[:middle_of_a_row])
     (folder / CONFIG_YAML).write_bytes((uninterrupted / CONFIG_YAML).read_bytes())
     before = digest(folder / store.RUNS_CSV)
-    resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
-    assert resumed.returncode == 2
-    assert "cannot be read as optbench results" in resumed.stderr
-    assert "left untouched" in resumed.stderr
+    with pytest.raises(optbench.ResultsError) as resumed:
+        optbench.sweep(**SETTINGS, out=folder, progress=False)
+    assert "cannot be read as optbench results" in str(resumed.value)
+    assert "left untouched" in str(resumed.value)
     assert digest(folder / store.RUNS_CSV) == before
 
 
@@ -289,15 +293,7 @@ def test_out_never_writes_over_results_and_names_the_seeds_compared(tmp_path, da
     combination again into the folder it made is allowed."""
     adam, sgd = tmp_path / "adam", tmp_path / "sgd"
     for folder, seeds, optimizer in ((adam, 5, "adam"), (sgd, 1, "sgd")):
-        done = run_cli(
-            "run",
-            f"optimizer={optimizer}",
-            f"seeds={seeds}",
-            SMOKE,
-            f"hydra.run.dir={folder}",
-            cwd=tmp_path,
-        )
-        assert done.returncode == 0, done.stderr
+        optbench.run(optimizer=optimizer, seeds=seeds, debug="smoke", out=folder, progress=False)
     before = {p.name: p.read_bytes() for p in adam.iterdir() if p.is_file()}
     for command in ("compare", "plot"):
         refused = run_cli(command, str(adam), str(sgd), "--out", str(adam), cwd=tmp_path)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from constants import SMOKE
 
-from optbench.suite import WORKLOADS, preset_path
+from optbench.workloads import WORKLOADS, preset_path
 
 from conftest import run_cli
 

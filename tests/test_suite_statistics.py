@@ -19,7 +19,7 @@ from optbench.analysis import aggregates, profiles, targets
 from optbench.compose.jobs import compose_plan
 from optbench.config.schema import check_target
 from optbench.errors import ConfigError
-from optbench.suite import WORKLOADS, preset_path
+from optbench.workloads import WORKLOADS, preset_path
 
 INF = math.inf
 
@@ -101,7 +101,7 @@ def test_a_target_is_the_best_reference_median_of_each_runs_best_accuracy():
 
 
 def test_a_derived_target_replaces_the_presets_section_and_keeps_the_rest(tmp_path):
-    from optbench.suite import preset_path
+    from optbench.workloads import preset_path
 
     preset = tmp_path / "mnist_ffnn.yaml"
     preset.write_text(preset_path("mnist_ffnn").read_text())

@@ -10,8 +10,9 @@
     optbench data prepare NAME    put a dataset on disk in torchvision's layout
     optbench optimizers           every optimizer a config can name, and how it trains
 
-This module parses the command line and calls the core: compose/jobs.py composes and checks the
-jobs before Hydra starts them, benchmark.py trains and writes.
+This module parses the command line and calls the core: compose/jobs.py composes and checks
+the jobs before Hydra starts them, benchmark.py trains and writes. `train` is a training
+command's whole path, which optbench.api (optbench.run, sweep, ...) calls too.
 """
 
 from __future__ import annotations
@@ -104,10 +105,21 @@ def _raise_terminated(signum, frame) -> None:
 # The Hydra app: one job of `run`, `sweep` or `tune`
 
 
-def hydra_app(command: str, plans: Plans):
+class JobFailed(BaseException):
+    """A job's ConfigError or ResourceError, carried out of Hydra: Hydra turns a job's
+    Exception into a traceback and exit code 1, but lets a BaseException pass (as it does
+    SystemExit). `train` raises the error itself again."""
+
+    def __init__(self, error: ConfigError | ResourceError):
+        super().__init__(error)
+        self.error = error
+
+
+def hydra_app(command: str, plans: Plans, progress: bool = True, folders: list | None = None):
     """The Hydra app of a training command: Hydra parses the command line (overrides, -m,
     --cfg, --help), sets up the job's folder and log, and calls the job with its plan (from
-    `plans`, which check_command_line made; a job it could not foresee makes its own)."""
+    `plans`, which check_command_line made; a job it could not foresee makes its own).
+    Each job's folder is appended to `folders` when one is given."""
 
     @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name=CONFIG_NAME)
     def app(cfg: DictConfig) -> None:
@@ -123,17 +135,27 @@ def hydra_app(command: str, plans: Plans):
                 "suite": benchmark.workload,
                 "targets": benchmark.workload,
             }
-            job.get(command, benchmark.benchmark)(plan, out_dir, overrides)
-        except ConfigError as error:  # e.g. a results folder of another protocol
-            print(f"optbench: error: {error}", file=sys.stderr)
+            job.get(command, benchmark.benchmark)(plan, out_dir, overrides, progress)
+        except (ConfigError, ResourceError) as error:  # another protocol's folder, a full disk
             _discard_if_empty(out_dir)
-            sys.exit(EXIT_BAD_INPUT)
-        except ResourceError as error:  # e.g. a full disk
-            print(f"optbench: error: {error.strerror}", file=sys.stderr)
-            _discard_if_empty(out_dir)
-            sys.exit(EXIT_RESOURCE)
+            raise JobFailed(error) from None
+        if folders is not None:
+            folders.append(out_dir)
 
     return app
+
+
+def _run_hydra_app(command: str, args: list[str], app) -> None:
+    """Run a Hydra app on the command line `optbench COMMAND ARGS` (Hydra parses sys.argv);
+    a job's error is raised again as itself."""
+    argv = sys.argv
+    sys.argv = [f"optbench {command}", *args]  # what Hydra parses
+    try:
+        app()
+    except JobFailed as failed:
+        raise failed.error from None
+    finally:
+        sys.argv = argv
 
 
 class CombineMultirun(Callback):
@@ -195,22 +217,37 @@ def _discard_if_empty(folder: Path) -> None:
 # Entry point
 
 
-def _suite(command: str, args: list[str]) -> int:
-    """`optbench suite` and `optbench targets`: one sweep job per workload (a Hydra
-    multirun, checked whole before it starts), then the suite's own files or the targets."""
-    from optbench import suite
+def train(command: str, args: list[str], progress: bool = True) -> list[Path]:
+    """`optbench COMMAND ARGS` for a command that trains (run, sweep, tune, suite,
+    targets): every job checked before any starts, then trained and written. Returns the
+    folders written (one a job; a suite's or targets' own folder). Raises ConfigError for
+    bad input and ResourceError for a failing resource, each with the message the command
+    prints; KeyboardInterrupt (Ctrl-C, or Terminated) passes through. The command line and
+    optbench.api both call it."""
+    if command in ("suite", "targets"):
+        return [_suite(command, args, progress)]
+    plans = check_command_line(command, args)
+    folders: list[Path] = []
+    _run_hydra_app(command, args, hydra_app(command, plans, progress, folders))
+    return folders
 
-    request = suite.parse(command, args)
+
+def _suite(command: str, args: list[str], progress: bool = True) -> Path:
+    """`optbench suite` and `optbench targets`: one sweep job per workload (a Hydra
+    multirun, checked whole before it starts), then the suite's own files or the targets.
+    Returns the suite's folder."""
+    from optbench import workloads
+
+    request = workloads.parse(command, args)
     for line in request.left_out:
         print(f"optbench: {line}")
     check_writable(request.folder)
     plans = check_command_line(command, request.hydra_args)
-    suite.record_workloads(request, plans)
-    sys.argv = [f"optbench {command}", *request.hydra_args]  # what Hydra parses
-    hydra_app(command, plans)()
-    for line in suite.finish(request):
+    workloads.record_workloads(request, plans)
+    _run_hydra_app(command, request.hydra_args, hydra_app(command, plans, progress))
+    for line in workloads.finish(request):
         print(f"optbench: {line}")
-    return 0
+    return request.folder
 
 
 def version() -> str:
@@ -245,13 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print(helptext.text(command, rest), end="")
             return 0
-        if command in COMMANDS:
-            plans = check_command_line(command, rest)
-            sys.argv = [f"optbench {command}", *rest]  # what Hydra parses
-            hydra_app(command, plans)()
+        if command in (*COMMANDS, "suite", "targets"):
+            train(command, rest)
             return 0
-        if command in ("suite", "targets"):
-            return _suite(command, rest)
         if command in ("plot", "compare", "data", "optimizers"):
             from optbench import commands
 

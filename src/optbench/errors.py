@@ -9,7 +9,10 @@ class ConfigError(ValueError):
 
 class ResourceError(OSError):
     """A fault of something optbench needs, not of its input (a full disk): the message
-    names the resource and the way out."""
+    (strerror, also its str) names the resource and the way out."""
+
+    def __str__(self) -> str:  # the paragraph alone, without OSError's "[Errno 28] "
+        return self.strerror or super().__str__()
 
 
 class ResultsError(ConfigError):

@@ -28,7 +28,7 @@ from optbench.report import suite_figures
 from optbench.report.report import render
 from optbench.results.store import read_runs
 
-WORKLOADS_CSV = "workloads.csv"  # written by suite.record_workloads, read by analyse
+WORKLOADS_CSV = "workloads.csv"  # written by workloads.record_workloads, read by analyse
 
 
 def workload_runs(folder: Path, workload) -> pd.DataFrame:
