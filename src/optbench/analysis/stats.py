@@ -27,7 +27,7 @@ ALPHA = 0.05  # family-wise error rate of the pairwise tests, Holm-corrected
 # near a bound, mean ± t·s/√n spills over it (an accuracy interval of [-0.06, 0.25]), and
 # clipping loses no coverage, since the true mean lies inside. Accuracy is a fraction; the
 # losses (cross-entropy), gradient evaluations and seconds cannot go below 0.
-RANGES = {"test_accuracy": (0.0, 1.0)}
+RANGES = {"test_accuracy": (0.0, 1.0), "validation_accuracy": (0.0, 1.0)}
 
 
 def metric_range(metric: str) -> tuple[float, float]:

@@ -51,8 +51,14 @@ def dataset_class(name: str) -> type:
 
 
 def train_size(dataset: Mapping) -> int:
-    """Examples a run trains on: dataset.train_size, or the whole training set."""
-    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]]
+    """Examples a run trains on: dataset.train_size, or the whole training set less the
+    validation set held out of it."""
+    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]] - validation_size(dataset)
+
+
+def validation_size(dataset: Mapping) -> int:
+    """Training examples held out as the validation set: dataset.validation_size, or 0."""
+    return dataset.get("validation_size") or 0
 
 
 def default_data_dir() -> Path:
