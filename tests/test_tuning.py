@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from optbench.analysis import tuning
 
@@ -62,7 +63,14 @@ def test_a_better_optimizer_has_the_higher_curve():
     accuracy |= {f"bad trial {t}": 0.90 + 0.003 * t for t in range(6)}
     runs = pd.DataFrame(
         [
-            {"optimizer": name, "seed": 0, "step": 10, "test_accuracy": value, "diverged": False}
+            {
+                "optimizer": name,
+                "seed": 0,
+                "step": 10,
+                "validation_accuracy": value,
+                "test_accuracy": 1.9 - value,  # the reverse order: it must not matter
+                "diverged": False,
+            }
             for name, value in accuracy.items()
         ]
     )
@@ -118,6 +126,9 @@ def test_lr_grid_sweep_and_tune_end_to_end(data_dir, tmp_path):
     trials = pd.read_csv(out / "tuning.csv")
     assert trials.groupby("optimizer").size().to_dict() == {"adam": 4, "sgd": 4}
     assert trials["final_test_accuracy"].between(0, 1).all()
+    assert trials["final_validation_accuracy"].between(0, 1).all()
+    # the protocol held out no validation set: the trials held out one of their own
+    assert OmegaConf.load(out / "config.yaml").dataset.validation_size == 10_000
     curve = pd.read_csv(out / "tuning_curve.csv")
     assert sorted(curve.trials.unique()) == [1, 2, 3, 4]
     report = (out / "report.md").read_text()

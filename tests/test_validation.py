@@ -141,3 +141,83 @@ def test_a_train_size_beyond_what_the_validation_set_leaves_is_refused(tmp_path)
     assert result.returncode == 2
     assert "dataset.train_size=55000" in result.stderr
     assert "from 1 to 50000" in result.stderr and "validation_size" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Nothing chooses on the test set
+
+
+def test_tuning_makes_the_same_choices_whatever_the_test_set(tmp_path):
+    """The trials are chosen on a validation set (here the one optbench tune holds out for a
+    protocol without one): another test subset changes the test columns and not a choice."""
+    chosen = []
+    for test_size in (200, 400):
+        out = tmp_path / f"test{test_size}"
+        result = run_cli(
+            "tune",
+            "optimizers=[sgd,adam]",
+            "tuning.trials=3",
+            SMOKE,
+            f"dataset.test_size={test_size}",
+            f"hydra.run.dir={out}",
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "holds out no validation set" in result.stderr + result.stdout
+        trials = pd.read_csv(out / "tuning.csv")
+        best = trials.loc[trials.groupby("optimizer")["final_validation_accuracy"].idxmax()]
+        chosen.append((trials, best["name"].tolist()))
+    (first, first_best), (second, second_best) = chosen
+    assert first_best == second_best
+    pd.testing.assert_series_equal(
+        first["final_validation_accuracy"], second["final_validation_accuracy"]
+    )
+    assert not first["final_test_accuracy"].equals(second["final_test_accuracy"])
+
+
+def test_targets_are_set_on_validation_accuracy_whatever_the_test_set(tmp_path):
+    values = []
+    for test_size in (200, 400):
+        out = tmp_path / f"test{test_size}"
+        result = run_cli(
+            "targets",
+            "workloads=[mnist_ffnn]",
+            "optimizers=[adamw,nesterov]",
+            "tuning.trials=2",
+            "seeds=[100,101]",
+            SMOKE,
+            f"dataset.validation_size={HELD_OUT}",
+            f"dataset.test_size={test_size}",
+            f"hydra.sweep.dir={out}",
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "not written into the presets" in result.stdout  # another protocol
+        values.append(pd.read_csv(out / "targets.csv"))
+    pd.testing.assert_frame_equal(values[0], values[1])
+
+
+def test_time_to_target_is_measured_on_the_validation_accuracy():
+    from optbench.analysis import targets
+
+    runs = pd.DataFrame(
+        {
+            "optimizer": "adam",
+            "seed": 0,
+            "step": [100, 200, 300],
+            "epoch": [1, 2, 3],
+            "grad_evals": [100, 200, 300],
+            "wall_s": [1.0, 2.0, 3.0],
+            "test_accuracy": [0.95, 0.96, 0.97],  # at the target from the first evaluation
+            "validation_accuracy": [0.90, 0.92, 0.95],  # only at the last
+            "diverged": False,
+        }
+    )
+    times = targets.run_times(runs, 0.95)
+    assert times["steps"].tolist() == [300]
+    assert times["final_test_accuracy"].tolist() == [0.97]  # reported beside
+    assert times["final_validation_accuracy"].tolist() == [0.95]
+    value, medians = targets.derive(runs)
+    assert value == 0.95 and medians == {"adam": 0.95}  # the best validation accuracy
+    without = runs.drop(columns="validation_accuracy")  # runs from before validation sets
+    assert targets.run_times(without, 0.95)["steps"].tolist() == [100]

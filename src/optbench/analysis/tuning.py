@@ -9,10 +9,14 @@ draws from the same kind of space:
     betas     beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
     warmup    with a warmup schedule: whole steps uniform in [0, a quarter of the training]
 
-From the trials' final accuracies, the expected best accuracy after k trials (k = 1..n) is
-estimated by resampling the trials (k drawn with replacement, the best kept, many times):
-the "expected validation performance" curve of Dodge et al. (2019). Optimizers are then
-compared at equal budget k rather than at one lucky or unlucky setting.
+Every choice is made on a validation set held out of the training data, never on the test
+set: the trials are evaluated on the protocol's validation set, or, where it has none, on
+one `optbench tune` holds out itself (plan.choosing_on_validation). From the trials' final
+validation accuracies, the expected best accuracy after k trials (k = 1..n) is estimated
+by resampling the trials (k drawn with replacement, the best kept, many times): the
+"expected validation performance" curve of Dodge et al. (2019). Optimizers are then
+compared at equal budget k rather than at one lucky or unlucky setting; the best trial
+(the highest validation accuracy) is the one `optbench suite tuning.trials=K` trains.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from optbench.errors import ConfigError
 from optbench.labels import trial_name
 from optbench.plan import OptimizerSpec
 
@@ -116,35 +121,47 @@ def expected_best_exact(values: np.ndarray, k: int) -> float:
 
 
 def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per trial: its hyperparameters and final test accuracy (mean over its seeds; 0 for a
-    diverged trial, the accuracy of guessing or worse). Per optimizer and budget k: the
-    expected best accuracy and its resampling std."""
-    final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
-    accuracy = (
-        final.assign(
-            test_accuracy=final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
-        )
-        .groupby("optimizer")["test_accuracy"]
-        .mean()
-    )
-    trials = drawn.assign(final_test_accuracy=drawn["name"].map(accuracy))
+    """Per trial: its hyperparameters and final validation accuracy (mean over its seeds; 0
+    for a diverged trial, the accuracy of guessing or worse), and its final test accuracy
+    beside it, reported, never chosen on. Per optimizer and budget k: the expected best
+    validation accuracy and its resampling std."""
+    final = final_rows(runs)
+    healthy = ~final["diverged"].astype(bool)
+    trials = drawn
+    for metric in ("validation_accuracy", "test_accuracy"):
+        accuracy = final.assign(**{metric: final[metric].where(healthy, 0.0)})
+        means = accuracy.groupby("optimizer")[metric].mean()
+        trials = trials.assign(**{f"final_{metric}": drawn["name"].map(means)})
     rng = np.random.default_rng(0)
     curve = []
     for name, rows in trials.groupby("optimizer", sort=False):
-        values = rows["final_test_accuracy"].to_numpy()
+        values = rows["final_validation_accuracy"].to_numpy()
         for k in range(1, len(values) + 1):
             curve.append({"optimizer": name, "trials": k, **expected_best(values, k, rng)})
     return trials, pd.DataFrame(curve)
 
 
+def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's rows at its last evaluation; ConfigError where the trials were not
+    evaluated on a validation set (a choice is never made on the test set)."""
+    if "validation_accuracy" not in runs:
+        raise ConfigError(
+            "These tuning trials have no validation_accuracy: they were trained on a protocol "
+            "without a validation set, and optbench chooses on validation data only. Run the "
+            "tuning again (optbench tune holds out a validation set of its own)."
+        )
+    return runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+
+
 def best_settings(runs: pd.DataFrame, optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
-    """Each optimizer's best trial (highest mean final test accuracy over its seeds; a
-    diverged run counts 0), as a setting under the optimizer's own name."""
-    final = runs[runs["step"] == runs["step"].max()]
-    accuracy = final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
+    """Each optimizer's best trial (highest mean final validation accuracy over its seeds; a
+    diverged run counts 0), as a setting under the optimizer's own name. The test set plays
+    no part in the choice."""
+    final = final_rows(runs)
+    accuracy = final["validation_accuracy"].where(~final["diverged"].astype(bool), 0.0)
     means = (
-        final.assign(test_accuracy=accuracy)
-        .groupby(["optimizer", "hyperparameters"], sort=False)["test_accuracy"]
+        final.assign(validation_accuracy=accuracy)
+        .groupby(["optimizer", "hyperparameters"], sort=False)["validation_accuracy"]
         .mean()
     )
     best = []

@@ -61,6 +61,14 @@ def validation_size(dataset: Mapping) -> int:
     return dataset.get("validation_size") or 0
 
 
+def default_validation_size(dataset: Mapping) -> int:
+    """The validation set a choice holds out where the protocol has none: as large as the
+    test set it stands in for (TEST_SIZE), at most a sixth of the training set (10,000 of
+    MNIST's 60,000). It depends on nothing of the test set: whatever test subset a command
+    evaluates (dataset.test_size), the same examples are held out and the same choice made."""
+    return min(TEST_SIZE, TRAIN_SIZES[dataset["name"]] // 6)
+
+
 def default_data_dir() -> Path:
     """$OPTBENCH_DATA_DIR, else data/ in the source checkout, else ./data."""
     if os.environ.get("OPTBENCH_DATA_DIR"):

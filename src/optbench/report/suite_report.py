@@ -239,6 +239,17 @@ def _what_ran(t: dict) -> list:
     )
     left = workloads[workloads["status"] != "ran"]
     what += "." + "".join(f" {w.workload}: {w.status}" for w in left.itertuples())
+    if "final_validation_accuracy" in t["times"]:
+        what += (
+            " The targets are validation accuracies, and a run reaches its target when its "
+            "accuracy on the validation set held out of the training data does; the test "
+            "accuracy is reported beside it and chooses nothing."
+        )
+    else:
+        what += (
+            " These workloads hold out no validation set (dataset.validation_size), so their "
+            "targets were set, and are reached, on the test accuracy."
+        )
     parts = [("What ran", "text", what)]
     missed = unreached(t["per_optimizer"])
     if missed:
