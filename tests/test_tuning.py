@@ -49,6 +49,20 @@ def test_trials_are_reproducible_and_inside_the_search_space():
     adam = [c for c in configs if c.name.startswith("adam")]
     betas = [c.config["betas"] for c in adam]
     assert all(0.8 <= b1 <= 0.99 and 0.9 <= b2 <= 0.9999 for b1, b2 in betas)
+    assert all(1e-5 <= c.config["weight_decay"] <= 0.1 for c in configs)  # all three take one
+
+
+def test_learning_rate_free_and_schedule_free_optimizers_search_their_own_knobs():
+    optimizers = sweep_plan("optimizers=[prodigy,schedulefreeadamw]").optimizers
+    configs, drawn = tuning.sample_trials(optimizers, trials=6, seed=1, total_steps=400)
+    for config in configs:
+        base = next(o for o in optimizers if config.name.startswith(o.name))
+        span = 10 if base.name == "prodigy" else 100  # prodigy's lr multiplies its own step
+        assert base.lr / span <= config.lr <= base.lr * span
+    free = [c for c in configs if c.name.startswith("schedulefreeadamw")]
+    assert all(0 <= c.config["warmup_steps"] <= 100 for c in free)
+    assert len({c.config["warmup_steps"] for c in free}) > 1
+    assert drawn[drawn.optimizer == "prodigy"]["own_warmup_steps"].isna().all()
 
 
 def test_a_better_optimizer_has_the_higher_curve():

@@ -4,10 +4,13 @@ Comparing optimizers at their defaults favours whichever default suits the probl
 each optimizer gets `tuning.trials` trials whose hyperparameters optuna's RandomSampler
 draws from the same kind of space:
 
-    lr        log-uniform in [configured lr / 100, configured lr x 100]
-    momentum  uniform in [0, 0.99], for optimizers whose configured momentum is non-zero
-    betas     beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
-    warmup    with a warmup schedule: whole steps uniform in [0, a quarter of the training]
+    lr            log-uniform in [configured lr / 100, configured lr x 100]; for the
+                  learning-rate-free (Prodigy, D-Adaptation) in [lr / 10, lr x 10]
+    weight decay  log-uniform in [1e-5, 0.1], for optimizers that take one
+    momentum      uniform in [0, 0.99], for optimizers whose configured momentum is non-zero
+    betas         beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
+    warmup        with a warmup schedule: whole steps uniform in [0, a quarter of the
+                  training]; the schedule-free optimizers' own warmup_steps likewise
 
 Every choice is made on a validation set held out of the training data, never on the test
 set: the trials are evaluated on the protocol's validation set, or, where it has none, on
@@ -36,17 +39,28 @@ from optbench.plan import OptimizerSpec
 RESAMPLES = 2000  # bootstrap draws per point of the expected-best curve
 
 
+# Learning-rate-free optimizers: their lr multiplies the step size they estimate (1.0 is
+# the method itself), so a decade either side of it is searched rather than two.
+LR_FREE = ("prodigy", "dadaptadagrad", "dadaptadam", "dadaptadan", "dadaptlion", "dadaptsgd")
+
+
 def search_space(
     optimizer: Mapping, schedule: Mapping | None = None, total_steps: int = 0
 ) -> dict[str, optuna.distributions.BaseDistribution]:
-    """What a trial draws for an optimizer config: lr (log-uniform over two decades either
-    side of its configured lr), momentum where it has one, Adam's betas where it has them,
-    and the schedule's warmup length where it has one (a whole number of steps from 0 to a
-    quarter of the training)."""
+    """What a trial draws for an optimizer config (docs/statistics.md has the table): lr
+    (log-uniform over two decades either side of its configured lr; one decade for the
+    learning-rate-free, LR_FREE), weight decay where it has one (log-uniform in
+    [1e-5, 0.1]), momentum where it has one, Adam's betas where it has them, and a warmup
+    length (a whole number of steps from 0 to a quarter of the training) where the
+    schedule has one, or, for the schedule-free optimizers, which keep their own warmup
+    (`warmup_steps`) under a constant schedule, where the optimizer has one."""
     space = {}
     if optimizer.get("lr") is not None:  # A2Grad has none: it sets its own step size
         lr = float(optimizer["lr"])
-        space["lr"] = optuna.distributions.FloatDistribution(lr / 100, lr * 100, log=True)
+        span = 10 if str(optimizer.get("name")) in LR_FREE else 100
+        space["lr"] = optuna.distributions.FloatDistribution(lr / span, lr * span, log=True)
+    if "weight_decay" in optimizer:
+        space["weight_decay"] = optuna.distributions.FloatDistribution(1e-5, 0.1, log=True)
     if float(optimizer.get("momentum", 0.0) or 0.0) > 0:
         space["momentum"] = optuna.distributions.FloatDistribution(0.0, 0.99)
     if "betas" in optimizer:
@@ -54,6 +68,8 @@ def search_space(
         space["one_minus_beta2"] = optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
     if schedule is not None and "warmup_steps" in schedule:
         space["warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
+    elif "warmup_steps" in optimizer:  # schedule-free: a warmup of its own
+        space["own_warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
     return space
 
 
@@ -83,6 +99,8 @@ def sample_trials(
                     config["betas"] = [config["betas"][0], 1 - value, *config["betas"][2:]]
                 elif key == "warmup_steps":  # the trial's own schedule (schedules.of_setting)
                     config["schedule"] = {"warmup_steps": value}
+                elif key == "own_warmup_steps":  # the optimizer's own warmup argument
+                    config["warmup_steps"] = value
                 else:
                     config[key] = value
             settings.append(OptimizerSpec.of(config))
