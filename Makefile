@@ -57,7 +57,7 @@ reproduce: install data ## the three tutorials' protocols with many seeds -> res
 suite: install data ## every workload x optimizer x seed (SUITE_SEEDS, default 3) -> results/suite/: time-to-target, profiles, aggregates, suite.html
 	$(BIN)/optbench suite seeds=$(SUITE_SEEDS) $(TRAIN_ARGS) hydra.sweep.dir=results/suite
 
-targets: install data ## derive each workload's target from the reference optimizers (5 seeds) -> results/targets/, written into its preset
+targets: install data ## derive each workload's target from the reference optimizers (tuned, then 5 seeds) -> results/targets/, written into its preset
 	$(BIN)/optbench targets $(TRAIN_ARGS) hydra.sweep.dir=results/targets
 
 regimes: install data ## full-batch GD, pure SGD and mini-batch SGD on EXPERIMENT (3 seeds) -> results/regimes_EXPERIMENT/

@@ -97,6 +97,28 @@ def test_heatmap_numbers_contrast_with_their_cells():
     plt.close(figure)
 
 
+def test_a_profile_is_drawn_as_it_is_scored():
+    """The area under each drawn line, on the figure's linear tau axis, over TAU_MAX - 1, is
+    the optimizer's profile score (the score a reader sees in the legend)."""
+    ratios = pd.read_csv(SUITE / "performance_ratios.csv")
+    table = ratios[ratios["measure"] == "steps"].pivot(
+        index="workload", columns="optimizer", values="ratio"
+    )
+    table.iloc[0, 0] = 1.7  # a step inside the axis, between grid points
+    scores = profiles.score(table)
+    rho = profiles.profile(table)
+    figure = suite_figures.profile_figure(rho, "steps", len(table), scores)
+    axes = figure.axes[0]
+    assert axes.get_xscale() == "linear"
+    groups = suite_figures.shared_profiles(rho)
+    for line, names in zip(axes.get_lines(), groups, strict=True):
+        x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        assert line.get_drawstyle() == "steps-post"
+        area = np.sum(y[:-1] * np.diff(x)) / (profiles.TAU_MAX - 1)
+        assert area == pytest.approx(scores[names[0]], abs=1e-12), names
+    plt.close(figure)
+
+
 def test_identical_profiles_share_one_line_that_names_them_all():
     ratios = pd.read_csv(SUITE / "performance_ratios.csv")
     table = ratios[ratios["measure"] == "steps"].pivot(

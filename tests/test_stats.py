@@ -65,6 +65,24 @@ def test_differences_equal_but_for_rounding_give_scipys_p_without_a_warning():
     assert t_p == expected
 
 
+def test_wilcoxon_ties_are_exact_as_counts_of_correct_answers():
+    """Accuracies over N = 10,000 test examples: the differences are counts over N. Float
+    subtraction gives equal counts different last bits (0.9010 - 0.9000 != 0.9007 - 0.8997),
+    which would rank genuine ties apart; the p-value equals SciPy's on the integer counts."""
+    n_test = 10_000
+    a = np.array([0.9010, 0.8997, 0.9128, 0.9700, 0.9650, 0.9259, 0.9610, 0.9410])
+    b = np.array([0.9000, 0.9007, 0.9118, 0.9700, 0.9655, 0.9249, 0.9590, 0.9420])
+    differences = a - b
+    tied = [0, 1, 2, 5, 7]  # 10 more or fewer correct answers out of 10,000
+    assert len(set(np.abs(differences[tied]))) > 1  # the floats break the tie
+    counts = np.round(a * n_test).astype(int) - np.round(b * n_test).astype(int)
+    assert len(set(np.abs(counts[tied]))) == 1 and counts[3] == 0  # one tie, one zero
+    expected = scipy_stats.wilcoxon(counts, zero_method="zsplit").pvalue
+    assert stats.paired_tests(a, b)[1] == pytest.approx(expected, rel=1e-12)
+    by_floats = scipy_stats.wilcoxon(differences, zero_method="zsplit").pvalue
+    assert by_floats != pytest.approx(expected, rel=1e-6)  # the broken tie mattered
+
+
 def test_describe_equals_numpy_percentiles():
     values = pd.Series([0.3, 0.1, 0.4, 0.15, 0.9, 0.2])
     described = stats.describe(values)

@@ -274,8 +274,9 @@ def test_ranks_friedman_and_nemenyi_follow_demsar():
         name: {w: list(rng.normal(level, 0.1, 4)) for w in ("w1", "w2")}
         for name, level in (("a", 1.0), ("b", 0.9), ("c", 0.5), ("d", 0.45))
     }
-    result = aggregates.ranks(scores_frame(values))
-    table = aggregates.blocks(scores_frame(values)).to_numpy()
+    result = aggregates.ranks(scores_frame(values), by="workload_seed")
+    table = aggregates.blocks(scores_frame(values), by="workload_seed").to_numpy()
+    assert result["blocks"] == 8
     n, k = table.shape
     by_hand = np.array([[sorted(-row).index(-v) + 1 for v in row] for row in table])  # no ties
     np.testing.assert_allclose(result["average"][list("abcd")], by_hand.mean(axis=0))
@@ -289,6 +290,70 @@ def test_ranks_friedman_and_nemenyi_follow_demsar():
     q = abs(r[0] - r[3]) / math.sqrt(k * (k + 1) / (6 * n))
     nemenyi = stats.studentized_range.sf(q * math.sqrt(2), k, np.inf)
     assert result["nemenyi"].loc["a", "d"] == pytest.approx(nemenyi, rel=1e-3)
+
+
+def test_ranks_by_default_block_by_workload_on_the_mean_over_seeds():
+    """Demšar's blocks are independent data sets: one per workload, each optimizer's score
+    there the mean over its seeds; the Friedman statistic by his formula from those ranks."""
+    rng = np.random.default_rng(5)
+    values = {
+        name: {w: list(rng.normal(level + shift, 0.2, 3)) for w, shift in workloads}
+        for name, level in (("a", 1.0), ("b", 0.8), ("c", 0.75), ("d", 0.3))
+        for workloads in [(("w1", 0.0), ("w2", 0.1), ("w3", -0.2), ("w4", 0.05))]
+    }
+    result = aggregates.ranks(scores_frame(values))
+    means = np.array([[np.mean(values[o][w]) for o in "abcd"] for w in ("w1", "w2", "w3", "w4")])
+    by_hand = np.array([[sorted(-row).index(-v) + 1 for v in row] for row in means])
+    assert result["by"] == "workload" and result["blocks"] == 4
+    np.testing.assert_allclose(result["average"][list("abcd")], by_hand.mean(axis=0))
+    n, k = means.shape
+    r = by_hand.mean(axis=0)
+    chi2 = 12 * n / (k * (k + 1)) * (np.sum(r**2) - k * (k + 1) ** 2 / 4)
+    assert result["friedman_p"] == pytest.approx(stats.chi2.sf(chi2, k - 1))
+    # fewer blocks than the workload × seed view: a larger critical difference
+    by_seed = aggregates.ranks(scores_frame(values), by="workload_seed")
+    assert (
+        by_seed["blocks"] == 12 and result["critical_difference"] > by_seed["critical_difference"]
+    )
+
+
+def test_rank_stability_resamples_seeds_paired_across_optimizers():
+    rng = np.random.default_rng(7)
+    dominant = {  # a beats b on every seed of every workload, by a little
+        "a": {w: list(0.6 + rng.normal(0, 0.05, 4)) for w in ("w1", "w2", "w3")},
+    }
+    dominant["b"] = {w: [s - 0.01 for s in seeds] for w, seeds in dominant["a"].items()}
+    table = aggregates.rank_stability(scores_frame(dominant), resamples=300)
+    assert table.set_index("optimizer")["p_best"].to_dict() == {"a": 1.0, "b": 0.0}
+    # unpaired resampling would often draw b's good seeds against a's bad ones: a is best
+    # on every draw only because each draw keeps the seeds' pairs
+    twins = {"a": dominant["a"], "b": dominant["a"]}  # equal on every seed: ties share
+    table = aggregates.rank_stability(scores_frame(twins), resamples=300)
+    assert table["p_best"].tolist() == [0.5, 0.5]
+    assert (table["rank_q05"] == 1.5).all() and (table["rank_q95"] == 1.5).all()
+
+
+def test_rank_stability_agrees_with_a_plain_resampling_loop():
+    rng = np.random.default_rng(11)
+    values = {
+        name: {w: list(rng.normal(level, 0.15, 5)) for w in ("w1", "w2")}
+        for name, level in (("a", 0.7), ("b", 0.65), ("c", 0.4))
+    }
+    table = aggregates.rank_stability(scores_frame(values), resamples=4000)
+    draws = np.random.default_rng(123)
+    wins = dict.fromkeys("abc", 0.0)
+    for _ in range(4000):
+        average = np.zeros(3)
+        for w in ("w1", "w2"):
+            seeds = draws.integers(0, 5, 5)
+            means = [np.mean(np.array(values[o][w])[seeds]) for o in "abc"]
+            average += stats.rankdata(-np.array(means))
+        best = np.flatnonzero(average == average.min())
+        for i in best:
+            wins["abc"[i]] += 1 / len(best) / 4000
+    ours = table.set_index("optimizer")["p_best"]
+    for name in "abc":
+        assert ours[name] == pytest.approx(wins[name], abs=0.03), name
 
 
 def test_every_target_belongs_to_its_workloads_protocol_as_it_is_today():

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from optbench.analysis import stats, tuning
 
@@ -48,6 +49,20 @@ def test_trials_are_reproducible_and_inside_the_search_space():
     adam = [c for c in configs if c.name.startswith("adam")]
     betas = [c.config["betas"] for c in adam]
     assert all(0.8 <= b1 <= 0.99 and 0.9 <= b2 <= 0.9999 for b1, b2 in betas)
+    assert all(1e-5 <= c.config["weight_decay"] <= 0.1 for c in configs)  # all three take one
+
+
+def test_learning_rate_free_and_schedule_free_optimizers_search_their_own_knobs():
+    optimizers = sweep_plan("optimizers=[prodigy,schedulefreeadamw]").optimizers
+    configs, drawn = tuning.sample_trials(optimizers, trials=6, seed=1, total_steps=400)
+    for config in configs:
+        base = next(o for o in optimizers if config.name.startswith(o.name))
+        span = 10 if base.name == "prodigy" else 100  # prodigy's lr multiplies its own step
+        assert base.lr / span <= config.lr <= base.lr * span
+    free = [c for c in configs if c.name.startswith("schedulefreeadamw")]
+    assert all(0 <= c.config["warmup_steps"] <= 100 for c in free)
+    assert len({c.config["warmup_steps"] for c in free}) > 1
+    assert drawn[drawn.optimizer == "prodigy"]["own_warmup_steps"].isna().all()
 
 
 def test_a_better_optimizer_has_the_higher_curve():
@@ -62,7 +77,14 @@ def test_a_better_optimizer_has_the_higher_curve():
     accuracy |= {f"bad trial {t}": 0.90 + 0.003 * t for t in range(6)}
     runs = pd.DataFrame(
         [
-            {"optimizer": name, "seed": 0, "step": 10, "test_accuracy": value, "diverged": False}
+            {
+                "optimizer": name,
+                "seed": 0,
+                "step": 10,
+                "validation_accuracy": value,
+                "test_accuracy": 1.9 - value,  # the reverse order: it must not matter
+                "diverged": False,
+            }
             for name, value in accuracy.items()
         ]
     )
@@ -117,6 +139,9 @@ def test_lr_grid_sweep_and_tune_end_to_end(data_dir, tmp_path):
     trials = pd.read_csv(out / "tuning.csv")
     assert trials.groupby("optimizer").size().to_dict() == {"adam": 4, "sgd": 4}
     assert trials["final_test_accuracy"].between(0, 1).all()
+    assert trials["final_validation_accuracy"].between(0, 1).all()
+    # the protocol held out no validation set: the trials held out one of their own
+    assert OmegaConf.load(out / "config.yaml").dataset.validation_size == 10_000
     curve = pd.read_csv(out / "tuning_curve.csv")
     assert sorted(curve.trials.unique()) == [1, 2, 3, 4]
     report = (out / "report.md").read_text()

@@ -58,6 +58,7 @@ def tune(
     from optbench.report import tuning as tuning_report
 
     out_dir = Path(out_dir)
+    plan = _choosing_on_validation(plan)
     trials, drawn = tuning.sample_trials(
         plan.optimizers,
         plan.tuning["trials"],
@@ -75,6 +76,20 @@ def tune(
     answer.log_final_table(summary)  # each optimizer's best trial
     _say_where(out_dir)
     return runs
+
+
+def _choosing_on_validation(plan: Plan) -> Plan:
+    """The plan of tuning trials: its runs evaluated on a validation set, the protocol's own
+    or one held out for the choice (said in the log), never on the test set alone."""
+    chosen_on = plan.choosing_on_validation()
+    if chosen_on is not plan:
+        log.info(
+            "The protocol holds out no validation set: the trials hold out %d training examples "
+            "(dataset.validation_size=%d, a fixed stratified choice) and are chosen on them.",
+            chosen_on.dataset["validation_size"],
+            chosen_on.dataset["validation_size"],
+        )
+    return chosen_on
 
 
 def workload(

@@ -64,7 +64,8 @@ commands:
                            grad_evals|seconds the profiles' headline, tuning.trials=K tunes
                            e.g. optbench suite seeds=2 debug=smoke
   targets [OVERRIDES]      derive each workload's target from the reference optimizers
-                           (adamw, nadam, nesterov, momentum; 5 seeds) into its preset
+                           (adamw, nadam, nesterov, momentum; each tuned with 8 trials,
+                           then seeds 100-104) into its preset
   plot RESULTS_DIR... [--x step|epoch|grad_evals|wall_s] [--out DIR] [--allow-mixed]
                            redraw every plot from RESULTS_DIR/runs.csv; several folders
                            are combined into --out (never two protocols, unless

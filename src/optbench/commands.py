@@ -56,7 +56,9 @@ def _check_out_holds_no_other_results(out: Path, runs) -> None:
     existing = Path(out) / store.RUNS_CSV
     if (Path(out) / CONFIG_YAML).is_file():
         held = "a job's results (config.yaml)"
-    elif existing.is_file() and existing.read_text() != runs[store.RUN_COLUMNS].to_csv(index=False):
+    elif existing.is_file() and existing.read_text() != runs[store.run_columns(runs)].to_csv(
+        index=False
+    ):
         held = f"other runs ({existing})"
     else:
         return

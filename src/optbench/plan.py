@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -140,3 +140,14 @@ class Plan:
     def step_plan(self) -> StepPlan:
         """The steps this job trains and evaluates at."""
         return make_step_plan(self.train, prepare.train_size(self.dataset))
+
+    def choosing_on_validation(self) -> Plan:
+        """The plan whose runs a choice (a tuning trial) may be made on: this plan where its
+        dataset holds out a validation set; else the same protocol holding out
+        prepare.default_validation_size of its training examples (a protocol of its own,
+        with its own fingerprint), so that nothing is ever chosen on the test set."""
+        if prepare.validation_size(self.dataset):
+            return self
+        dataset = {**self.dataset, "validation_size": prepare.default_validation_size(self.dataset)}
+        config = {**self.config, "dataset": dataset}
+        return replace(self, dataset=dataset, config=config, fingerprint=fingerprint(config))

@@ -34,7 +34,12 @@ from optbench.report.suite_report import WORKLOADS_CSV
 WORKLOADS = ("mnist_ffnn", "fashion_ffnn", "mnist_lenet", "fashion_lenet", "cifar10_lenet")
 # AlgoPerf's target-setting optimizers, as far as optbench has them.
 REFERENCE = ["adamw", "nadam", "nesterov", "momentum"]
-DEFAULT_SEEDS = {"suite": 3, "targets": 5}
+DEFAULT_SEEDS = {"suite": "3", "targets": "[100,101,102,103,104]"}
+# The reference optimizers are tuned before they set a target, each with the same number of
+# random-search trials (optbench tune's search space) chosen on the validation set, and the
+# target runs use seeds the suite's runs (0, 1, 2, ...) do not: a suite's run is never
+# measured against a target it helped set.
+TARGET_TRIALS = 8
 # Suite arguments that are not Hydra overrides of its jobs.
 OWN_KEYS = ("workloads", "time")
 
@@ -111,6 +116,8 @@ def parse(command: str, args: list[str]) -> Request:
         rest.append(f"seeds={DEFAULT_SEEDS[command]}")
     if command == "targets" and not any(a.startswith("optimizers=") for a in rest):
         rest.append(f"optimizers=[{','.join(REFERENCE)}]")
+    if command == "targets" and not any(a.startswith("tuning.trials=") for a in rest):
+        rest.append(f"tuning.trials={TARGET_TRIALS}")
     folder, rest = _folder(command, rest)
     request = Request(command, [], measure, folder, rest)
     _choose_workloads(request, own.get("workloads"))
@@ -275,7 +282,8 @@ def finish(request: Request) -> list[str]:
             continue
         seeds = sorted(runs["seed"].unique())
         where = request.folder / workload.workload
-        derived = targets.derivation(medians, seeds, where, revision, runs["fingerprint"].iloc[0])
+        fingerprint, on = runs["fingerprint"].iloc[0], targets.chosen_on(runs)
+        derived = targets.derivation(medians, seeds, where, revision, fingerprint, on)
         targets.write_into_preset(preset_path(workload.workload), value, derived)
         told.append(f"{workload.workload}: target {value:.4f} written into its preset")
     write_csv(pd.DataFrame(rows), request.folder / "targets.csv")

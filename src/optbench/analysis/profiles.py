@@ -2,10 +2,11 @@
 
 On each workload, an optimizer's performance ratio r is its median time-to-target divided
 by the best optimizer's (1 for the best, inf when its median run never reaches the target).
-Its profile rho(tau) is the fraction of workloads on which r <= tau, drawn for tau from 1
-to TAU_MAX on a log axis; its score is the area under the profile over [1, TAU_MAX],
+Its profile rho(tau) is the fraction of workloads on which r <= tau, for tau from 1 to
+TAU_MAX; its score is the area under the profile over [1, TAU_MAX] on a linear tau axis,
 divided by TAU_MAX - 1, so that 1 means fastest everywhere and 0 never within TAU_MAX of
-the fastest.
+the fastest. The figure draws tau on that same linear axis, so the area a reader sees is
+the score. docs/statistics.md sets these conventions beside AlgoPerf's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 TAU_MAX = 4.0
-TAUS = np.geomspace(1.0, TAU_MAX, 301)  # where the profile is tabulated and drawn
+TAUS = np.linspace(1.0, TAU_MAX, 301)  # where the profile is tabulated, besides its steps
 
 
 def ratios(medians: pd.DataFrame) -> pd.DataFrame:
@@ -28,8 +29,14 @@ def ratios(medians: pd.DataFrame) -> pd.DataFrame:
     return table.fillna(math.inf)
 
 
-def profile(ratio_table: pd.DataFrame, taus: np.ndarray = TAUS) -> pd.DataFrame:
-    """rho(tau) for every optimizer: one row per tau, one column per optimizer."""
+def profile(ratio_table: pd.DataFrame, taus: np.ndarray | None = None) -> pd.DataFrame:
+    """rho(tau) for every optimizer: one row per tau, one column per optimizer. Unless taus
+    are given, TAUS and every ratio within [1, TAU_MAX]: rho steps exactly at the ratios,
+    so a step plot through these rows is the profile itself, not an approximation."""
+    if taus is None:
+        ratios_inside = ratio_table.to_numpy(dtype=float).ravel()
+        ratios_inside = ratios_inside[(ratios_inside >= 1.0) & (ratios_inside <= TAU_MAX)]
+        taus = np.union1d(TAUS, ratios_inside)
     values = ratio_table.to_numpy()[None, :, :] <= taus[:, None, None]
     return pd.DataFrame(
         values.mean(axis=1), index=pd.Index(taus, name="tau"), columns=ratio_table.columns

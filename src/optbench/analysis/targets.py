@@ -1,13 +1,18 @@
 """Targets and time-to-target: how long each run takes to reach its workload's target.
 
-A workload's target is a test accuracy derived from reference runs, AlgoPerf's way: each
-reference run's best test accuracy over its evaluations, the median of those over seeds for
+A workload's target is an accuracy derived from reference runs, AlgoPerf's way: each
+reference run's best accuracy over its evaluations, the median of those over seeds for
 each reference optimizer, and the highest of these medians (`derive`). `optbench targets`
 writes it into the workload's preset (`write_into_preset`) with how and when it was derived.
 
-A run's time-to-target is the first evaluation at which its test accuracy reaches the
-target, in steps, epochs, gradient evaluations and training seconds; infinite when it never
-does (and from the evaluation at which it diverged on, it cannot).
+A run's time-to-target is the first evaluation at which its accuracy reaches the target, in
+steps, epochs, gradient evaluations and training seconds; infinite when it never does (and
+from the evaluation at which it diverged on, it cannot).
+
+Which accuracy (`chosen_on`): the validation accuracy where the workload holds out a
+validation set (dataset.validation_size), as AlgoPerf sets and measures its targets on
+validation data, with the test accuracy reported beside it; only runs trained without one
+fall back to the test accuracy, and the derivation and the report say so.
 """
 
 from __future__ import annotations
@@ -30,19 +35,30 @@ MEASURES = {"steps": "step", "epochs": "epoch", "grad_evals": "grad_evals", "sec
 PROFILE_MEASURES = ("steps", "grad_evals", "seconds")  # what performance profiles may measure
 RULE = (
     "the highest, among the reference optimizers, of the median over seeds of each run's "
-    "best test accuracy over its evaluations (rounded down to 4 decimals)"
+    "best accuracy over its evaluations (rounded down to 4 decimals)"
 )
+
+
+def chosen_on(runs: pd.DataFrame) -> str:
+    """The column targets are set and reached on: validation_accuracy where the runs were
+    evaluated on a validation set, else test_accuracy."""
+    has_validation = "validation_accuracy" in runs and runs["validation_accuracy"].notna().any()
+    return "validation_accuracy" if has_validation else "test_accuracy"
+
+
 MARKER = "# The target test accuracy of the suite's time-to-target"
 
 
 def run_times(runs: pd.DataFrame, target: float) -> pd.DataFrame:
-    """One row per run (optimizer, seed): whether it reached the target, and when, in every
-    measure (inf when it never did); its final and best test accuracy (NaN when diverged)."""
+    """One row per run (optimizer, seed): whether its accuracy (chosen_on) reached the
+    target, and when, in every measure (inf when it never did); its final and best test
+    accuracy (NaN when diverged), and its final validation accuracy where it has one."""
+    metric = chosen_on(runs)
     rows = []
     for (optimizer, seed), run in runs.groupby(["optimizer", "seed"], sort=False):
         run = run.sort_values("step")
         healthy = run[~run["diverged"].astype(bool)]
-        hits = healthy[healthy["test_accuracy"] >= target]
+        hits = healthy[healthy[metric] >= target]
         first = hits.iloc[0] if len(hits) else None
         last = run.iloc[-1]
         row = {"optimizer": optimizer, "seed": int(seed), "reached": first is not None}
@@ -51,6 +67,9 @@ def run_times(runs: pd.DataFrame, target: float) -> pd.DataFrame:
         diverged = bool(last["diverged"])
         row["final_test_accuracy"] = math.nan if diverged else float(last["test_accuracy"])
         row["best_test_accuracy"] = float(healthy["test_accuracy"].max()) if len(healthy) else 0.0
+        if metric == "validation_accuracy":
+            final = math.nan if diverged else float(last["validation_accuracy"])
+            row["final_validation_accuracy"] = final
         row["diverged"] = diverged
         rows.append(row)
     return pd.DataFrame(rows)
@@ -87,6 +106,10 @@ def optimizer_times(times: pd.DataFrame) -> pd.DataFrame:
             "fraction_reached": float(runs["reached"].mean()),
             "final_test_accuracy_median": float(runs["final_test_accuracy"].median()),
         }
+        if "final_validation_accuracy" in runs:
+            row["final_validation_accuracy_median"] = float(
+                runs["final_validation_accuracy"].median()
+            )
         for measure in MEASURES:
             median, low, high, coverage = median_interval(runs[measure].to_numpy())
             row |= {
@@ -104,8 +127,9 @@ def optimizer_times(times: pd.DataFrame) -> pd.DataFrame:
 
 
 def derive(runs: pd.DataFrame) -> tuple[float, dict[str, float]]:
-    """The target of a workload from its reference runs (RULE), and each reference
-    optimizer's median best accuracy. A diverged evaluation counts 0."""
+    """The target of a workload from its reference runs (RULE, on the accuracy chosen_on
+    picks), and each reference optimizer's median best accuracy. A diverged evaluation
+    counts 0."""
     diverged = runs["diverged"].astype(bool)
     if diverged.all():
         raise ConfigError(
@@ -113,25 +137,29 @@ def derive(runs: pd.DataFrame) -> tuple[float, dict[str, float]]:
             "reference optimizers with optimizers=[...]."
         )
     # a diverged evaluation counts 0, so a run that diverged at once still counts, as 0
-    accuracy = runs["test_accuracy"].where(~diverged, 0.0)
-    best = (
-        runs.assign(test_accuracy=accuracy)
-        .groupby(["optimizer", "seed"], sort=False)["test_accuracy"]
-        .max()
-    )
+    metric = chosen_on(runs)
+    accuracy = runs[metric].where(~diverged, 0.0)
+    per_run = runs.assign(**{metric: accuracy}).groupby(["optimizer", "seed"], sort=False)
+    best = per_run[metric].max()
     medians = best.groupby(level="optimizer", sort=False).median()
     value = math.floor(float(medians.max()) * 10_000 + 1e-6) / 10_000
     return value, {name: round(float(m), 6) for name, m in medians.items()}
 
 
 def derivation(
-    medians: dict[str, float], seeds: list[int], runs_dir: Path, revision: str, fingerprint: str
+    medians: dict[str, float],
+    seeds: list[int],
+    runs_dir: Path,
+    revision: str,
+    fingerprint: str,
+    on: str = "validation_accuracy",
 ) -> dict:
-    """The `derived` record written beside a target: the rule, the reference values, the
-    seeds, the date, optbench's version and revision, where the runs are and the protocol's
-    fingerprint."""
+    """The `derived` record written beside a target: the rule and the accuracy it is on
+    (chosen_on), the reference values, the seeds, the date, optbench's version and
+    revision, where the runs are and the protocol's fingerprint."""
     return {
         "rule": RULE,
+        "on": on,
         "fingerprint": fingerprint,
         "reference": medians,
         "seeds": [int(s) for s in seeds],

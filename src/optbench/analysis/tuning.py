@@ -4,15 +4,22 @@ Comparing optimizers at their defaults favours whichever default suits the probl
 each optimizer gets `tuning.trials` trials whose hyperparameters optuna's RandomSampler
 draws from the same kind of space:
 
-    lr        log-uniform in [configured lr / 100, configured lr x 100]
-    momentum  uniform in [0, 0.99], for optimizers whose configured momentum is non-zero
-    betas     beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
-    warmup    with a warmup schedule: whole steps uniform in [0, a quarter of the training]
+    lr            log-uniform in [configured lr / 100, configured lr x 100]; for the
+                  learning-rate-free (Prodigy, D-Adaptation) in [lr / 10, lr x 10]
+    weight decay  log-uniform in [1e-5, 0.1], for optimizers that take one
+    momentum      uniform in [0, 0.99], for optimizers whose configured momentum is non-zero
+    betas         beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
+    warmup        with a warmup schedule: whole steps uniform in [0, a quarter of the
+                  training]; the schedule-free optimizers' own warmup_steps likewise
 
-From the trials' final accuracies, the expected best accuracy after k trials (k = 1..n) is
-estimated by resampling the trials (k drawn with replacement, the best kept, many times):
-the "expected validation performance" curve of Dodge et al. (2019). Optimizers are then
-compared at equal budget k rather than at one lucky or unlucky setting.
+Every choice is made on a validation set held out of the training data, never on the test
+set: the trials are evaluated on the protocol's validation set, or, where it has none, on
+one `optbench tune` holds out itself (plan.choosing_on_validation). From the trials' final
+validation accuracies, the expected best accuracy after k trials (k = 1..n) is estimated
+by resampling the trials (k drawn with replacement, the best kept, many times): the
+"expected validation performance" curve of Dodge et al. (2019). Optimizers are then
+compared at equal budget k rather than at one lucky or unlucky setting; the best trial
+(the highest validation accuracy) is the one `optbench suite tuning.trials=K` trains.
 """
 
 from __future__ import annotations
@@ -26,21 +33,32 @@ import optuna
 import pandas as pd
 
 from optbench.analysis.stats import RESAMPLES
+from optbench.errors import ConfigError
 from optbench.labels import trial_name
 from optbench.plan import OptimizerSpec
+
+# Learning-rate-free optimizers: their lr multiplies the step size they estimate (1.0 is
+# the method itself), so a decade either side of it is searched rather than two.
+LR_FREE = ("prodigy", "dadaptadagrad", "dadaptadam", "dadaptadan", "dadaptlion", "dadaptsgd")
 
 
 def search_space(
     optimizer: Mapping, schedule: Mapping | None = None, total_steps: int = 0
 ) -> dict[str, optuna.distributions.BaseDistribution]:
-    """What a trial draws for an optimizer config: lr (log-uniform over two decades either
-    side of its configured lr), momentum where it has one, Adam's betas where it has them,
-    and the schedule's warmup length where it has one (a whole number of steps from 0 to a
-    quarter of the training)."""
+    """What a trial draws for an optimizer config (docs/statistics.md has the table): lr
+    (log-uniform over two decades either side of its configured lr; one decade for the
+    learning-rate-free, LR_FREE), weight decay where it has one (log-uniform in
+    [1e-5, 0.1]), momentum where it has one, Adam's betas where it has them, and a warmup
+    length (a whole number of steps from 0 to a quarter of the training) where the
+    schedule has one, or, for the schedule-free optimizers, which keep their own warmup
+    (`warmup_steps`) under a constant schedule, where the optimizer has one."""
     space = {}
     if optimizer.get("lr") is not None:  # A2Grad has none: it sets its own step size
         lr = float(optimizer["lr"])
-        space["lr"] = optuna.distributions.FloatDistribution(lr / 100, lr * 100, log=True)
+        span = 10 if str(optimizer.get("name")) in LR_FREE else 100
+        space["lr"] = optuna.distributions.FloatDistribution(lr / span, lr * span, log=True)
+    if "weight_decay" in optimizer:
+        space["weight_decay"] = optuna.distributions.FloatDistribution(1e-5, 0.1, log=True)
     if float(optimizer.get("momentum", 0.0) or 0.0) > 0:
         space["momentum"] = optuna.distributions.FloatDistribution(0.0, 0.99)
     if "betas" in optimizer:
@@ -48,6 +66,8 @@ def search_space(
         space["one_minus_beta2"] = optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
     if schedule is not None and "warmup_steps" in schedule:
         space["warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
+    elif "warmup_steps" in optimizer:  # schedule-free: a warmup of its own
+        space["own_warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
     return space
 
 
@@ -77,6 +97,8 @@ def sample_trials(
                     config["betas"] = [config["betas"][0], 1 - value, *config["betas"][2:]]
                 elif key == "warmup_steps":  # the trial's own schedule (lr_schedules.of_setting)
                     config["schedule"] = {"warmup_steps": value}
+                elif key == "own_warmup_steps":  # the optimizer's own warmup argument
+                    config["warmup_steps"] = value
                 else:
                     config[key] = value
             settings.append(OptimizerSpec.of(config))
@@ -115,35 +137,47 @@ def expected_best_exact(values: np.ndarray, k: int) -> float:
 
 
 def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per trial: its hyperparameters and final test accuracy (mean over its seeds; 0 for a
-    diverged trial, the accuracy of guessing or worse). Per optimizer and budget k: the
-    expected best accuracy and its resampling std."""
-    final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
-    accuracy = (
-        final.assign(
-            test_accuracy=final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
-        )
-        .groupby("optimizer")["test_accuracy"]
-        .mean()
-    )
-    trials = drawn.assign(final_test_accuracy=drawn["name"].map(accuracy))
+    """Per trial: its hyperparameters and final validation accuracy (mean over its seeds; 0
+    for a diverged trial, the accuracy of guessing or worse), and its final test accuracy
+    beside it, reported, never chosen on. Per optimizer and budget k: the expected best
+    validation accuracy and its resampling std."""
+    final = final_rows(runs)
+    healthy = ~final["diverged"].astype(bool)
+    trials = drawn
+    for metric in ("validation_accuracy", "test_accuracy"):
+        accuracy = final.assign(**{metric: final[metric].where(healthy, 0.0)})
+        means = accuracy.groupby("optimizer")[metric].mean()
+        trials = trials.assign(**{f"final_{metric}": drawn["name"].map(means)})
     rng = np.random.default_rng(0)
     curve = []
     for name, rows in trials.groupby("optimizer", sort=False):
-        values = rows["final_test_accuracy"].to_numpy()
+        values = rows["final_validation_accuracy"].to_numpy()
         for k in range(1, len(values) + 1):
             curve.append({"optimizer": name, "trials": k, **expected_best(values, k, rng)})
     return trials, pd.DataFrame(curve)
 
 
+def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's rows at its last evaluation; ConfigError where the trials were not
+    evaluated on a validation set (a choice is never made on the test set)."""
+    if "validation_accuracy" not in runs:
+        raise ConfigError(
+            "These tuning trials have no validation_accuracy: they were trained on a protocol "
+            "without a validation set, and optbench chooses on validation data only. Run the "
+            "tuning again (optbench tune holds out a validation set of its own)."
+        )
+    return runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+
+
 def best_settings(runs: pd.DataFrame, optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
-    """Each optimizer's best trial (highest mean final test accuracy over its seeds; a
-    diverged run counts 0), as a setting under the optimizer's own name."""
-    final = runs[runs["step"] == runs["step"].max()]
-    accuracy = final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
+    """Each optimizer's best trial (highest mean final validation accuracy over its seeds; a
+    diverged run counts 0), as a setting under the optimizer's own name. The test set plays
+    no part in the choice."""
+    final = final_rows(runs)
+    accuracy = final["validation_accuracy"].where(~final["diverged"].astype(bool), 0.0)
     means = (
-        final.assign(test_accuracy=accuracy)
-        .groupby(["optimizer", "hyperparameters"], sort=False)["test_accuracy"]
+        final.assign(validation_accuracy=accuracy)
+        .groupby(["optimizer", "hyperparameters"], sort=False)["validation_accuracy"]
         .mean()
     )
     best = []

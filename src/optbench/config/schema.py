@@ -265,7 +265,8 @@ def protocol_config(cfg: DictConfig | dict) -> dict:
     """The protocol as config: the resolved config without the keys that do not change a
     run (NOT_PROTOCOL), what the fingerprint hashes. A constant schedule is no schedule:
     left out, so that a protocol keeps the fingerprint it had before optbench had schedules;
-    so is the whole test set (dataset.test_size null)."""
+    so is the whole test set (dataset.test_size null), and no validation set
+    (dataset.validation_size null or 0)."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     container = OmegaConf.to_container(OmegaConf.create(container), enum_to_str=True)
     kept = {key: value for key, value in container.items() if key not in NOT_PROTOCOL}
@@ -273,6 +274,8 @@ def protocol_config(cfg: DictConfig | dict) -> dict:
         del kept["schedule"]
     if "dataset" in kept and kept["dataset"].get("test_size", 0) is None:  # the whole test set
         kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "test_size"}
+    if "dataset" in kept and not kept["dataset"].get("validation_size", 0):  # no validation set
+        kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "validation_size"}
     return kept
 
 

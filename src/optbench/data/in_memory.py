@@ -19,12 +19,44 @@ from optbench.data.prepare import DATASETS, TEST_SIZE, TRAIN_SIZES, dataset_clas
 
 @dataclass
 class DatasetTensors:
-    """A whole dataset on one device: images [N, C, H, W] float32, labels [N] int64."""
+    """A whole dataset on one device: images [N, C, H, W] float32, labels [N] int64; the
+    validation set (held out of the training set) is None unless dataset.validation_size."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    validation_x: torch.Tensor | None = None
+    validation_y: torch.Tensor | None = None
+
+    def validation(self) -> DatasetTensors:
+        """The same data with the validation set in the test set's place: what a trainer's
+        test pass evaluates to give the validation metrics."""
+        return DatasetTensors(self.train_x, self.train_y, self.validation_x, self.validation_y)
+
+
+VALIDATION_SEED = 20_240_601  # the held-out examples are the same for every run and machine
+
+
+def validation_split(labels: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation indices, training indices) of a training set: `size` examples held out,
+    stratified (each class in proportion to its share of the set, the rounding going to the
+    classes with the largest remainders), chosen at random within each class by a fixed
+    seed. Both index sets are sorted, so the training examples keep their order."""
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * size / len(labels)
+    quota = exact.floor().long()
+    remainders = exact - quota
+    quota[torch.argsort(remainders, descending=True, stable=True)[: size - int(quota.sum())]] += 1
+    generator = torch.Generator().manual_seed(VALIDATION_SEED)
+    chosen = []
+    for label, take in zip(classes.tolist(), quota.tolist(), strict=True):
+        members = torch.nonzero(labels == label).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    validation = torch.sort(torch.cat(chosen)).values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[validation] = False
+    return validation, torch.nonzero(keep).flatten()
 
 
 def check_dataset_config(dataset: Mapping) -> None:
@@ -32,7 +64,16 @@ def check_dataset_config(dataset: Mapping) -> None:
         raise ConfigError(
             f"Unknown dataset name {dataset['name']!r}; valid choices: {', '.join(DATASETS)}."
         )
-    _check_size(dataset, "train_size", TRAIN_SIZES[dataset["name"]], "training")
+    full = TRAIN_SIZES[dataset["name"]]
+    held_out = dataset.get("validation_size")
+    if held_out is not None and (
+        isinstance(held_out, bool) or not isinstance(held_out, int) or not 0 <= held_out < full
+    ):
+        raise ConfigError(
+            f"Invalid dataset.validation_size={held_out!r} for {dataset['name']}: give a whole "
+            f"number of training examples to hold out, from 0 to {full - 1}, or null for none."
+        )
+    _check_size(dataset, "train_size", full - (held_out or 0), "training")
     _check_size(dataset, "test_size", TEST_SIZE, "test")
     if dataset["normalize"] is not None:
         channels = dataset["input_shape"][0]
@@ -45,14 +86,16 @@ def check_dataset_config(dataset: Mapping) -> None:
 
 
 def _check_size(dataset: Mapping, key: str, full: int, split: str) -> None:
-    """dataset.train_size or dataset.test_size: null (all), or 1 to the split's size."""
+    """dataset.train_size or dataset.test_size: null (all), or 1 to the split's size (for
+    training, what the validation set leaves)."""
     size = dataset.get(key)
     if size is not None and (
         isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= full
     ):
+        left = " left after dataset.validation_size" if key == "train_size" else ""
         raise ConfigError(
             f"Invalid dataset.{key}={size!r} for {dataset['name']}: give a whole number "
-            f"from 1 to {full} (the first N {split} examples), or null for all {full}."
+            f"from 1 to {full} (the first N {split} examples{left}), or null for all {full}."
         )
 
 
@@ -81,9 +124,15 @@ def _read(name: str, data_dir: Path) -> tuple[torch.Tensor, ...]:
 
 def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTensors:
     """The dataset as tensors on `device`: images float32 in [0, 1] (normalised where the
-    config says), the first train_size training and test_size test examples."""
+    config says): validation_size training examples held out (validation_split), the first
+    train_size of the rest, and the first test_size test examples."""
     prepare(dataset["name"], data_dir)
     train_x, train_y, test_x, test_y = _read(dataset["name"], Path(data_dir).resolve())
+    validation_x = validation_y = None
+    if dataset.get("validation_size"):  # held out first: train_size counts what is left
+        held_out, kept = validation_split(train_y, dataset["validation_size"])
+        validation_x, validation_y = _images_as_float(train_x[held_out]), train_y[held_out]
+        train_x, train_y = train_x[kept], train_y[kept]
     if dataset["train_size"] is not None:  # the first N training examples, the same for every run
         train_x, train_y = train_x[: dataset["train_size"]], train_y[: dataset["train_size"]]
     if dataset.get("test_size") is not None:  # the first N test examples, for a quick look
@@ -94,12 +143,15 @@ def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTenso
         mean = torch.tensor(list(dataset["normalize"]["mean"])).view(1, -1, 1, 1)
         std = torch.tensor(list(dataset["normalize"]["std"])).view(1, -1, 1, 1)
         train_x, test_x = train_x.sub(mean).div(std), test_x.sub(mean).div(std)
+        if validation_x is not None:
+            validation_x = validation_x.sub(mean).div(std)
     expected = tuple(dataset["input_shape"])
     if tuple(train_x.shape[1:]) != expected:
         raise ConfigError(
             f"dataset.input_shape={list(expected)} does not match {dataset['name']}'s images "
             f"{list(train_x.shape[1:])}."
         )
+    moved = [t if t is None else t.to(device) for t in (validation_x, validation_y)]
     return DatasetTensors(
-        train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device)
+        train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device), *moved
     )

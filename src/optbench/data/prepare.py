@@ -51,8 +51,22 @@ def dataset_class(name: str) -> type:
 
 
 def train_size(dataset: Mapping) -> int:
-    """Examples a run trains on: dataset.train_size, or the whole training set."""
-    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]]
+    """Examples a run trains on: dataset.train_size, or the whole training set less the
+    validation set held out of it."""
+    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]] - validation_size(dataset)
+
+
+def validation_size(dataset: Mapping) -> int:
+    """Training examples held out as the validation set: dataset.validation_size, or 0."""
+    return dataset.get("validation_size") or 0
+
+
+def default_validation_size(dataset: Mapping) -> int:
+    """The validation set a choice holds out where the protocol has none: as large as the
+    test set it stands in for (TEST_SIZE), at most a sixth of the training set (10,000 of
+    MNIST's 60,000). It depends on nothing of the test set: whatever test subset a command
+    evaluates (dataset.test_size), the same examples are held out and the same choice made."""
+    return min(TEST_SIZE, TRAIN_SIZES[dataset["name"]] // 6)
 
 
 def default_data_dir() -> Path:

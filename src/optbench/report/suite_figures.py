@@ -8,14 +8,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from optbench.analysis import profiles
+from optbench.analysis.aggregates import BLOCKS
 from optbench.analysis.stats import ALPHA
 
 
-def plot_profile(rho: pd.DataFrame, measure: str, n_workloads: int, path: Path) -> Path:
-    """performance_profile_<measure>.png: see profile_figure."""
+def plot_profile(ratio_table: pd.DataFrame, measure: str, path: Path) -> Path:
+    """performance_profile_<measure>.png of a table of performance ratios (workloads ×
+    optimizers): see profile_figure."""
     from optbench.report.figures import save
 
-    return save(profile_figure(rho, measure, n_workloads), path)
+    rho, scores = profiles.profile(ratio_table), profiles.score(ratio_table)
+    return save(profile_figure(rho, measure, len(ratio_table), scores), path)
 
 
 def shared_profiles(rho: pd.DataFrame) -> list[list[str]]:
@@ -27,10 +31,13 @@ def shared_profiles(rho: pd.DataFrame) -> list[list[str]]:
     return list(groups.values())
 
 
-def profile_figure(rho: pd.DataFrame, measure: str, n_workloads: int):
+def profile_figure(
+    rho: pd.DataFrame, measure: str, n_workloads: int, scores: pd.Series | None = None
+):
     """One line per distinct profile, its legend entry naming every optimizer that has
-    it, and each line its own colour, style and markers, placed apart along the line so
-    that lines sharing a stretch stay told apart."""
+    it (with its score: the area under the line, over TAU_MAX - 1), and each line its own
+    colour, style and markers, placed apart along the line so that lines sharing a
+    stretch stay told apart. tau is on a linear axis, the axis the score integrates on."""
     import textwrap
 
     from optbench.report.figures import plt, styles
@@ -38,9 +45,12 @@ def profile_figure(rho: pd.DataFrame, measure: str, n_workloads: int):
     fig, ax = plt.subplots(figsize=(9, 5))
     groups = shared_profiles(rho)
     labels = [textwrap.fill(", ".join(names), 32) for names in groups]
+    if scores is not None:
+        scored = zip(labels, groups, strict=True)
+        labels = [f"{label} (score {scores[names[0]]:.3f})" for label, names in scored]
     look = styles(labels)
     for k, (names, label) in enumerate(zip(groups, labels, strict=True)):
-        every = (k * 7 % 40, 40)  # markers every 40 taus, started apart for each line
+        every = (k * 7 % 40, 40)  # markers every 40 rows, started apart for each line
         shared = f"\n(the same profile: {len(names)} optimizers)" if len(names) > 1 else ""
         ax.step(
             rho.index,
@@ -52,8 +62,7 @@ def profile_figure(rho: pd.DataFrame, measure: str, n_workloads: int):
             label=label + shared,
             **look[label],
         )
-    ax.set_xscale("log")
-    ticks = [1, 1.5, 2, 3, 4]
+    ticks = np.arange(1.0, rho.index.max() + 0.25, 0.5)
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlim(1, rho.index.max())
     ax.set_ylim(-0.03, 1.03)
@@ -62,7 +71,7 @@ def profile_figure(rho: pd.DataFrame, measure: str, n_workloads: int):
     ax.set_title(f"Performance profiles ({measure} to the target; median over seeds)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(
-        title="optimizer (one line per distinct profile)",
+        title=f"optimizer (score: the area under its line ÷ {rho.index.max() - 1:g})",
         fontsize=8,
         title_fontsize=8,
         loc="upper left",
@@ -91,11 +100,47 @@ def plot_critical_difference(result: dict, path: Path) -> Path | None:
         label_fmt_left="{label} ({rank:.1f})",  # .2g, the default, writes rank 10 as 1e+01
         label_fmt_right="({rank:.1f}) {label}",
     )
+    secondary = " (secondary view: blocks not independent)" if result["by"] != "workload" else ""
     ax.set_title(
-        f"Average rank over {result['blocks']} blocks (workload × seed); bars: no significant "
-        f"difference (Nemenyi, α = {ALPHA}); Friedman p = {result['friedman_p']:.2g}",
+        f"Average rank over {result['blocks']} blocks: {BLOCKS[result['by']]}{secondary}\n"
+        f"bars: no significant difference (Nemenyi, α = {ALPHA}, critical difference "
+        f"{result['critical_difference']:.2f}); Friedman p = {result['friedman_p']:.2g}",
         fontsize=9,
         pad=24,  # above the rank axis's numbers, drawn on the top edge
+    )
+    return save(fig, path)
+
+
+def plot_rank_stability(stability: pd.DataFrame, n_workloads: int, path: Path) -> Path:
+    """rank_stability.png: how often each optimizer ranks best over bootstrap resamples of
+    the seeds (bars), beside its average rank with the 5-95% range of those resamples."""
+    from optbench.report.figures import colors, plt, save
+
+    names = list(stability["optimizer"])
+    look = colors(names)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(10, 0.35 * len(names) + 1.8), sharey=True, width_ratios=(1, 1.4)
+    )
+    y = np.arange(len(names))[::-1]  # the most often best on top
+    left.barh(y, stability["p_best"], color=[look[n] for n in names])
+    for yi, p in zip(y, stability["p_best"], strict=True):
+        left.text(p + 0.01, yi, f"{p:.2f}", va="center", fontsize=8)
+    left.set_xlim(0, 1.1)
+    left.set_yticks(y, names)
+    left.set_xlabel("P(best average rank) over resamples of the seeds")
+    error = [
+        stability["average_rank"] - stability["rank_q05"],
+        stability["rank_q95"] - stability["average_rank"],
+    ]
+    right.errorbar(stability["average_rank"], y, xerr=np.clip(error, 0, None), fmt="o", capsize=3)
+    right.set_xlabel("average rank over the workloads (1: best), 5-95% of resamples")
+    right.invert_xaxis()  # best to the right, as the bars on the left grow
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(
+        f"Rank stability: each of the {n_workloads} workloads' seeds resampled with "
+        "replacement, the same draw for every optimizer",
+        fontsize=10,
     )
     return save(fig, path)
 

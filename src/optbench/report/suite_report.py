@@ -9,7 +9,11 @@ profile_scores.csv        every measure and optimizer: the area under its profil
 performance_profile_<measure>.png
 iqm.csv, iqm.png          interquartile mean of normalised final accuracy, 95% CI
 probability_of_improvement.csv, .png
-average_ranks.csv, nemenyi.csv, critical_difference.png
+average_ranks.csv         the average rank of every optimizer, ranked within each workload
+                          (mean over seeds) and, as a secondary view, each workload × seed
+nemenyi.csv, critical_difference.png   the Nemenyi test by workloads (critical_difference_
+                          workload_seed.png: the secondary view)
+rank_stability.csv, .png  how often each optimizer ranks best over resamples of the seeds
 suite.md, suite.html      the report: everything above, linking each workload's report
 """
 
@@ -101,6 +105,8 @@ def analyse(folder: Path) -> dict:
         "iqm": aggregates.iqm_table(scores),
         "probability": aggregates.probability_of_improvement(scores),
         "ranks": aggregates.ranks(scores),
+        "ranks_by_seed": aggregates.ranks(scores, by="workload_seed"),
+        "rank_stability": aggregates.rank_stability(scores),
     }
 
 
@@ -116,7 +122,8 @@ def write(folder: Path, measure: str = "steps") -> list[Path]:
         ("profile_scores", t["profile_scores"]),
         ("iqm", t["iqm"]),
         ("probability_of_improvement", t["probability"]),
-        ("average_ranks", t["ranks"]["average"].rename_axis("optimizer").reset_index()),
+        ("average_ranks", _average_ranks(t)),
+        ("rank_stability", t["rank_stability"]),
     ):
         write_csv(table, folder / f"{name}.csv")
         written.append(folder / f"{name}.csv")
@@ -128,15 +135,37 @@ def write(folder: Path, measure: str = "steps") -> list[Path]:
     n_workloads = t["times"]["workload"].nunique()
     for m, ratio in t["ratio_tables"].items():
         path = folder / f"performance_profile_{m}.png"
-        written.append(suite_figures.plot_profile(profiles.profile(ratio), m, n_workloads, path))
+        written.append(suite_figures.plot_profile(ratio, m, path))
     written.append(suite_figures.plot_iqm(t["iqm"], folder / "iqm.png"))
     written.append(
         suite_figures.plot_probability(t["probability"], folder / "probability_of_improvement.png")
     )
-    diagram = suite_figures.plot_critical_difference(t["ranks"], folder / "critical_difference.png")
-    written += [diagram] if diagram else []
+    for ranks, name in (
+        (t["ranks"], "critical_difference.png"),
+        (t["ranks_by_seed"], "critical_difference_workload_seed.png"),
+    ):
+        diagram = suite_figures.plot_critical_difference(ranks, folder / name)
+        written += [diagram] if diagram else []
+    written.append(
+        suite_figures.plot_rank_stability(
+            t["rank_stability"], n_workloads, folder / "rank_stability.png"
+        )
+    )
     title, parts = sections(t, measure)
     return written + render(folder, "suite", title, parts)
+
+
+def _average_ranks(t: dict) -> pd.DataFrame:
+    """Each optimizer's average rank by workload blocks, then by workload × seed blocks."""
+    by_workload = t["ranks"]["average"]
+    by_seed = t["ranks_by_seed"]["average"].reindex(by_workload.index)
+    return pd.DataFrame(
+        {
+            "optimizer": by_workload.index,
+            "average_rank": by_workload.to_numpy(),
+            "average_rank_workload_seed": by_seed.to_numpy(),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,6 +239,17 @@ def _what_ran(t: dict) -> list:
     )
     left = workloads[workloads["status"] != "ran"]
     what += "." + "".join(f" {w.workload}: {w.status}" for w in left.itertuples())
+    if "final_validation_accuracy" in t["times"]:
+        what += (
+            " The targets are validation accuracies, and a run reaches its target when its "
+            "accuracy on the validation set held out of the training data does; the test "
+            "accuracy is reported beside it and chooses nothing."
+        )
+    else:
+        what += (
+            " These workloads hold out no validation set (dataset.validation_size), so their "
+            "targets were set, and are reached, on the test accuracy."
+        )
     parts = [("What ran", "text", what)]
     missed = unreached(t["per_optimizer"])
     if missed:
@@ -222,15 +262,37 @@ def _what_ran(t: dict) -> list:
     return parts
 
 
+def rank_text(ranks: dict, by_seed: dict) -> str:
+    """What the Friedman test says, and how little it can say with few workloads."""
+    k = len(ranks["average"])
+    if ranks["friedman_p"] != ranks["friedman_p"]:  # NaN: too few blocks or optimizers
+        return (
+            f"The Friedman test needs at least 2 workloads and 3 optimizers; this suite has "
+            f"{counted(ranks['blocks'], 'workload')} and {counted(k, 'optimizer')}, so the "
+            "average ranks above are all it can say (no test, no critical-difference diagram)."
+        )
+    text = (
+        f"Ranked within each of the {ranks['blocks']} workloads (the mean score over its "
+        f"seeds): Friedman p = {ranks['friedman_p']:.3g}; critical difference (Nemenyi, "
+        f"α = {stats.ALPHA}) = {ranks['critical_difference']:.2f} of the {k - 1} ranks "
+        "that separate first from last. "
+    )
+    if ranks["critical_difference"] > (k - 1) / 2:
+        text += (
+            f"With {ranks['blocks']} workloads the test has little power: only optimizers "
+            "nearly always first against ones nearly always last can be told apart; a bar "
+            "joining two optimizers does not show they are equal. "
+        )
+    return text + (
+        f"Secondary view, ranked within each of the {by_seed['blocks']} workload × seed "
+        f"blocks: Friedman p = {by_seed['friedman_p']:.3g}, critical difference "
+        f"{by_seed['critical_difference']:.2f}; the seeds of one workload are not independent "
+        "data sets as the test assumes, so these p-values are optimistic."
+    )
+
+
 def _aggregate_parts(t: dict) -> list:
     ranks = t["ranks"]
-    rank_text = (
-        f"Ranked within {ranks['blocks']} blocks (workload × seed); Friedman p = "
-        f"{ranks['friedman_p']:.3g}; critical difference (Nemenyi, α = {stats.ALPHA}) = "
-        f"{ranks['critical_difference']:.2f} ranks. The seeds of one workload are not "
-        "independent datasets as Demšar's tests assume, so with few workloads read the "
-        "p-values and the diagram as optimistic."
-    )
     parts = [
         ("IQM of normalised final accuracy (0: chance, 1: the target), 95% CI", "image", "iqm.png"),
         (
@@ -239,10 +301,31 @@ def _aggregate_parts(t: dict) -> list:
             _probability_table(t["probability"]),
         ),
         ("Probability of improvement", "image", "probability_of_improvement.png"),
-        ("Average ranks", "text", rank_text),
+        ("Average ranks", "text", rank_text(ranks, t["ranks_by_seed"])),
     ]
     if "nemenyi" in ranks:
-        parts.append(("Critical-difference diagram", "image", "critical_difference.png"))
+        parts.append(
+            ("Critical-difference diagram (workloads)", "image", "critical_difference.png")
+        )
+    stability = t["rank_stability"].iloc[0]
+    parts.append(
+        (
+            "Rank stability over resamples of the seeds",
+            "text",
+            f"{stability.optimizer} has the best average rank in {stability.p_best:.0%} of "
+            f"{stats.RESAMPLES} resamples of each workload's seeds.",
+        )
+    )
+    heading = "P(best average rank) and the 5-95% range of the average rank over the resamples"
+    parts.append((heading, "image", "rank_stability.png"))
+    if "nemenyi" in t["ranks_by_seed"]:
+        parts.append(
+            (
+                "Critical-difference diagram (workload × seed: secondary view, optimistic)",
+                "image",
+                "critical_difference_workload_seed.png",
+            )
+        )
     return parts
 
 

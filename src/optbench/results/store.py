@@ -31,6 +31,23 @@ SUMMARIZED = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy", "gr
 GROUP_KEYS = ["experiment", "dataset", "model", "optimizer", "lr", "hyperparameters", "step"]
 RUN_COLUMNS = GROUP_KEYS[:6] + ["seed", "step", "epoch", "current_lr"] + SUMMARIZED
 RUN_COLUMNS += ["diverged", "fingerprint"]
+# Where the dataset holds out a validation set (dataset.validation_size), its metrics follow
+# the test accuracy; without one, runs.csv has neither column, as before validation sets.
+VALIDATION_METRICS = ["validation_loss", "validation_accuracy"]
+
+
+def metrics_of(runs: pd.DataFrame) -> list[str]:
+    """SUMMARIZED, with the validation metrics after the test accuracy where runs has them."""
+    validation = [m for m in VALIDATION_METRICS if m in runs]
+    at = SUMMARIZED.index("test_accuracy") + 1
+    return SUMMARIZED[:at] + validation + SUMMARIZED[at:]
+
+
+def run_columns(runs: pd.DataFrame) -> list[str]:
+    """The columns of runs.csv for these runs: RUN_COLUMNS, and the validation metrics where
+    the runs were evaluated on a validation set."""
+    at = RUN_COLUMNS.index("test_accuracy") + 1
+    return RUN_COLUMNS[:at] + [m for m in VALIDATION_METRICS if m in runs] + RUN_COLUMNS[at:]
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -49,10 +66,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         n_diverged=("diverged", "sum"),
     )
     healthy = runs[~runs["diverged"]]
+    metrics = metrics_of(runs)
 
     def describe(group: pd.DataFrame) -> pd.Series:
         columns = {}
-        for m in SUMMARIZED:
+        for m in metrics:
             values = group[m]
             columns[f"{m}_mean"] = values.mean()
             columns[f"{m}_std"] = values.std(ddof=1)
@@ -60,9 +78,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             columns.update({f"{m}_{k}": v for k, v in described.items()})
         return pd.Series(columns)
 
-    described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[SUMMARIZED].apply(describe)
+    described = healthy.groupby(GROUP_KEYS, sort=False, dropna=False)[metrics].apply(describe)
     # every column even where every run diverged (NaN there)
-    columns = [f"{m}_{k}" for m in SUMMARIZED for k in ("mean", "std", *stats.DESCRIBED)]
+    columns = [f"{m}_{k}" for m in metrics for k in ("mean", "std", *stats.DESCRIBED)]
     described = described.reindex(columns=columns)
     summary = counts.join(described).reset_index()
     summary.insert(summary.columns.get_loc("seeds"), "n", summary["seeds"] - summary["n_diverged"])
@@ -80,7 +98,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 def write_results(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Write runs.csv and summary.csv; return the summary."""
     _check_rows(out_dir / RUNS_CSV, runs.reset_index(drop=True))  # never write what read refuses
-    write_csv(runs[RUN_COLUMNS], out_dir / RUNS_CSV)
+    write_csv(runs[run_columns(runs)], out_dir / RUNS_CSV)
     return write_summary(out_dir, runs)
 
 
@@ -152,6 +170,11 @@ def _check_measured(path: Path, runs: pd.DataFrame) -> None:
     measured = ["train_loss", "last_batch_loss", "test_loss", "test_accuracy"]
     healthy = runs["diverged"].astype(str).str.lower() != "true"
     missing = runs[measured].isna() & healthy.to_numpy()[:, None]
+    for metric in (m for m in VALIDATION_METRICS if m in runs):
+        # protocols with a validation set (folders combined with --allow-mixed may hold
+        # protocols without one, whose rows have no validation metrics at all)
+        validated = runs.groupby("fingerprint")[metric].transform(lambda v: v.notna().any())
+        missing[metric] = runs[metric].isna() & healthy & validated
     if missing.any().any():
         position = int(missing.any(axis=1).to_numpy().argmax())
         row, empty = runs.iloc[position], ", ".join(missing.columns[missing.iloc[position]])

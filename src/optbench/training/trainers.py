@@ -27,6 +27,8 @@ from optbench.plan import OptimizerSpec, RunSpec
 
 # What an evaluation measures of a run (NaN once it has diverged)
 EVALUATED = ("train_loss", "last_batch_loss", "test_loss", "test_accuracy")
+# measured on the validation set, where the dataset holds one out (dataset.validation_size)
+VALIDATION_METRICS = ("validation_loss", "validation_accuracy")
 
 # A run has diverged once its mean training loss since the previous evaluation is NaN,
 # infinite or above this bound. Cross-entropy is at least the margin by which the top logit
@@ -113,15 +115,24 @@ class Trainer:
         for r, (test_loss, _) in enumerate(tests):  # weights blown up by the last update
             if self.diverged_at[r] is None and not math.isfinite(test_loss):
                 self.diverged_at[r] = self.grad_evals
+        # the validation set (held out of the training set) through the same test pass
+        validations = None
+        if tensors.validation_x is not None:
+            validations = self.test(tensors.validation(), test_batch_size)
         rows = []
         for r, run in enumerate(self.runs):
             diverged = self.diverged_at[r] is not None
             measured = (train_loss[r], last_loss[r], *tests[r])
+            validation = {}
+            if validations is not None:
+                values = (math.nan,) * 2 if diverged else validations[r]
+                validation = dict(zip(VALIDATION_METRICS, values, strict=True))
             rows.append(
                 run_row(
                     run,
                     step=step,
                     **dict(zip(EVALUATED, (math.nan,) * 4 if diverged else measured, strict=True)),
+                    **validation,
                     grad_evals=self.diverged_at[r] if diverged else self.grad_evals,
                     wall_s=self.train_s / len(self.runs),  # a stacked run's share of the time
                     diverged=diverged,
