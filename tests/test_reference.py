@@ -139,6 +139,7 @@ def test_a_lone_run_follows_the_reference(data_dir, choice, tmp_path):
     assert_follows_reference(plan, rows, final_weights(plan, tmp_path / "checkpoint.pt"))
 
 
+@pytest.mark.slow
 def test_grouped_runs_follow_the_reference_on_one_and_two_threads(data_dir, tmp_path):
     """Three seeds of SGD and of Adam, each optimizer's runs stepped by one optimizer call
     (OptimizerGroup): on one thread and on two, bit for bit the same, and each run the
@@ -155,6 +156,7 @@ def test_grouped_runs_follow_the_reference_on_one_and_two_threads(data_dir, tmp_
     assert_follows_reference(two, rows_two, final_weights(two, tmp_path / "two.pt"))
 
 
+@pytest.mark.slow
 def test_stacked_runs_follow_the_reference(data_dir, tmp_path):
     """stack_runs=always: two seeds of SGD and of Adam as one batched model (vmap)."""
     plan = sweep_plan("optimizers=[sgd,adam]", "seeds=2", "stack_runs=always", SMOKE)
@@ -164,6 +166,7 @@ def test_stacked_runs_follow_the_reference(data_dir, tmp_path):
     assert_follows_reference(plan, rows, final_weights(plan, tmp_path / "checkpoint.pt"))
 
 
+@pytest.mark.slow
 def test_a_run_resumed_mid_training_follows_the_reference(data_dir, tmp_path, caplog):
     """A checkpoint at step 10 of 20 (left by the same job stopped at its first
     evaluation: the plan with train.steps=10, whose first 10 steps are the same), resumed:

@@ -51,11 +51,11 @@ def train_one_run(plan: Plan, run: RunSpec) -> tuple[list[dict], torch.nn.Module
 
     for step in range(1, schedule.total_steps + 1):
         # 1. This update's lr: the configured lr x the schedule's factor at the (step-1)-th
-        # update, kept as `initial_lr` as torch's schedulers keep it (a group with no lr,
-        # A2Grad's, sets its own).
+        # update (kept as `initial_lr`, as torch's schedulers keep it; a group with no lr,
+        # A2Grad's, sets its own). A constant schedule leaves the lr to the optimizer.
         multiple = lr_schedules.factor(lr_schedule, step - 1, schedule.total_steps)
         for group in optimizer.param_groups:
-            if group.get("lr") is not None:
+            if group.get("lr") is not None and not lr_schedules.is_constant(lr_schedule):
                 group["lr"] = group.setdefault("initial_lr", group["lr"]) * multiple
         # 2. The batch: the next of this epoch's shuffle (a new shuffle once it is used up,
         # as DataLoader(shuffle=True)); the whole set in its order for full-batch training.
@@ -70,7 +70,8 @@ def train_one_run(plan: Plan, run: RunSpec) -> tuple[list[dict], torch.nn.Module
             x, y = tensors.train_x[index], tensors.train_y[index]
 
         def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
-            """3-4. Forward, loss, backward on this step's batch: one gradient evaluation."""
+            """3-4. Forward, loss, backward on this step's batch (x, y: bound here): one
+            gradient evaluation."""
             nonlocal grad_evals
             grad_evals += 1
             model.zero_grad(set_to_none=True)
@@ -96,21 +97,18 @@ def train_one_run(plan: Plan, run: RunSpec) -> tuple[list[dict], torch.nn.Module
             continue
 
         # 7. Evaluation: the mean training loss since the previous evaluation, then the
-        # whole test set. A run diverges when either blows up (trainers.DIVERGED_LOSS);
-        # from then on its rows hold no metrics and its grad_evals stay where it stopped.
+        # whole test set. A run diverges when either blows up (trainers.has_diverged); from
+        # then on its rows hold no metrics and its grad_evals stay where it stopped.
         metrics = {"train_loss": math.nan, "last_batch_loss": math.nan}
         metrics |= {"test_loss": math.nan, "test_accuracy": math.nan}
         if diverged_at is None:
             train_loss, last_batch_loss, losses = sum(losses) / len(losses), losses[-1], []
-            if has_diverged(train_loss):
-                diverged_at = grad_evals
-        if diverged_at is None:
             test_loss, test_accuracy = evaluate(model, optimizer, tensors, plan.train)
-            if not math.isfinite(test_loss):
+            if has_diverged(train_loss) or not math.isfinite(test_loss):
                 diverged_at = grad_evals
-        if diverged_at is None:
-            metrics = {"train_loss": train_loss, "last_batch_loss": last_batch_loss}
-            metrics |= {"test_loss": test_loss, "test_accuracy": test_accuracy}
+            else:
+                metrics = {"train_loss": train_loss, "last_batch_loss": last_batch_loss}
+                metrics |= {"test_loss": test_loss, "test_accuracy": test_accuracy}
         rows.append(
             {
                 "experiment": plan.experiment,
