@@ -1,4 +1,5 @@
-"""The engine: real MNIST training, checked against an independent hand-written loop."""
+"""The engine: real MNIST training, its layouts bit for bit against one another (against the
+reference training loop: tests/test_reference.py)."""
 
 from __future__ import annotations
 
@@ -10,16 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from constants import LINE_SEARCH, SMOKE
 from omegaconf import OmegaConf
 
 from optbench import models
-from optbench.data.in_memory import DatasetTensors, load
+from optbench.data.in_memory import load
 from optbench.optimizers import registry
 from optbench.plan import OptimizerSpec, make_step_plan
 from optbench.training import checkpoints, loop, stack, trainers
-from optbench.training.trainers import has_diverged, stream_seed
+from optbench.training.trainers import has_diverged
 
 from conftest import ROOT, run_plan, sweep_plan
 
@@ -299,64 +299,6 @@ def test_the_committed_recovering_runs_lie_below_the_divergence_bound():
     assert spiky["train_loss"].max() > 1000 and spiky["test_loss"].lt(5).all()
     assert not any(map(has_diverged, runs["train_loss"]))
     assert has_diverged(math.nan) and has_diverged(math.inf) and has_diverged(2.5e11)
-
-
-@pytest.mark.parametrize(
-    "schedule",
-    [("schedule=constant",), ("schedule=step", "schedule.step_size=10", "schedule.gamma=0.5")],
-    ids=["constant", "step"],
-)
-def test_engine_equals_a_hand_written_sgd_loop(data_dir, device, schedule):
-    """Independent reference: plain tensors, F.linear, torch.autograd.grad, p -= lr * g, on
-    the CPU; with step decay, lr halved by hand every 10 steps."""
-    plan = run_plan(device, "optimizer=sgd", "seeds=[7]", "train.batch_size=64", SMOKE, *schedule)
-    decay = 0.5 if schedule[0] == "schedule=step" else 1.0
-    runs = loop.train(plan, progress=False)
-
-    tensors: DatasetTensors = load(plan.dataset, data_dir, torch.device("cpu"))
-    model = models.build_model(plan.model, plan.dataset, stream_seed(7, "init"))
-    w1, b1, w2, b2 = (p.detach().clone().requires_grad_() for p in model.parameters())
-    order = torch.Generator().manual_seed(stream_seed(7, "data_order"))
-    lr, n = plan.optimizers[0].lr, len(tensors.train_x)
-
-    def logits(x):
-        return F.linear(F.relu(F.linear(x.flatten(1), w1, b1)), w2, b2)
-
-    step_plan = plan.step_plan()
-    batches, losses, expected = [], [], []
-    for step in range(1, step_plan.total_steps + 1):
-        if not batches:
-            batches = list(torch.randperm(n, generator=order).split(64))
-        index = batches.pop(0)
-        loss = F.cross_entropy(logits(tensors.train_x[index]), tensors.train_y[index])
-        grads = torch.autograd.grad(loss, [w1, b1, w2, b2])
-        with torch.no_grad():
-            for p, g in zip((w1, b1, w2, b2), grads, strict=True):
-                p -= lr * decay ** ((step - 1) // 10) * g
-        losses.append(loss.item())
-        if step in step_plan.eval_steps:
-            with torch.no_grad():
-                out = logits(tensors.test_x)
-                expected.append(
-                    {
-                        "step": step,
-                        "train_loss": sum(losses) / len(losses),
-                        "last_batch_loss": losses[-1],
-                        "test_loss": F.cross_entropy(out, tensors.test_y).item(),
-                        "test_accuracy": (out.argmax(1) == tensors.test_y).float().mean().item(),
-                    }
-                )
-            losses = []
-    expected = pd.DataFrame(expected)
-    assert runs["step"].tolist() == expected["step"].tolist()
-    for column in RESULT_COLUMNS:
-        torch.testing.assert_close(
-            torch.tensor(runs[column].to_numpy()),
-            torch.tensor(expected[column].to_numpy()),
-            rtol=1e-5,
-            atol=1e-6,
-            msg=column,
-        )
 
 
 def test_full_batch_and_epoch_columns(data_dir):

@@ -200,17 +200,6 @@ class TrainingState:
             "groups": [len(group.trainers) for group in self.groups],
         }
 
-    def lr_multiples(self, step: int, total_steps: int) -> dict:
-        """Each optimizer setting's schedule factor at the step-th update (0-based); where
-        a schedule changes anything, every optimizer's lr is set to it."""
-        multiples = {
-            spec: lr_schedules.factor(schedule, step, total_steps)
-            for spec, schedule in self.schedules.items()
-        }
-        if self.scheduled:
-            lr_schedules.set_lr([(o, multiples[spec]) for o, spec in self.scheduled])
-        return multiples
-
     def evaluation_rows(self, step: int, tensors, test_batch_size: int, workers: Workers):
         """Every run's row at this evaluation step, in the order of the job's runs."""
         tasks = [partial(t.evaluation_rows, step, tensors, test_batch_size) for t in self.trainers]
@@ -275,6 +264,10 @@ def train(
     With `checkpoint`, the whole training state is saved there (atomically) at every
     evaluation point, and a checkpoint left there by this same job is resumed from: the rows
     come out as if never stopped.
+
+    Each step takes, for every run, what reference.train_one_run takes for one run, in the
+    same order: the lr, the batch, forward, loss, backward, the update, the counting, and
+    at an evaluation step the evaluation.
     """
     runs = plan.runs if runs is None else runs
     device = resolve_device(plan.device)
@@ -292,13 +285,26 @@ def train(
         rows, done_steps = state.resume(checkpoint)
         bar = progress_bar(len(runs), step_plan, done_steps, progress)
         for step in range(done_steps + 1, step_plan.total_steps + 1):
-            multiples = state.lr_multiples(step - 1, step_plan.total_steps)
+            # 1. The lr of this step's update: each setting's schedule factor at the
+            # (step-1)-th update; where a schedule changes anything, every optimizer's lr
+            # is set to lr x its factor.
+            multiples = {
+                spec: lr_schedules.factor(lr_schedule, step - 1, step_plan.total_steps)
+                for spec, lr_schedule in state.schedules.items()
+            }
+            if state.scheduled:
+                lr_schedules.set_lr([(o, multiples[spec]) for o, spec in state.scheduled])
+            # 2. Each seed's batch, which every run of the seed trains on (paired runs).
             batches = {seed: order.next_batch() for seed, order in state.orders.items()}
+            # 3. Every trainer's forward, loss, backward and counting, on the workers; the
+            # update too for a run with its own optimizer and for a stack.
             workers.map([partial(trainer.step, tensors, batches) for trainer in state.trainers])
+            # 4. The update of each optimizer group's runs, once all their gradients are in.
             workers.map([group.step for group in state.groups])
             bar.update(len(runs))
             if step not in eval_steps:
                 continue
+            # 5. Evaluation (divergence found there), the rows, the checkpoint.
             evaluated = state.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
             epoch = step / step_plan.steps_per_epoch
             for run, row in zip(state.runs, evaluated, strict=True):  # current_lr: this update's

@@ -62,6 +62,9 @@ class StackTrainer(Trainer):
             self.optimizers.append((optimizer, views, slots))
 
     def step(self, tensors: DatasetTensors, batches: Batches) -> None:
+        """One step of every run of the stack, in this order: each run's batch; forward,
+        loss and backward of all runs at once (vmap); each optimizer setting's update of
+        its runs' rows; the counting of the batch losses and the step's time."""
         start = self.clock.start()
         seeds = [run.seed for run in self.runs]
         if batches[seeds[0]] is None:  # full batch: one group of inputs for all runs
@@ -81,7 +84,10 @@ class StackTrainer(Trainer):
                 view.grad = grads[i][row]
             optimizer.step()
         self.grad_evals += 1  # a diverged run keeps computing in the stack, unreported
-        self.count_step(losses, self.clock.stop(start))
+        self.train_s += self.clock.stop(start)
+        self.loss_sum += losses  # stays on the device: no host sync per step
+        self.loss_count += 1
+        self.last_loss = losses
 
     @torch.no_grad()
     def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:

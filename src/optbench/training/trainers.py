@@ -69,9 +69,10 @@ def run_row(run: RunSpec, **measured) -> dict:
 
 
 class Trainer:
-    """What every trainer accumulates for its runs as they train. With the weights and
-    optimizer states, a checkpoint holds these counters, so that a resumed run continues
-    exactly where it stopped."""
+    """What every trainer accumulates for its runs as they train (each trainer's step
+    counts its batch losses, time and gradient evaluations). With the weights and optimizer
+    states, a checkpoint holds these counters, so that a resumed run continues exactly
+    where it stopped."""
 
     COUNTERS = ("loss_sum", "loss_count", "last_loss", "grad_evals", "train_s", "diverged_at")
 
@@ -88,14 +89,6 @@ class Trainer:
         # on its rows carry no metrics (a row not diverged has every metric) and it counts
         # no more steps
         self.diverged_at: list[int | None] = [None] * len(runs)
-
-    def count_step(self, losses: torch.Tensor, seconds: float) -> None:
-        """Count one step's batch losses (one per run) and time; each trainer counts its
-        gradient evaluations itself."""
-        self.loss_sum += losses  # stays on the device: no host synchronisation per step
-        self.loss_count += 1
-        self.last_loss = losses
-        self.train_s += seconds
 
     def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
         """Each run's (mean cross-entropy, accuracy) over the whole test set."""
@@ -204,7 +197,10 @@ class RunTrainer(Trainer):
         )
 
     def step(self, tensors: DatasetTensors, batches: Batches) -> None:
-        """One optimizer step; for a run of an OptimizerGroup, its gradient only."""
+        """One step of the run, in this order: its batch; forward, loss and backward (the
+        closure: the ffnn's pass written out, else autograd); the optimizer's update (for
+        a run of an OptimizerGroup, none: the group updates it next); the counting of the
+        batch loss and the step's time. A diverged run takes no more steps."""
         if self.diverged_at[0] is not None:
             self.model.zero_grad(set_to_none=True)  # its group's optimizer skips it
             return
@@ -232,7 +228,11 @@ class RunTrainer(Trainer):
             else:
                 loss = closure()
                 self.optimizer.step()
-        self.count_step(loss.detach().view(1), self.clock.stop(start))
+        self.train_s += self.clock.stop(start)
+        batch_loss = loss.detach().view(1)  # stays on the device: no host sync per step
+        self.loss_sum += batch_loss
+        self.loss_count += 1
+        self.last_loss = batch_loss
 
     @contextlib.contextmanager
     def seeded(self, moment: int | str):
@@ -314,6 +314,8 @@ class OptimizerGroup:
         )
 
     def step(self) -> None:
+        """The update of every run of the group, once each RunTrainer.step has left its
+        gradient; the step's time shared among the runs."""
         clock = self.trainers[0].clock
         start = clock.start()
         self.optimizer.step()  # a diverged run's parameters have no gradient: skipped
