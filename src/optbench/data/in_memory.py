@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 
 from optbench.errors import ConfigError
+from optbench.data import custom
+from optbench.data import prepare as preparation
 from optbench.data.prepare import DATASETS, TEST_SIZE, TRAIN_SIZES, dataset_class, prepare
 
 
@@ -27,13 +29,32 @@ class DatasetTensors:
     test_y: torch.Tensor
 
 
-def check_dataset_config(dataset: Mapping) -> None:
-    if dataset["name"] not in DATASETS:
+def check_dataset_config(dataset: Mapping, data_dir: Path | None = None) -> None:
+    """A built-in dataset's config; a dataset of your own is read from data_dir first
+    (custom.check fills in its input_shape, num_classes and sizes)."""
+    if custom.is_custom(dataset) and dataset["name"] in DATASETS:
         raise ConfigError(
-            f"Unknown dataset name {dataset['name']!r}; valid choices: {', '.join(DATASETS)}."
+            f"dataset.name={dataset['name']!r} is a built-in dataset's name; give your "
+            "dataset a name of its own, e.g. dataset.name=my_data."
         )
-    _check_size(dataset, "train_size", TRAIN_SIZES[dataset["name"]], "training")
-    _check_size(dataset, "test_size", TEST_SIZE, "test")
+    if dataset["normalize"] == "auto" and not custom.is_custom(dataset):
+        raise ConfigError(
+            f"dataset.normalize=auto reads the statistics of a dataset of your own; for "
+            f"{dataset['name']} give {{mean: [..], std: [..]}} per channel, or null."
+        )
+    if custom.is_custom(dataset):
+        custom.check(dataset, preparation.resolve_data_dir(None) if data_dir is None else data_dir)
+        _check_size(dataset, "train_size", dataset["examples"]["train"], "training")
+        _check_size(dataset, "test_size", dataset["examples"]["test"], "test")
+    elif dataset["name"] not in DATASETS:
+        raise ConfigError(
+            f"Unknown dataset name {dataset['name']!r}; valid choices: {', '.join(DATASETS)}, "
+            "or dataset=custom with dataset._target_=... or dataset.folder=DIR "
+            "(docs/custom_workloads.md)."
+        )
+    else:
+        _check_size(dataset, "train_size", TRAIN_SIZES[dataset["name"]], "training")
+        _check_size(dataset, "test_size", TEST_SIZE, "test")
     if dataset["normalize"] is not None:
         channels = dataset["input_shape"][0]
         mean, std = list(dataset["normalize"]["mean"]), list(dataset["normalize"]["std"])
@@ -82,6 +103,8 @@ def _read(name: str, data_dir: Path) -> tuple[torch.Tensor, ...]:
 def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTensors:
     """The dataset as tensors on `device`: images float32 in [0, 1] (normalised where the
     config says), the first train_size training and test_size test examples."""
+    if custom.is_custom(dataset):
+        return _load_custom(dataset, data_dir, device)
     prepare(dataset["name"], data_dir)
     train_x, train_y, test_x, test_y = _read(dataset["name"], Path(data_dir).resolve())
     if dataset["train_size"] is not None:  # the first N training examples, the same for every run
@@ -100,6 +123,24 @@ def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTenso
             f"dataset.input_shape={list(expected)} does not match {dataset['name']}'s images "
             f"{list(train_x.shape[1:])}."
         )
+    return DatasetTensors(
+        train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device)
+    )
+
+
+def _load_custom(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTensors:
+    """A dataset of your own as tensors on `device`, cut, scaled and normalised as a built-in
+    one is (custom.read has read it once for the process)."""
+    train_x, train_y, test_x, test_y = custom.read(dataset, data_dir)
+    if dataset["train_size"] is not None:
+        train_x, train_y = train_x[: dataset["train_size"]], train_y[: dataset["train_size"]]
+    if dataset.get("test_size") is not None:
+        test_x, test_y = test_x[: dataset["test_size"]], test_y[: dataset["test_size"]]
+    train_x, test_x = custom.as_float(train_x), custom.as_float(test_x)
+    if dataset["normalize"] is not None:
+        mean = torch.tensor(list(dataset["normalize"]["mean"])).view(1, -1, 1, 1)
+        std = torch.tensor(list(dataset["normalize"]["std"])).view(1, -1, 1, 1)
+        train_x, test_x = train_x.sub(mean).div(std), test_x.sub(mean).div(std)
     return DatasetTensors(
         train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device)
     )

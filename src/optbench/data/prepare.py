@@ -15,7 +15,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from optbench.data import offline
+from optbench.data import custom, offline
 from optbench.config.schema import source_checkout
 from optbench.errors import ConfigError
 from optbench.files import shown
@@ -51,8 +51,20 @@ def dataset_class(name: str) -> type:
 
 
 def train_size(dataset: Mapping) -> int:
-    """Examples a run trains on: dataset.train_size, or the whole training set."""
-    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]]
+    """Examples a run trains on: dataset.train_size, or the whole training set (of a
+    dataset of your own: as data/custom.py counted it)."""
+    if dataset["train_size"]:
+        return dataset["train_size"]
+    if "examples" in dataset:
+        return dataset["examples"]["train"]
+    return TRAIN_SIZES[dataset["name"]]
+
+
+def prepare_dataset(dataset: Mapping, data_dir: Path, log=print) -> None:
+    """prepare() for a built-in dataset; a dataset of your own (data/custom.py) has nothing
+    to prepare: it is read, and checked, when its job is composed."""
+    if not custom.is_custom(dataset):
+        prepare(dataset["name"], data_dir, log)
 
 
 def default_data_dir() -> Path:

@@ -167,7 +167,9 @@ class RunTrainer(Trainer):
         self.model.to(device, memory_format=memory_format)
         self.device = device
         needs = registry.needs(run.optimizer.config)
-        self.draws_random = "random" in needs  # from a global generator: seeded()
+        # from a global generator: seeded(). A user's model may (dropout draws from torch's):
+        # its steps are seeded too, so that its runs stay independent and resume exactly
+        self.draws_random = "random" in needs or models.is_custom(model)
         self.optimizer = None  # stepped by its OptimizerGroup
         if own_optimizer:
             with self.seeded("init") if self.draws_random else contextlib.nullcontext():
