@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import signal
 from pathlib import Path
 
@@ -292,6 +293,70 @@ def test_a_users_model_killed_with_sigkill_resumes_bit_for_bit(
     resumed = run_cli(*job, f"hydra.run.dir={killed}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     pd.testing.assert_frame_equal(comparable(killed), comparable(uninterrupted), check_exact=True)
+
+
+# ---------------------------------------------------------------------------------------
+# A workload of the user's own: docs/custom_workloads.md's example, at smoke size
+
+
+def page_files(page: Path) -> dict[str, str]:
+    """The files a page shows: each fenced block whose first line is `# <path>`, by path."""
+    blocks = re.findall(r"```(?:python|yaml)\n# (\S+)\n(.*?)```", page.read_text(), re.S)
+    return {name: text for name, text in blocks}
+
+
+def test_the_documented_workload_gets_a_target_in_its_own_preset_and_joins_the_suite(
+    tmp_path, data_dir, monkeypatch
+):
+    files = page_files(ROOT / "docs" / "custom_workloads.md")
+    assert sorted(files) == [
+        "my_configs/experiment/fashion_wide_mlp.yaml",
+        "my_configs/model/wide_mlp.yaml",
+        "my_models.py",
+    ]
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    # smoke size (debug=smoke's values) as the preset's own protocol, so that its target is
+    # derived on the protocol that the suite with debug=smoke trains
+    preset = tmp_path / "my_configs" / "experiment" / "fashion_wide_mlp.yaml"
+    text = preset.read_text().replace(
+        "  epochs: 3\n  eval_every: 100\n", "  steps: 20\n  eval_every: 10\n"
+    )
+    text = text.replace("target:\n", "dataset:\n  train_size: 1000\n  test_size: 500\n\ntarget:\n")
+    preset.write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ours = {p: p.read_bytes() for p in (ROOT / "configs" / "experiment").glob("*.yaml")}
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'my_configs'}]"
+    small = ("seeds=2", "optimizers=[adam,sgd]")
+    derived = run_cli(
+        "targets",
+        "workloads=[fashion_wide_mlp]",
+        *small,
+        searchpath,
+        f"hydra.sweep.dir={tmp_path / 'targets'}",
+        cwd=tmp_path,
+    )
+    assert derived.returncode == 0, derived.stderr
+    target = OmegaConf.load(preset).target
+    assert 0.1 < target.test_accuracy <= 1 and sorted(target.derived.reference) == ["adam", "sgd"]
+    assert {p: p.read_bytes() for p in ours} == ours  # optbench's own presets untouched
+    suite = run_cli(
+        "suite",
+        "workloads=[mnist_ffnn,fashion_wide_mlp]",
+        *small,
+        "debug=smoke",
+        searchpath,
+        f"hydra.sweep.dir={tmp_path / 'suite'}",
+        cwd=tmp_path,
+    )
+    assert suite.returncode == 0, suite.stderr
+    workloads = pd.read_csv(tmp_path / "suite" / "workloads.csv").set_index("workload")
+    assert workloads.loc["fashion_wide_mlp", "target"] == target.test_accuracy
+    assert workloads.loc["fashion_wide_mlp", "model"] == "wide_mlp"
+    assert bool(workloads.loc["fashion_wide_mlp", "target_on_this_protocol"])
+    times = pd.read_csv(tmp_path / "suite" / "time_to_target.csv")
+    assert set(times["workload"]) == {"mnist_ffnn", "fashion_wide_mlp"}
 
 
 # ---------------------------------------------------------------------------------------

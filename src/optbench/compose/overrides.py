@@ -99,9 +99,15 @@ def one_paragraph(error: BaseException, overrides: list[str] = ()) -> str:
     """Hydra's and OmegaConf's errors, reworded as one paragraph naming the valid choices."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, name = error.missing_cfg_file.rpartition("/")
+        yours = (
+            f" A {group} of your own: {group}=custom {group}._target_=... "
+            "(docs/custom_workloads.md)."
+            if group in ("model", "dataset")
+            else ""
+        )
         return (
             f"Unknown {group} {name!r}; {choices(name, error.options)}. "
-            f"Choose one with {group}=NAME."
+            f"Choose one with {group}=NAME.{yours}"
         )
     text = str(error)
     if error.__cause__ is not None and str(error.__cause__) not in text:
