@@ -37,8 +37,8 @@ SKIPPED = {
     r"submitit_slurm": "it needs a SLURM cluster",
     r"device=cuda": "it needs a GPU (make gpu-check runs the CUDA tests there)",
     r"cifar10": "CIFAR-10 has no offline source here (torchvision downloads it)",
-    r"^optbench targets\b": "it writes the derived targets into optbench's own presets "
-    "(tests/test_suite.py derives targets into a copy)",
+    r"^optbench targets\b": "it writes the derived targets into the workloads' presets "
+    "(tests/test_suite.py and tests/test_custom_workloads.py derive targets into copies)",
     r"^make bench\b": "it measures the machine for about 16 minutes (tests/test_bench.py "
     "checks its parts)",
     r"^make gpu-check\b": "it needs a machine with CUDA",
@@ -173,7 +173,9 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     if words[0] == "optbench":
         words[0] = OPTBENCH
     path = f"{Path(OPTBENCH).parent}{os.pathsep}{os.environ['PATH']}"
-    env = os.environ | {"PATH": path, "PYTHONPATH": str(cwd)}
+    # cwd first, then the PYTHONPATH the tests run with (the checkout's src/, where set)
+    pythonpath = os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PATH": path, "PYTHONPATH": pythonpath}
     return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
