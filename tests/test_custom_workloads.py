@@ -359,6 +359,28 @@ def test_the_documented_workload_gets_a_target_in_its_own_preset_and_joins_the_s
     assert set(times["workload"]) == {"mnist_ffnn", "fashion_wide_mlp"}
 
 
+def test_a_target_replaces_a_users_own_target_section_and_keeps_every_other_key(tmp_path):
+    """A user's preset has a `target:` section of its own, anywhere in the file, and no
+    marker yet: the derived target takes its place, at the end."""
+    from optbench.analysis import targets
+
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(
+        "# @package _global_\n# my workload\nexperiment_name: mine\n"
+        "target:\n  test_accuracy: null  # derived later\n\n"
+        "optimizers: [adam, sgd]\ntrain:\n  steps: 20\n"
+    )
+    for value in (0.5, 0.625):
+        derived = targets.derivation({"adam": value}, [0, 1], tmp_path, "optbench", "abc")
+        targets.write_into_preset(preset, value, derived)
+    text = preset.read_text()
+    assert text.startswith("# @package _global_\n# my workload\n")
+    assert text.count(targets.MARKER) == 1 and text.count("\ntarget:") == 1
+    loaded = OmegaConf.load(preset)
+    assert (loaded.target.test_accuracy, loaded.target.derived.reference.adam) == (0.625, 0.625)
+    assert list(loaded.optimizers) == ["adam", "sgd"] and loaded.train.steps == 20
+
+
 # ---------------------------------------------------------------------------------------
 # Identity: the files that define a model, a dataset and an optimizer
 
