@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from optbench.errors import ConfigError
 from optbench.data import custom
 from optbench.data import prepare as preparation
 from optbench.data.prepare import DATASETS, TEST_SIZE, TRAIN_SIZES, dataset_class, prepare
+from optbench.errors import ConfigError
 
 
 @dataclass

@@ -15,8 +15,8 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from optbench.data import custom, offline
 from optbench.config.schema import source_checkout
+from optbench.data import custom, offline
 from optbench.errors import ConfigError
 from optbench.files import shown
 
