@@ -17,6 +17,20 @@ NEEDS = {
     "sparse_adam": ["model.sparse_input=true"],
     "custom": ["optimizer._target_=torch.optim.SGD"],
 }
+# What the `custom` file of the model and dataset groups needs to compose and train: a
+# class that takes the dataset's shape (optbench's own ffnn, named as a user's would be), and
+# torchvision's FakeData shaped like MNIST, its two splits told apart by random_offset.
+CUSTOM_NEEDS = {
+    "model": ["model._target_=optbench.models.FFNN"],
+    "dataset": [
+        "dataset._target_=torchvision.datasets.FakeData",
+        "+dataset.args.size=200",
+        "+dataset.args.image_size=[1,28,28]",
+        "+dataset.train_args.random_offset=0",
+        "+dataset.test_args.random_offset=1000000",
+        "dataset.num_classes=10",
+    ],
+}
 LINE_SEARCH = "optimizer.line_search_fn=strong_wolfe"  # L-BFGS on mini-batches needs one
 
 # The plots every results folder of one protocol gets, and the first bytes of a real PNG.

@@ -6,7 +6,7 @@ import inspect
 from importlib.resources import files
 
 import pytest
-from constants import NEEDS
+from constants import CUSTOM_NEEDS, NEEDS
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
@@ -48,15 +48,20 @@ def test_the_contracted_names_exist():
         for n in "sgd momentum nesterov adagrad adadelta rmsprop adam adamw adamax".split()
     )
     assert set(OPTIMIZERS) == set(f"{foundation} {more} {textbook}".split())
-    assert options("dataset") == ["cifar10", "fashion_mnist", "mnist"]
-    assert options("model") == ["ffnn", "lenet"]
+    assert options("dataset") == ["cifar10", "custom", "fashion_mnist", "mnist"]
+    assert options("model") == ["custom", "ffnn", "lenet"]
     assert {"wizard_ffnn", "examples_cnn", "simple_nn"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("group", ["dataset", "model", "optimizer", "experiment", "debug"])
 def test_every_option_of_every_group_composes_and_passes_the_checks(group):
     for name in OPTIMIZERS if group == "optimizer" else options(group):
-        cfg = compose_config(f"{group}={name}", *NEEDS.get(name, []))
+        needs = (
+            CUSTOM_NEEDS[group]
+            if name == "custom" and group != "optimizer"
+            else NEEDS.get(name, [])
+        )
+        cfg = compose_config(f"{group}={name}", *needs)
         check_config(cfg, [cfg.optimizer])
 
 

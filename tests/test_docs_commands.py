@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from constants import SMOKE
+from test_custom_workloads import page_files
 
 from conftest import OPTBENCH, ROOT
 
@@ -36,11 +37,17 @@ SKIPPED = {
     r"submitit_slurm": "it needs a SLURM cluster",
     r"device=cuda": "it needs a GPU (make gpu-check runs the CUDA tests there)",
     r"cifar10": "CIFAR-10 has no offline source here (torchvision downloads it)",
-    r"^optbench targets\b": "it writes the derived targets into optbench's own presets "
-    "(tests/test_suite.py derives targets into a copy)",
+    r"^optbench targets\b": "it writes the derived targets into the workloads' presets "
+    "(tests/test_suite.py and tests/test_custom_workloads.py derive targets into copies)",
     r"^make bench\b": "it measures the machine for about 16 minutes (tests/test_bench.py "
     "checks its parts)",
     r"^make gpu-check\b": "it needs a machine with CUDA",
+    r"^export ": "it changes the reader's shell (the test puts the working directory on "
+    "PYTHONPATH)",
+    r"dataset\.folder=": "it needs a folder of the reader's images (tests/test_custom_workloads.py "
+    "trains on one it makes)",
+    r"^optbench suite workloads=\[mnist_ffnn,fashion_wide_mlp\]": "it needs the target that "
+    "`optbench targets` derives first (tests/test_custom_workloads.py runs both)",
 }
 
 # Placeholders a reader replaces: what the test puts in their place.
@@ -166,18 +173,24 @@ def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     if words[0] == "optbench":
         words[0] = OPTBENCH
     path = f"{Path(OPTBENCH).parent}{os.pathsep}{os.environ['PATH']}"
-    env = os.environ | {"PATH": path, "PYTHONPATH": str(cwd)}
+    # cwd first, then the PYTHONPATH the tests run with (the checkout's src/, where set)
+    pythonpath = os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PATH": path, "PYTHONPATH": pythonpath}
     return subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def _user_files(cwd: Path) -> None:
     """What a reader of docs/optimizers.md has made: my_package, and my_configs/optimizer/
-    holding the page's my_lion.yaml."""
+    holding the page's my_lion.yaml; and of docs/custom_workloads.md: its my_models.py and
+    my_configs/model/ and experiment/ files."""
+    for name, text in page_files(ROOT / "docs" / "custom_workloads.md").items():
+        (cwd / name).parent.mkdir(parents=True, exist_ok=True)
+        (cwd / name).write_text(text)
     (cwd / "my_package").mkdir()
     (cwd / "my_package" / "__init__.py").write_text(MY_PACKAGE)
     page = (ROOT / "docs" / "optimizers.md").read_text()
     my_lion = next(b for b in re.findall(r"```yaml\n(.*?)```", page, re.S) if "my_lion" in b)
-    (cwd / "my_configs" / "optimizer").mkdir(parents=True)
+    (cwd / "my_configs" / "optimizer").mkdir(parents=True, exist_ok=True)
     (cwd / "my_configs" / "optimizer" / "my_lion.yaml").write_text(my_lion)
 
 
@@ -190,7 +203,7 @@ def test_documented_command_runs(command, tmp_path, checkout, data_dir):
         shutil.copytree(ROOT / "results" / "wizard_ffnn", cwd / "results" / "wizard_ffnn")
         if "results/wizard_ffnn_rerun" in command:
             shutil.copytree(cwd / "results" / "wizard_ffnn", cwd / "results" / "wizard_ffnn_rerun")
-    if "my_" in command:
+    if "my_" in command or "wide_mlp" in command:
         _user_files(cwd)
     result = _run(command, cwd)
     output = result.stdout + result.stderr

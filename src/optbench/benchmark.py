@@ -127,7 +127,7 @@ def _train_and_record(
     protocol is refused (store.previous_runs), as is a config.yaml edited by hand. With
     nothing to train, summary.csv is written again from runs.csv, and config.yaml too
     where it is missing or was not written for this runs.csv (a job stopped at its end)."""
-    prepare.prepare(plan.dataset["name"], plan.data_dir, log=log.info)
+    prepare.prepare_dataset(plan.dataset, plan.data_dir, log=log.info)
     for note in lr_schedules.notes(plan.lr_schedule, trained):
         log.warning(note)
     files.remove_temporaries(out_dir)

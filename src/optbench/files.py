@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import inspect
 import os
 import tempfile
 import time
@@ -177,3 +179,20 @@ def shortened(text, keep: int = 100) -> str:
     """A long name cut to its first `keep` characters, so that a message stays readable."""
     text = str(text)
     return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
+
+
+def source_sha256(target: object) -> str | None:
+    """SHA-256 of the Python file that defines a class or function, so that results of an
+    edited model, dataset or optimizer are never mixed with the old ones; None for one
+    defined in no file (a built-in)."""
+    try:
+        path = inspect.getsourcefile(target)
+    except TypeError:
+        path = None
+    if path is None:
+        module = inspect.getmodule(target)
+        path = getattr(module, "__file__", None)
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()

@@ -1,14 +1,19 @@
-"""The two model families. Both return logits; the loss is cross-entropy on them, which is
-exactly log_softmax followed by NLL (what the 2019 PyTorch example computes)."""
+"""The models: the two built-in families (ffnn, lenet), and a user's own, named by
+`model._target_` (docs/custom_workloads.md). Every model returns logits; the loss is
+cross-entropy on them, which is exactly log_softmax followed by NLL (what the 2019 PyTorch
+example computes)."""
 
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 import math
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from optbench.errors import ConfigError
@@ -178,17 +183,93 @@ def stacked(modules: list[nn.Module]) -> VmappedModel:
 
 MODELS = {"ffnn": FFNN, "lenet": LeNet}
 
+# The keys of a user's model config that are optbench's, not the class's: every other key
+# is passed to the class (or builder function) as a keyword argument.
+CUSTOM_KEYS = ("name", "_target_", "source_sha256")
+# What a user's model is given from the dataset, where its signature names the argument
+# and the config does not set it.
+FROM_DATASET = ("input_shape", "num_classes")
+
+
+def is_custom(model: Mapping) -> bool:
+    """Whether the model is a user's own (`model._target_`), not a built-in family."""
+    return "_target_" in model
+
 
 def model_kwargs(model: Mapping) -> dict:
-    return {key: value for key, value in model.items() if key not in ("name", "sparse_input")}
+    """The arguments the model's class is given from its config (for a user's model, every
+    key but CUSTOM_KEYS)."""
+    dropped = CUSTOM_KEYS if is_custom(model) else ("name", "sparse_input")
+    return {key: value for key, value in model.items() if key not in dropped}
+
+
+def custom_builder(model: Mapping):
+    """The class or function that model._target_ names, imported."""
+    target = str(model["_target_"])
+    module, _, attribute = target.rpartition(".")
+    try:
+        builder = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(
+            f"Model {model.get('name')!r}: cannot import model._target_={target!r} "
+            f"({type(error).__name__}: {' '.join(str(error).split())}); give the full import "
+            "path of a torch.nn.Module class or a function returning one, e.g. "
+            "torchvision.models.resnet18 or my_package.MyNet, importable from PYTHONPATH."
+        ) from None
+    if not callable(builder):
+        raise ConfigError(
+            f"Model {model.get('name')!r}: model._target_={target!r} is not a class or a "
+            "function; give a torch.nn.Module class or a function returning one."
+        )
+    return builder
+
+
+def _parameters(builder) -> dict:
+    try:
+        return dict(inspect.signature(builder).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: takes what it is given
+        return {}
+
+
+def custom_kwargs(model: Mapping, dataset: Mapping) -> dict:
+    """The keyword arguments a user's model is built with: its config's, then the dataset's
+    input_shape and num_classes where its signature names them and the config does not,
+    and weights=None where its signature has `weights` (nothing is downloaded)."""
+    parameters = _parameters(custom_builder(model))
+    if isinstance(model, DictConfig):  # lists and mappings as Python's own
+        model = OmegaConf.to_container(model, resolve=True)
+    kwargs = model_kwargs(model)
+    values = {"input_shape": tuple(dataset["input_shape"]), "num_classes": dataset["num_classes"]}
+    for key in FROM_DATASET:
+        if key in parameters and key not in kwargs:
+            kwargs[key] = values[key]
+    if "weights" in parameters:
+        if kwargs.get("weights") is not None:
+            raise ConfigError(
+                f"Invalid model.weights={kwargs['weights']!r}: optbench trains every model "
+                "from its seeded initial weights and downloads none; drop model.weights."
+            )
+        kwargs["weights"] = None
+    return kwargs
 
 
 def check_model_config(model: Mapping) -> None:
+    if is_custom(model):
+        _check_custom_config(model)
+        return
     if model["name"] not in MODELS:
         raise ConfigError(
-            f"Unknown model name {model['name']!r}; valid choices: {', '.join(MODELS)}."
+            f"Unknown model name {model['name']!r}; valid choices: {', '.join(MODELS)}, or "
+            "model=custom model._target_=my_package.MyNet (docs/custom_workloads.md)."
         )
+    takes = [key for key in _parameters(MODELS[model["name"]]) if key not in FROM_DATASET]
     for key, value in model_kwargs(model).items():
+        if key not in takes:
+            raise ConfigError(
+                f"model.{key}={value!r}: the {model['name']} takes no argument {key!r}; it "
+                f"takes {', '.join(takes)}. A model of your own takes any: model=custom "
+                "model._target_=my_package.MyNet (docs/custom_workloads.md)."
+            )
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"Invalid model.{key}={value!r}: it must be a positive integer.")
     if model.get("sparse_input", False) and model["name"] != "ffnn":
@@ -197,12 +278,34 @@ def check_model_config(model: Mapping) -> None:
         )
 
 
+def _check_custom_config(model: Mapping) -> None:
+    """A user's model: a `_target_` given and importable, a name of its own."""
+    target = model["_target_"]
+    if target is None or target == "???" or not str(target).strip():
+        raise ConfigError(
+            f"Model {model.get('name')!r} needs model._target_=... naming a torch.nn.Module "
+            "class or a function returning one, e.g. model._target_=my_package.MyNet or "
+            "model._target_=torchvision.models.resnet18 (docs/custom_workloads.md)."
+        )
+    if model.get("name") in MODELS:
+        raise ConfigError(
+            f"model.name={model['name']!r} with model._target_={target!r}: {model['name']!r} "
+            "is a built-in model's name; give your model a name of its own, e.g. "
+            "model.name=my_net."
+        )
+    custom_builder(model)
+
+
 def build_model(model: Mapping, dataset: Mapping, seed: int) -> nn.Module:
     """The model's initial weights depend on `seed` alone, never on the global RNG state.
 
     Weights are drawn on the CPU, so a seed gives the same initial model on every device.
+    A user's model is built from its `_target_` with custom_kwargs (compose/checks.py has
+    checked it on a throwaway batch).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if is_custom(model):
+            return custom_builder(model)(**custom_kwargs(model, dataset))
         cls = SparseInputFFNN if model.get("sparse_input", False) else MODELS[model["name"]]
         return cls(tuple(dataset["input_shape"]), dataset["num_classes"], **model_kwargs(model))

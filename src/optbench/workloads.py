@@ -1,14 +1,16 @@
 """`optbench suite` and `optbench targets`: every workload × optimizer × seed.
 
 A workload is an experiment preset with a `target` section (configs/experiment/mnist_ffnn.yaml
-and the others of WORKLOADS). A suite is a Hydra multirun of one sweep job per workload,
-`experiment=mnist_ffnn,fashion_ffnn,...`, into one folder with a subfolder per workload: so
-it resumes like any sweep, and Hydra's launchers run its jobs in parallel or on a cluster
-(hydra/launcher=joblib, submitit_slurm). When the jobs are done, the suite's own files are
+and the others of WORKLOADS, and every such preset in a user's config folders on
+hydra.searchpath: docs/custom_workloads.md). A suite is a Hydra multirun of one sweep job per
+workload, `experiment=mnist_ffnn,fashion_ffnn,...`, into one folder with a subfolder per
+workload: so it resumes like any sweep, and Hydra's launchers run its jobs in parallel or on
+a cluster (hydra/launcher=joblib, submitit_slurm). When the jobs are done, the suite's own files are
 written from the workloads' runs.csv (suite_report.py).
 
 `optbench targets` runs the reference optimizers on the workloads the same way and writes
-each workload's target into its preset (targets.derive, targets.write_into_preset).
+each workload's target into its preset (targets.derive, targets.write_into_preset): a
+user's workload's into the user's own preset file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from optbench.config.schema import CONFIG_PACKAGE, WHERE_AND_HOW, changes_protoc
 from optbench.data import prepare
 from optbench.errors import ConfigError
 from optbench.files import shown, write_csv
+from optbench.optimizers.catalog import searchpath_folders
 from optbench.plan import Plan
 from optbench.report import suite_report
 from optbench.report.suite_report import WORKLOADS_CSV
@@ -56,6 +59,11 @@ class Request:
     left_out: list[str] = field(default_factory=list)  # one line per workload left out
 
     @property
+    def config_folders(self) -> list[Path]:
+        """The user's config folders (hydra.searchpath), where workloads of their own are."""
+        return searchpath_folders(self.overrides)
+
+    @property
     def hydra_args(self) -> list[str]:
         """The multirun that trains it: one sweep job per workload."""
         return [
@@ -68,18 +76,35 @@ class Request:
         ]
 
 
-def preset(name: str):
+def preset(name: str, folders: list[Path] = ()):
     """A workload's preset file as written (its defaults list, target, ...)."""
-    path = importlib.resources.files(CONFIG_PACKAGE) / "experiment" / f"{name}.yaml"
-    return OmegaConf.create(path.read_text())
+    return OmegaConf.create(preset_path(name, folders).read_text())
 
 
-def preset_path(name: str) -> Path:
-    return Path(str(importlib.resources.files(CONFIG_PACKAGE) / "experiment" / f"{name}.yaml"))
+def preset_path(name: str, folders: list[Path] = ()) -> Path:
+    """optbench's preset of that name, else the user's (FOLDER/experiment/NAME.yaml), as
+    Hydra's search path finds them: optbench's configs first."""
+    ours = Path(str(importlib.resources.files(CONFIG_PACKAGE) / "experiment" / f"{name}.yaml"))
+    theirs = [Path(f) / "experiment" / f"{name}.yaml" for f in folders]
+    return next((path for path in [ours, *theirs] if path.is_file()), ours)
 
 
-def dataset_of(name: str) -> str:
-    for entry in preset(name).defaults:
+def users_workloads(folders: list[Path]) -> list[str]:
+    """The presets with a `target` section in the user's config folders, by name."""
+    found = []
+    for folder in folders:
+        for path in sorted(Path(folder).glob("experiment/*.yaml")):
+            try:
+                has_target = "target" in OmegaConf.load(path)
+            except Exception:  # not a preset this can read: Hydra names the problem if used
+                has_target = False
+            if has_target and path.stem not in WORKLOADS and path.stem not in found:
+                found.append(path.stem)
+    return found
+
+
+def dataset_of(name: str, folders: list[Path] = ()) -> str:
+    for entry in preset(name, folders).defaults:
         if "override /dataset" in entry:
             return entry["override /dataset"]
     raise ConfigError(f"Workload {name!r} names no dataset in its preset's defaults list.")
@@ -148,18 +173,21 @@ def _choose_workloads(request: Request, given: str | None) -> None:
     """The workloads to run. Named ones must exist, have their data within reach and (for a
     suite) a target; the default, every workload, leaves out those that do not, with one
     line each saying why and what to do."""
-    names = list(WORKLOADS) if given is None else [n.strip() for n in given.strip("[]").split(",")]
+    valid = [*WORKLOADS, *users_workloads(request.config_folders)]
+    names = valid if given is None else [n.strip() for n in given.strip("[]").split(",")]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(
             f"workloads={given} names the workload {', '.join(repeated)} more than once; "
             "name each workload once (for more runs of it, give more seeds: seeds=N)."
         )
-    unknown = [n for n in names if n not in WORKLOADS]
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
         raise ConfigError(
             f"Unknown workload {', '.join(unknown) or '(none given)'} in workloads={given}; "
-            f"valid workloads: {', '.join(WORKLOADS)}."
+            f"valid workloads: {', '.join(valid)} (a workload of your own is a preset with a "
+            "`target` section in your config folder on hydra.searchpath: "
+            "docs/custom_workloads.md)."
         )
     data_dir = prepare.resolve_data_dir(
         next((a.split("=", 1)[1] for a in request.overrides if a.startswith("data_dir=")), None)
@@ -169,7 +197,7 @@ def _choose_workloads(request: Request, given: str | None) -> None:
         None,
     )
     for name in names:
-        reason = _why_not(name, request.command, data_dir, override)
+        reason = _why_not(name, request, data_dir, override)
         if reason and given is None:
             request.left_out.append(f"{name}: left out: {reason}")
         elif reason:
@@ -180,10 +208,8 @@ def _choose_workloads(request: Request, given: str | None) -> None:
         raise ConfigError("No workload can run: " + " ".join(request.left_out))
 
 
-def _why_not(name: str, command: str, data_dir: Path, target_override: str | None) -> str:
-    """Why a workload cannot run now (one paragraph), or "" when it can: its data is not
-    on disk and cannot be fetched, or (for a suite) it has no target."""
-    dataset = dataset_of(name)
+def _data_problem(dataset: str, data_dir: Path) -> str:
+    """Why a built-in dataset cannot be used now, or "" once it is prepared."""
     if dataset not in prepare.IDX_MD5 and not (data_dir / "cifar-10-batches-py").is_dir():
         return (  # no offline source: a download attempt would only wait for the network
             f"{dataset} is not on disk under {shown(data_dir)} and has no offline source; on a "
@@ -194,7 +220,19 @@ def _why_not(name: str, command: str, data_dir: Path, target_override: str | Non
         prepare.prepare(dataset, data_dir)
     except ConfigError as error:
         return str(error)
-    target = preset(name).target.test_accuracy
+    return ""
+
+
+def _why_not(name: str, request: Request, data_dir: Path, target_override: str | None) -> str:
+    """Why a workload cannot run now (one paragraph), or "" when it can: its data is not
+    on disk and cannot be fetched, or (for a suite) it has no target. A dataset of the
+    user's own is read, and checked, when the workload's job is composed."""
+    command, folders = request.command, request.config_folders
+    dataset = dataset_of(name, folders)
+    problem = _data_problem(dataset, data_dir) if dataset in prepare.DATASETS else ""
+    if problem:
+        return problem
+    target = preset(name, folders).target.test_accuracy
     if command == "suite" and target is None and target_override is None:
         return (
             "it has no target yet; derive one with `optbench targets "
@@ -284,7 +322,8 @@ def finish(request: Request) -> list[str]:
         where = request.folder / workload.workload
         fingerprint, on = runs["fingerprint"].iloc[0], targets.chosen_on(runs)
         derived = targets.derivation(medians, seeds, where, revision, fingerprint, on)
-        targets.write_into_preset(preset_path(workload.workload), value, derived)
+        path = preset_path(workload.workload, request.config_folders)
+        targets.write_into_preset(path, value, derived)
         told.append(f"{workload.workload}: target {value:.4f} written into its preset")
     write_csv(pd.DataFrame(rows), request.folder / "targets.csv")
     if changed:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -171,9 +172,10 @@ def derivation(
 
 def write_into_preset(preset: Path, value: float, derived: dict) -> None:
     """Replace the preset's target section (from MARKER to the end of the file) with the
-    new target; a preset without one gets it appended. Comments above it stay."""
+    new target; a preset without one gets it appended, in place of a `target:` section of
+    its own (a user's preset: `target: {test_accuracy: null}`). Comments above it stay."""
     text = preset.read_text()
-    head = text[: text.index(MARKER)] if MARKER in text else text.rstrip("\n") + "\n\n"
+    head = text[: text.index(MARKER)] if MARKER in text else _without_target(text) + "\n\n"
     block = OmegaConf.to_yaml(
         OmegaConf.create({"target": {"test_accuracy": value, "derived": derived}})
     )
@@ -190,3 +192,17 @@ def write_into_preset(preset: Path, value: float, derived: dict) -> None:
             "into its own presets, so run `optbench targets` from a checkout you can write "
             "(an editable install: pip install -e .)."
         ) from None
+
+
+def _without_target(text: str) -> str:
+    """A preset's text without its top-level `target:` section (that line and the indented
+    or blank lines under it), trailing blank lines dropped."""
+    lines, kept, inside = text.splitlines(), [], False
+    for line in lines:
+        if re.match(r"target\s*:", line):
+            inside = True
+        elif inside and line.strip() and not line.startswith((" ", "\t")):
+            inside = False
+        if not inside:
+            kept.append(line)
+    return "\n".join(kept).rstrip("\n")

@@ -29,6 +29,7 @@ from optbench.config.schema import (
     yaml_error_message,
 )
 from optbench.data import prepare
+from optbench.data.custom import is_custom
 from optbench.errors import ConfigError
 from optbench.files import check_writable
 from optbench.optimizers import catalog
@@ -192,7 +193,8 @@ def check_command_line(command: str, args: list[str]) -> Plans:
 
     for key, plan in plans.items():  # a logger's store: reachable and writable, before training
         loggers.check_destination(plan.logger, folders[key])
-    for name, data_dir in sorted({(p.dataset["name"], p.data_dir) for p in plans.values()}):
+    built_in = {(p.dataset["name"], p.data_dir) for p in plans.values() if not is_custom(p.dataset)}
+    for name, data_dir in sorted(built_in):  # a dataset of your own was read when checked
         prepare.prepare(name, data_dir)
     return plans
 

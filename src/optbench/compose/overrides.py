@@ -19,12 +19,14 @@ from optbench.errors import ConfigError
 
 # Keys of the schema that come with an experiment preset, not from the command line.
 NOT_SETTABLE = ("experiment_name", "for_choice")
+# Where a dataset of your own takes its class's arguments (data/custom.py).
+DATASET_ARGUMENTS = ("dataset.args.", "dataset.train_args.", "dataset.test_args.")
 
 
 def check_keys(overrides: list[str]) -> None:
     """The schema is closed: refuse a key the command line adds (+KEY=VALUE) outside an
-    optimizer's hyperparameters (each optimizer takes its own, checked against its class)
-    and Hydra's own settings; such a key would change the fingerprint and nothing else.
+    optimizer's hyperparameters and a model's or dataset's arguments (each checked against
+    its class) and Hydra's own settings; such a key would change the fingerprint and nothing else.
     experiment_name comes with the experiment preset, so it is not set here either."""
     keys = [f.name for f in dataclasses.fields(Config) if f.name not in NOT_SETTABLE]
     for override in overrides:
@@ -39,8 +41,12 @@ def check_keys(overrides: list[str]) -> None:
         if not key.startswith("+"):
             continue  # a key the schema lacks fails at composition, naming the valid keys
         name = key.lstrip("+")
-        if name.startswith(("optimizer.", "hydra.", "hydra/", "for_choice")):
-            continue  # for_choice: _check_for_choice says what to do instead
+        if name.startswith(
+            ("optimizer.", "model.", *DATASET_ARGUMENTS, "hydra.", "hydra/", "for_choice")
+        ):
+            # a model's or dataset's own argument (model=custom): checked against it;
+            # for_choice: _check_for_choice says what to do instead
+            continue
         if name in keys or name in groups():
             raise ConfigError(
                 f"{override}: {name} is already part of the config; set it without the '+': "
@@ -52,7 +58,8 @@ def check_keys(overrides: list[str]) -> None:
         meant = f"did you mean {close[0]}? " if close else ""
         raise ConfigError(
             f"{override}: {name!r} is not a key of optbench's config, and +KEY=VALUE adds "
-            "only an optimizer's hyperparameters (+optimizer.KEY=VALUE); "
+            "only an optimizer's hyperparameters (+optimizer.KEY=VALUE) and a model's or "
+            "dataset's arguments (+model.KEY=VALUE, +dataset.args.KEY=VALUE); "
             f"{meant}valid keys: {', '.join(keys)}."
         )
 
@@ -92,9 +99,15 @@ def one_paragraph(error: BaseException, overrides: list[str] = ()) -> str:
     """Hydra's and OmegaConf's errors, reworded as one paragraph naming the valid choices."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, name = error.missing_cfg_file.rpartition("/")
+        yours = (
+            f" A {group} of your own: {group}=custom {group}._target_=... "
+            "(docs/custom_workloads.md)."
+            if group in ("model", "dataset")
+            else ""
+        )
         return (
             f"Unknown {group} {name!r}; {choices(name, error.options)}. "
-            f"Choose one with {group}=NAME."
+            f"Choose one with {group}=NAME.{yours}"
         )
     text = str(error)
     if error.__cause__ is not None and str(error.__cause__) not in text:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from optbench.errors import ConfigError
+from optbench.data import custom
+from optbench.data import prepare as preparation
 from optbench.data.prepare import DATASETS, TEST_SIZE, TRAIN_SIZES, dataset_class, prepare
+from optbench.errors import ConfigError
 
 
 @dataclass
@@ -59,22 +61,43 @@ def validation_split(labels: torch.Tensor, size: int) -> tuple[torch.Tensor, tor
     return validation, torch.nonzero(keep).flatten()
 
 
-def check_dataset_config(dataset: Mapping) -> None:
-    if dataset["name"] not in DATASETS:
+def check_dataset_config(dataset: Mapping, data_dir: Path | None = None) -> None:
+    """A built-in dataset's config; a dataset of your own is read from data_dir first
+    (custom.check fills in its input_shape, num_classes and sizes)."""
+    if custom.is_custom(dataset) and dataset["name"] in DATASETS:
         raise ConfigError(
-            f"Unknown dataset name {dataset['name']!r}; valid choices: {', '.join(DATASETS)}."
+            f"dataset.name={dataset['name']!r} is a built-in dataset's name; give your "
+            "dataset a name of its own, e.g. dataset.name=my_data."
         )
-    full = TRAIN_SIZES[dataset["name"]]
+    if dataset["normalize"] == "auto" and not custom.is_custom(dataset):
+        raise ConfigError(
+            f"dataset.normalize=auto reads the statistics of a dataset of your own; for "
+            f"{dataset['name']} give {{mean: [..], std: [..]}} per channel, or null."
+        )
+    if custom.is_custom(dataset):
+        custom.check(dataset, preparation.resolve_data_dir(None) if data_dir is None else data_dir)
+        full_train, full_test = dataset["examples"]["train"], dataset["examples"]["test"]
+    elif dataset["name"] not in DATASETS:
+        raise ConfigError(
+            f"Unknown dataset name {dataset['name']!r}; valid choices: {', '.join(DATASETS)}, "
+            "or dataset=custom with dataset._target_=... or dataset.folder=DIR "
+            "(docs/custom_workloads.md)."
+        )
+    else:
+        full_train, full_test = TRAIN_SIZES[dataset["name"]], TEST_SIZE
     held_out = dataset.get("validation_size")
     if held_out is not None and (
-        isinstance(held_out, bool) or not isinstance(held_out, int) or not 0 <= held_out < full
+        isinstance(held_out, bool)
+        or not isinstance(held_out, int)
+        or not 0 <= held_out < full_train
     ):
         raise ConfigError(
             f"Invalid dataset.validation_size={held_out!r} for {dataset['name']}: give a whole "
-            f"number of training examples to hold out, from 0 to {full - 1}, or null for none."
+            f"number of training examples to hold out, from 0 to {full_train - 1}, or null "
+            "for none."
         )
-    _check_size(dataset, "train_size", full - (held_out or 0), "training")
-    _check_size(dataset, "test_size", TEST_SIZE, "test")
+    _check_size(dataset, "train_size", full_train - (held_out or 0), "training")
+    _check_size(dataset, "test_size", full_test, "test")
     if dataset["normalize"] is not None:
         channels = dataset["input_shape"][0]
         mean, std = list(dataset["normalize"]["mean"]), list(dataset["normalize"]["std"])
@@ -126,6 +149,8 @@ def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTenso
     """The dataset as tensors on `device`: images float32 in [0, 1] (normalised where the
     config says): validation_size training examples held out (validation_split), the first
     train_size of the rest, and the first test_size test examples."""
+    if custom.is_custom(dataset):
+        return _load_custom(dataset, data_dir, device)
     prepare(dataset["name"], data_dir)
     train_x, train_y, test_x, test_y = _read(dataset["name"], Path(data_dir).resolve())
     validation_x = validation_y = None
@@ -151,6 +176,32 @@ def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTenso
             f"dataset.input_shape={list(expected)} does not match {dataset['name']}'s images "
             f"{list(train_x.shape[1:])}."
         )
+    moved = [t if t is None else t.to(device) for t in (validation_x, validation_y)]
+    return DatasetTensors(
+        train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device), *moved
+    )
+
+
+def _load_custom(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTensors:
+    """A dataset of your own as tensors on `device`, cut, scaled and normalised as a built-in
+    one is (custom.read has read it once for the process)."""
+    train_x, train_y, test_x, test_y = custom.read(dataset, data_dir)
+    validation_x = validation_y = None
+    if dataset.get("validation_size"):  # held out first, as of a built-in dataset
+        held_out, kept = validation_split(train_y, dataset["validation_size"])
+        validation_x, validation_y = custom.as_float(train_x[held_out]), train_y[held_out]
+        train_x, train_y = train_x[kept], train_y[kept]
+    if dataset["train_size"] is not None:
+        train_x, train_y = train_x[: dataset["train_size"]], train_y[: dataset["train_size"]]
+    if dataset.get("test_size") is not None:
+        test_x, test_y = test_x[: dataset["test_size"]], test_y[: dataset["test_size"]]
+    train_x, test_x = custom.as_float(train_x), custom.as_float(test_x)
+    if dataset["normalize"] is not None:
+        mean = torch.tensor(list(dataset["normalize"]["mean"])).view(1, -1, 1, 1)
+        std = torch.tensor(list(dataset["normalize"]["std"])).view(1, -1, 1, 1)
+        train_x, test_x = train_x.sub(mean).div(std), test_x.sub(mean).div(std)
+        if validation_x is not None:
+            validation_x = validation_x.sub(mean).div(std)
     moved = [t if t is None else t.to(device) for t in (validation_x, validation_y)]
     return DatasetTensors(
         train_x.to(device), train_y.to(device), test_x.to(device), test_y.to(device), *moved

@@ -15,8 +15,8 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from optbench.data import offline
 from optbench.config.schema import source_checkout
+from optbench.data import custom, offline
 from optbench.errors import ConfigError
 from optbench.files import shown
 
@@ -51,9 +51,18 @@ def dataset_class(name: str) -> type:
 
 
 def train_size(dataset: Mapping) -> int:
-    """Examples a run trains on: dataset.train_size, or the whole training set less the
-    validation set held out of it."""
-    return dataset["train_size"] or TRAIN_SIZES[dataset["name"]] - validation_size(dataset)
+    """Examples a run trains on: dataset.train_size, or the whole training set (of a
+    dataset of your own: as data/custom.py counted it) less the validation set held out."""
+    if dataset["train_size"]:
+        return dataset["train_size"]
+    return full_train_size(dataset) - validation_size(dataset)
+
+
+def full_train_size(dataset: Mapping) -> int:
+    """The training set's size before anything is held out or cut."""
+    if "examples" in dataset:  # a dataset of your own, counted by data/custom.py
+        return dataset["examples"]["train"]
+    return TRAIN_SIZES[dataset["name"]]
 
 
 def validation_size(dataset: Mapping) -> int:
@@ -66,7 +75,14 @@ def default_validation_size(dataset: Mapping) -> int:
     test set it stands in for (TEST_SIZE), at most a sixth of the training set (10,000 of
     MNIST's 60,000). It depends on nothing of the test set: whatever test subset a command
     evaluates (dataset.test_size), the same examples are held out and the same choice made."""
-    return min(TEST_SIZE, TRAIN_SIZES[dataset["name"]] // 6)
+    return min(TEST_SIZE, full_train_size(dataset) // 6)
+
+
+def prepare_dataset(dataset: Mapping, data_dir: Path, log=print) -> None:
+    """prepare() for a built-in dataset; a dataset of your own (data/custom.py) has nothing
+    to prepare: it is read, and checked, when its job is composed."""
+    if not custom.is_custom(dataset):
+        prepare(dataset["name"], data_dir, log)
 
 
 def default_data_dir() -> Path:

@@ -26,7 +26,8 @@ from optbench.optimizers import registry
 def optimizer_kwargs(optimizer: Mapping) -> dict:
     """The hyperparameters to pass to the optimizer class (lists become tuples, e.g. betas)."""
     kwargs = dict(plain(optimizer))
-    for key in ("name", "_target_", "elementwise", "schedule"):  # optbench's, not the class's
+    # optbench's, not the class's (source_sha256: the SHA-256 of a user's class's file)
+    for key in ("name", "_target_", "elementwise", "schedule", "source_sha256"):
         kwargs.pop(key, None)
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from optbench import models
 from optbench.data import in_memory
 from optbench.errors import ConfigError
 from optbench.labels import counted
@@ -86,8 +87,10 @@ def should_stack(plan: Plan, spec: OptimizerSpec, device: torch.device) -> bool:
 
     stack_runs=auto stacks the element-wise optimizers' runs on a GPU, where one batched
     model keeps it busy; on the CPU every run trains in a RunTrainer, bit for bit the same
-    whatever trains beside it (see workers.Workers)."""
-    if plan.stack_runs == "never" or not in_group(plan, spec):
+    whatever trains beside it (see workers.Workers). A user's model never stacks: the
+    stack computes functionally, without its buffers (BatchNorm's running statistics) and
+    its own random draws (dropout)."""
+    if plan.stack_runs == "never" or not in_group(plan, spec) or models.is_custom(plan.model):
         return False
     return plan.stack_runs == "always" or device.type == "cuda"
 

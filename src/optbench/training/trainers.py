@@ -172,7 +172,9 @@ class RunTrainer(Trainer):
         self.model.to(device, memory_format=memory_format)
         self.device = device
         needs = registry.needs(run.optimizer.config)
-        self.draws_random = "random" in needs  # from a global generator: seeded()
+        # from a global generator: seeded(). A user's model may (dropout draws from torch's):
+        # its steps are seeded too, so that its runs stay independent and resume exactly
+        self.draws_random = "random" in needs or models.is_custom(model)
         self.optimizer = None  # stepped by its OptimizerGroup
         if own_optimizer:
             with self.seeded("init") if self.draws_random else contextlib.nullcontext():
@@ -237,9 +239,10 @@ class RunTrainer(Trainer):
     @contextlib.contextmanager
     def seeded(self, moment: int | str):
         """For an optimizer that draws from a global random generator (torch's, NumPy's,
-        Python's): all three seeded from this run's seed and the moment (its construction,
-        "init", or a step, by the gradient evaluations before it), and restored after. One
-        such optimizer at a time holds them, forward and backward pass included (its runs
+        Python's), and a user's model (dropout draws from torch's): all three seeded from
+        this run's seed and the moment (its construction, "init", or a step, by the
+        gradient evaluations before it), and restored after. One such run at a time holds
+        them, forward and backward pass included (its runs
         train one after another; other threads' runs, which draw from none of them, train
         meanwhile). So the run's draws are its own, whatever trains beside it, and a resumed
         run draws the same."""
