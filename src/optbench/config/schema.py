@@ -12,6 +12,7 @@ and its fingerprint, and the source revision config.yaml records.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import importlib.resources
@@ -258,7 +259,7 @@ def changes_protocol(override: str) -> bool:
     """Whether a command-line override changes the protocol: not a NOT_PROTOCOL key, not
     Hydra's own, not an optimizer's hyperparameter (runs.csv carries those)."""
     key = override.split("=", 1)[0].lstrip("+~")
-    return key not in NOT_PROTOCOL and not key.startswith(("hydra.", "optimizer."))
+    return key not in NOT_PROTOCOL and not key.startswith(("hydra.", "optimizer.", "tuning."))
 
 
 def protocol_config(cfg: DictConfig | dict) -> dict:
@@ -276,6 +277,11 @@ def protocol_config(cfg: DictConfig | dict) -> dict:
         kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "test_size"}
     if "dataset" in kept and not kept["dataset"].get("validation_size", 0):  # no validation set
         kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "validation_size"}
+    if "tuning" in kept:
+        # how many trials tune the optimizers changes which settings train, not what a run of
+        # a setting computes; hashed as its defaults, so that every fingerprint made before
+        # stays as it was and a tuned workload keeps its target's protocol
+        kept["tuning"] = dataclasses.asdict(TuningConfig())
     return kept
 
 
