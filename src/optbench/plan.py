@@ -16,28 +16,27 @@ from omegaconf import DictConfig, OmegaConf
 
 from optbench.config.schema import fingerprint, hyperparameters, run_key, seed_list
 from optbench.data import prepare
+from optbench.optimizers.traits import Traits, traits_of
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One optimizer setting: its name, and its resolved config (the class in `_target_`,
-    `elementwise`, the hyperparameters). Two specs are equal when name and hyperparameters
-    are: that is what tells two settings apart in runs.csv."""
+    """One optimizer setting: its name, its resolved config (the class in `_target_`,
+    `elementwise`, the hyperparameters) and its traits (what the engine must know of it,
+    made once here). Two specs are equal when name and hyperparameters are: that is what
+    tells two settings apart in runs.csv."""
 
     name: str
     hyperparameters: str  # config.hyperparameters: canonical JSON of every key but the name
     config: dict = field(compare=False, repr=False)
+    traits: Traits = field(compare=False, repr=False)
 
     @classmethod
     def of(cls, config: Mapping) -> OptimizerSpec:
         if isinstance(config, DictConfig):
             config = OmegaConf.to_container(config, resolve=True)
-        return cls(str(config["name"]), hyperparameters(config), dict(config))
-
-    @property
-    def elementwise(self) -> bool:
-        """Whether every element's update uses its own gradient and state only."""
-        return bool(self.config.get("elementwise", False))
+        config = dict(config)
+        return cls(str(config["name"]), hyperparameters(config), config, traits_of(config))
 
     @property
     def lr(self) -> float:

@@ -247,6 +247,21 @@ def needs(optimizer: Mapping) -> set[str]:
 _NEEDS = {"hessian": HESSIAN, "muon_groups": MUON_GROUPS, "random": RANDOM}
 
 
+def parameter_groups(optimizer: Mapping) -> str | None:
+    """How the class takes a model's parameters (build.build_optimizer): "model", the model
+    itself (AdamMini); "muon", Muon's two groups (MUON_GROUPS); "low_rank", a group of the
+    weight matrices and one of the rest (LOW_RANK); None, model.parameters()."""
+    found = needs(optimizer)
+    for need, groups in (
+        ("model", "model"),
+        ("muon_groups", "muon"),
+        ("low_rank_groups", "low_rank"),
+    ):
+        if need in found:
+            return groups
+    return None
+
+
 def refusal(optimizer: Mapping) -> str | None:
     """Why an optimizer cannot train on optbench's models; None when it can."""
     name = registry_name(optimizer)

@@ -95,7 +95,7 @@ def should_stack(plan: Plan, spec: OptimizerSpec, device: torch.device) -> bool:
 def in_group(plan: Plan, spec: OptimizerSpec) -> bool:
     """Whether an optimizer's runs share one optimizer call (an OptimizerGroup, or the
     optimizers of a stack): element-wise ones, but not on EmbeddingBag's sparse gradients."""
-    return spec.elementwise and not plan.model.get("sparse_input", False)
+    return spec.traits.elementwise and not plan.model.get("sparse_input", False)
 
 
 def worker_count(plan: Plan, device: torch.device) -> int:
