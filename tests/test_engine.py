@@ -322,7 +322,7 @@ def test_engine_equals_a_hand_written_sgd_loop(data_dir, device, schedule):
     def logits(x):
         return F.linear(F.relu(F.linear(x.flatten(1), w1, b1)), w2, b2)
 
-    schedule = plan.schedule()
+    schedule = plan.steps
     batches, losses, expected = [], [], []
     for step in range(1, schedule.total_steps + 1):
         if not batches:

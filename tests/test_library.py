@@ -53,7 +53,7 @@ def settings(names: list[str], plan) -> list[OptimizerSpec]:
     Hydra (a tenth of a second each): test_the_generated_configs... shows the files Hydra
     reads are these configs, and test_composed_settings... that composing gives the same."""
     model = models.build_model(plan.model, plan.dataset, seed=0)
-    schedule = plan.schedule()
+    schedule = plan.steps
     result = []
     for name in names:
         config = OmegaConf.create(CONFIGS[name])

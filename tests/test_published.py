@@ -41,7 +41,7 @@ def test_every_preset_matches_the_reference_protocol(experiment):
     model, model_keys = reference["model"]
     assert plan.model["name"] == model
     assert {key: plan.model[key] for key in model_keys} == model_keys
-    schedule = plan.schedule()
+    schedule = plan.steps
     assert schedule.batch_size == reference["batch_size"]
     assert schedule.total_steps == reference["total_steps"]
     assert schedule.eval_steps == reference["eval_steps"]

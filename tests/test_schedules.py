@@ -132,7 +132,7 @@ def test_a_setting_may_hold_its_own_warmup(data_dir):
     (sgd,) = plan.optimizers
     own = OptimizerSpec.of({**sgd.config, "schedule": {"warmup_steps": 15}})
     runs = loop.train(dataclasses.replace(plan, optimizers=[sgd, own]), progress=False)
-    steps = plan.schedule().total_steps
+    steps = plan.steps.total_steps
     for spec, warmup in ((sgd, 5), (own, 15)):
         rows = runs[runs.hyperparameters == spec.hyperparameters]
         keys = {"name": "warmup_linear", "warmup_steps": warmup, "final_lr_fraction": 0.0}

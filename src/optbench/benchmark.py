@@ -63,7 +63,7 @@ def tune(
         plan.tuning["trials"],
         plan.tuning["seed"],
         plan.lr_schedule,
-        plan.schedule().total_steps,
+        plan.steps.total_steps,
     )
     with files.exclusive(out_dir):
         runs, summary = _train_and_record(
@@ -81,11 +81,11 @@ def workload(
     plan: Plan, out_dir: Path, overrides: list[str] | None = None, progress: bool = True
 ) -> pd.DataFrame:
     """One workload of `optbench suite` (or `targets`): benchmark its optimizers over its
-    seeds. With tuning.trials=K on the command line, each optimizer is first tuned with K
-    random-search trials on a seed none of the runs uses, one past the largest (into
-    <out_dir>_tuning/), and its best trial's setting then trains every seed, under the
-    optimizer's own name."""
-    if any(o.startswith("tuning.trials=") for o in overrides or []):
+    seeds. Where the plan has tuning trials (tuning.trials=K on the command line), each
+    optimizer is first tuned with K random-search trials on a seed none of the runs uses,
+    one past the largest (into <out_dir>_tuning/), and its best trial's setting then trains
+    every seed, under the optimizer's own name."""
+    if plan.tuning["trials"] is not None:
         from optbench.analysis import tuning
 
         trials_dir = Path(out_dir).with_name(f"{Path(out_dir).name}_tuning")
@@ -118,7 +118,7 @@ def _train_and_record(
     files.remove_temporaries(out_dir)
     if not plan.resume and (aside := files.move_aside(out_dir)):
         log.info("resume=false: the folder's earlier results are now in its %s/", aside.name)
-    schedule = plan.schedule()
+    schedule = plan.steps
     previous = store.previous_runs(out_dir, plan, schedule.eval_steps)
     config_is_current = checksums.config_is_current(out_dir)  # refuses one edited by hand
     done = store.complete_runs(previous, schedule.total_steps)
@@ -174,7 +174,7 @@ def _finish(plan: Plan, out_dir: Path, runs: pd.DataFrame, written: list[Path]) 
     derived = [out_dir / store.SUMMARY_CSV, out_dir / provenance.CONFIG_YAML, *written]
     checksums.write(out_dir, derived)
     checkpoint = out_dir / store.CHECKPOINT
-    complete = store.complete_runs(runs, plan.schedule().total_steps)
+    complete = store.complete_runs(runs, plan.steps.total_steps)
     if checkpoints.is_spent(checkpoint, plan.fingerprint, complete):
         checkpoint.unlink()
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from optbench.config.schema import fingerprint, hyperparameters, run_key, seed_list
 from optbench.data import prepare
+from optbench.errors import ConfigError
 from optbench.optimizers.traits import Traits, traits_of
 
 
@@ -81,6 +82,21 @@ def make_schedule(train: Mapping, n_train: int) -> Schedule:
     return Schedule(batch_size, steps_per_epoch, total_steps, eval_steps)
 
 
+def resolve_device(device: str) -> str:
+    """The device a job trains on: cpu or cuda, for device=auto CUDA where torch sees a
+    CUDA device, else the CPU; device=cuda is refused where torch sees none."""
+    import torch  # slow to import: not for --help
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda but PyTorch sees no CUDA device on this machine; valid choices: "
+            "auto (CUDA when present, else CPU), cpu, cuda."
+        )
+    return device
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything one job trains and how, as plain data."""
@@ -93,19 +109,23 @@ class Plan:
     logger: dict  # where else results go (loggers.py)
     optimizers: list[OptimizerSpec]  # in the order the job trains and reports them
     seeds: list[int]
-    device: str  # auto, cpu or cuda
+    steps: Schedule  # the training's steps, made once with the plan
+    device: str  # cpu or cuda: the config's device, auto resolved once with the plan
     threads: int | None  # worker threads on the CPU; None: torch's default
     stack_runs: str  # auto, always or never (engine.should_stack)
     allow_tf32: bool
     data_dir: Path
     resume: bool
-    tuning: dict  # trials, seed (`optbench tune`)
+    # trials, seed: `optbench tune`'s random search; for a workload of `suite` or `targets`,
+    # trials is None unless tuning.trials=K was given (then each optimizer is tuned first)
+    tuning: dict
     config: dict  # the whole resolved config, as config.yaml records it
     fingerprint: str  # config.fingerprint: what "the same protocol" means
 
     @classmethod
-    def of(cls, cfg: DictConfig, optimizers: list[OptimizerSpec]) -> Plan:
-        """The plan of a composed, checked config training the given optimizer settings."""
+    def of(cls, cfg: DictConfig, optimizers: list[OptimizerSpec], steps: Schedule) -> Plan:
+        """The plan of a composed, checked config training the given optimizer settings
+        for the given steps (checks.check_config made them)."""
         config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         config.pop("for_choice", None)  # merged into dataset, model and optimizer already
         return cls(
@@ -117,7 +137,8 @@ class Plan:
             logger=config["logger"],
             optimizers=list(optimizers),
             seeds=seed_list(cfg.seeds),
-            device=config["device"],
+            steps=steps,
+            device=resolve_device(config["device"]),
             threads=config["threads"],
             stack_runs=config["stack_runs"],
             allow_tf32=config["allow_tf32"],
@@ -132,6 +153,3 @@ class Plan:
     def runs(self) -> list[RunSpec]:
         """Every (optimizer setting, seed) run, optimizer by optimizer."""
         return [RunSpec(optimizer, seed) for optimizer in self.optimizers for seed in self.seeds]
-
-    def schedule(self) -> Schedule:
-        return make_schedule(self.train, prepare.train_size(self.dataset))

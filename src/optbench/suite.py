@@ -241,7 +241,7 @@ def _workload_row(plan: Plan, target_given: bool) -> dict:
         "model": plan.model["name"],
         "target": target["test_accuracy"],
         "chance": chance,
-        "steps": plan.schedule().total_steps,
+        "steps": plan.steps.total_steps,
         "seeds": " ".join(map(str, plan.seeds)),
         "optimizers": " ".join(spec.name for spec in plan.optimizers),
         "derived": "given on the command line" if target_given else json.dumps(derived),

@@ -25,6 +25,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from optbench.analysis.stats import final_rows, last_step_rows
 from optbench.labels import trial_name
 from optbench.plan import OptimizerSpec
 
@@ -119,7 +120,7 @@ def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame
     """Per trial: its hyperparameters and final test accuracy (mean over its seeds; 0 for a
     diverged trial, the accuracy of guessing or worse). Per optimizer and budget k: the
     expected best accuracy and its resampling std."""
-    final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+    final = final_rows(runs)
     accuracy = (
         final.assign(
             test_accuracy=final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
@@ -140,7 +141,7 @@ def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame
 def best_settings(runs: pd.DataFrame, optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
     """Each optimizer's best trial (highest mean final test accuracy over its seeds; a
     diverged run counts 0), as a setting under the optimizer's own name."""
-    final = runs[runs["step"] == runs["step"].max()]
+    final = last_step_rows(runs)
     accuracy = final["test_accuracy"].where(~final["diverged"].astype(bool), 0.0)
     means = (
         final.assign(test_accuracy=accuracy)

@@ -16,14 +16,15 @@ from optbench.config.schema import (
 )
 from optbench.data import prepare
 from optbench.errors import ConfigError
-from optbench.plan import make_schedule
+from optbench.plan import Schedule, make_schedule
 from optbench.training import lr_schedules
 
 
-def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
+def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> Schedule:
     """Raise ConfigError for any value that would fail later; no data, no training. An
     optimizer's values that the protocol supplies (Ranger21's num_iterations) are filled in
-    here, once the training's length is known to be valid, before its throwaway build."""
+    here, once the training's length is known to be valid, before its throwaway build.
+    Returns the training's steps (the plan keeps them)."""
     seed_list(cfg.seeds)
     check_train(cfg.train)
     from optbench import models
@@ -39,7 +40,8 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
             f"({n_train} examples); use at most that, or train.batch_size=full."
         )
     models.check_model_config(cfg.model)
-    total_steps = make_schedule(cfg.train, n_train).total_steps
+    steps = make_schedule(cfg.train, n_train)
+    total_steps = steps.total_steps
     problem = lr_schedules.check(cfg.schedule, total_steps)
     if problem:
         raise ConfigError(problem)
@@ -67,3 +69,4 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
     for optimizer_cfg in optimizer_cfgs:
         build.fill_from_protocol(optimizer_cfg, total_steps)
         optimizer_checks.check_optimizer_config(optimizer_cfg, model)
+    return steps

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from optbench.analysis import published
+from optbench.analysis.stats import final_rows, last_step_rows
 from optbench.labels import by_protocol, label_settings
 from optbench.report.figures import colors as _colors
 from optbench.report.figures import label_points, plt, room_for_labels, styles
@@ -143,7 +144,7 @@ def curve_figure(
 def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     """Every seed's final test accuracy as a point, with each optimizer's mean ± std,
     optimizers sorted from best to worst mean."""
-    final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+    final = final_rows(runs)
     order = final.groupby("optimizer")["test_accuracy"].mean().sort_values(ascending=False)
     colors = _colors(list(runs["optimizer"].unique()))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 5))
@@ -194,7 +195,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
 
     from omegaconf import OmegaConf
 
-    every = runs[runs["step"] == runs.groupby(["optimizer", "lr"])["step"].transform("max")]
+    every = final_rows(runs, by=["optimizer", "lr"])
     final = every[~every["diverged"].astype(bool)]
     fig, ax = plt.subplots(figsize=(8, 5))
     look = styles(list(runs["optimizer"].unique()))
@@ -309,7 +310,7 @@ def plot_costs(runs: pd.DataFrame, costs: pd.DataFrame, results_dir: Path) -> Pa
 def costs_figure(runs: pd.DataFrame, costs: pd.DataFrame) -> plt.Figure:
     """Final test accuracy (mean over seeds) against optimizer state bytes per parameter
     and against milliseconds per step, each point labelled with its optimizer."""
-    final = runs[runs["step"] == runs["step"].max()]
+    final = last_step_rows(runs)
     accuracy = final[~final["diverged"].astype(bool)].groupby("optimizer")["test_accuracy"]
     table = costs.assign(accuracy=costs["optimizer"].map(accuracy.mean()))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5 + 0.08 * len(table)), sharey=True)

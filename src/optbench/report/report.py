@@ -32,7 +32,7 @@ PLOTS = [  # file, caption
 def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The last evaluation of every optimizer: the mean alone where one seed gives no
     spread, "—" where there is no interval or every seed diverged."""
-    final = summary[summary["step"] == summary.groupby("optimizer")["step"].transform("max")]
+    final = stats.final_rows(summary)
 
     def column(metric: str, what: str) -> list[str]:
         if what == "mean ± std":

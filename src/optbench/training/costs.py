@@ -63,7 +63,7 @@ def build_one_run(plan: Plan, spec: OptimizerSpec, device: torch.device) -> tupl
 def time_steps(plan: Plan, built: tuple, tensors, device: torch.device) -> dict:
     """Train a run built by build_one_run for the warm-up and timed steps; its costs."""
     (trainer,), groups = built
-    batch_size = plan.schedule().batch_size
+    batch_size = plan.steps.batch_size
     order = loop.DataOrder(0, len(tensors.train_x), batch_size, device)
     times = []
     for step in range(WARMUP_STEPS + TIMED_STEPS):
@@ -97,7 +97,7 @@ def write_costs(out_dir: Path, plan: Plan, settings: dict[str, dict]) -> list[Pa
     missing = [label for label in settings if label not in known.index]
     if not missing:
         return []
-    device = loop.resolve_device(plan.device)
+    device = torch.device(plan.device)
     # single-threaded kernels and one run per worker thread, as the engine trains: the
     # settings are timed side by side, one per core
     with Workers(loop.worker_count(plan, device), device) as workers:
