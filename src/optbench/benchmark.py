@@ -37,9 +37,12 @@ def benchmark(
     out_dir = Path(out_dir)
     with files.exclusive(out_dir):
         runs, summary = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
-        costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
+        costs_table = costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
         ranked = stats.rankings(runs)
-        _finish(plan, out_dir, runs, write_analysis(out_dir, runs, ranked=ranked))
+        written = write_analysis(
+            out_dir, runs, ranked=ranked, summary=summary, costs_table=costs_table
+        )
+        _finish(plan, out_dir, runs, written)
         loggers.write_logs(out_dir, plan.logger, runs)
     ranking, _ = ranked.get("", (None, None))  # a job has one protocol
     answer.log_final_table(summary, ranking)
@@ -69,7 +72,8 @@ def tune(
         runs, summary = _train_and_record(
             plan, trials, plan.optimizers, out_dir, overrides, progress
         )
-        written = tuning_report.write_tuning(out_dir, runs, drawn) + report.write_report(out_dir)
+        written = tuning_report.write_tuning(out_dir, runs, drawn)
+        written += report.write_report(out_dir, runs=store.as_written(runs), summary=summary)
         _finish(plan, out_dir, runs, written)
         loggers.write_logs(out_dir, plan.logger, runs)
     answer.log_final_table(summary)  # each optimizer's best trial
@@ -196,17 +200,35 @@ def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) 
 
 
 def write_analysis(
-    out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True, ranked: dict | None = None
+    out_dir: Path,
+    runs: pd.DataFrame,
+    draw_plots: bool = True,
+    ranked: dict | None = None,
+    summary: pd.DataFrame | None = None,
+    costs_table: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Everything derived from runs.csv: the published comparison (for presets that have
     published numbers), the paired ranking (stats.rankings, computed unless given), the
-    plots (unless draw_plots is False) and the report."""
+    plots (unless draw_plots is False) and the report. The runs are those just written into
+    runs.csv, and summary and costs_table, where given, summary.csv's and costs.csv's: each
+    is computed once and passed on, none read back."""
     from optbench.analysis import published
     from optbench.report import plots, ranking, report
 
-    written = published.write_comparison(out_dir, runs)
+    runs = store.as_written(runs)
+    compared = published.comparisons(runs)
+    ranked = stats.rankings(runs) if ranked is None else ranked
+    written = published.write_comparison(out_dir, runs, compared)
     written += ranking.write_ranking(out_dir, runs, ranked=ranked)
     if draw_plots:
-        written += plots.plot_all(out_dir)
-    written += report.write_report(out_dir)
+        written += plots.plot_all(out_dir, raw=runs, costs=costs_table, summary=summary)
+    table, _ = ranked.get("", (None, None))  # ranking.csv's, where one was written
+    written += report.write_report(
+        out_dir,
+        runs=runs,
+        summary=summary,
+        ranking=None if table is None else table.reset_index(drop=True),
+        comparisons=compared,
+        costs=costs_table,
+    )
     return written

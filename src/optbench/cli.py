@@ -151,8 +151,8 @@ class CombineMultirun(Callback):
             combined = multirun.combine_jobs(sweep_dir)
             if combined is None:
                 return
-            store.write_results(sweep_dir, combined)
-            written = write_analysis(sweep_dir, combined)
+            summary = store.write_results(sweep_dir, combined)
+            written = write_analysis(sweep_dir, combined, summary=summary)
             checksums.write(sweep_dir, [sweep_dir / store.SUMMARY_CSV, *written])
         except ConfigError as error:  # e.g. one run in two job folders
             print(

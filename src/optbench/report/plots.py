@@ -257,8 +257,16 @@ def _published_points(runs: pd.DataFrame, protocol) -> pd.DataFrame | None:
     return points
 
 
-def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
-    """Draw every plot of a results folder from its runs.csv; return the files written.
+def plot_all(
+    results_dir: Path,
+    x: str = "step",
+    raw: pd.DataFrame | None = None,
+    costs: pd.DataFrame | None = None,
+    summary: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Draw every plot of a results folder from its runs (runs.csv, read unless given as
+    written: store.as_written), their summary (summary.csv's, computed unless given) and
+    its costs (costs.csv, read where there is one unless given); return the files written.
 
     Curves are drawn against x ("step", "epoch" or "wall_s"; files for other than step
     end in _vs_<x>). A folder holding several protocols (e.g. a multirun over datasets)
@@ -267,11 +275,13 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
     if x not in X_COLUMNS:
         raise ValueError(f"Cannot plot against {x!r}; valid choices: {', '.join(X_COLUMNS)}.")
     results_dir = Path(results_dir)
-    raw = read_runs(results_dir)
+    raw = read_runs(results_dir) if raw is None else raw
     runs = label_settings(raw)
     written = []
+    given = summary
     for protocol, subset, suffix in by_protocol(runs):
-        summary = summarize(subset)
+        # summary.csv's rows are this protocol's where it is the folder's only one
+        summary = given if given is not None and not suffix else summarize(subset)
         n_seeds = int(subset["seed"].nunique())
         points = _published_points(subset, protocol)
         for stem, (metric, label) in CURVES.items():
@@ -296,8 +306,9 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
         written.append(
             plot_final_accuracy(subset, title, results_dir / f"final_test_accuracy{suffix}.png")
         )
-    if (results_dir / "costs.csv").is_file() and len(list(by_protocol(runs))) == 1:
+    if costs is None and (results_dir / "costs.csv").is_file():
         costs = pd.read_csv(results_dir / "costs.csv")
+    if costs is not None and len(list(by_protocol(runs))) == 1:
         written.append(plot_costs(runs, costs, results_dir))
     return written
 
