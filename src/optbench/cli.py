@@ -205,10 +205,10 @@ def _suite(command: str, args: list[str]) -> int:
         print(f"optbench: {line}")
     check_writable(request.folder)
     plans = check_command_line(command, request.hydra_args)
-    suite.record_workloads(request, plans)
+    ran, table = suite.record_workloads(request, plans)
     sys.argv = [f"optbench {command}", *request.hydra_args]  # what Hydra parses
     hydra_app(command, plans)()
-    for line in suite.finish(request):
+    for line in suite.finish(request, ran, table):
         print(f"optbench: {line}")
     return 0
 
