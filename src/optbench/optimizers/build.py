@@ -112,9 +112,10 @@ def muon_parameter_groups(model: torch.nn.Module) -> list[dict]:
 
 def fill_from_protocol(optimizer: DictConfig, steps: int) -> None:
     """Set the arguments an optimizer needs from the protocol where the config leaves them
-    null (registry.FROM_PROTOCOL: Ranger21's num_iterations)."""
+    null (registry.Known.from_protocol: Ranger21's num_iterations)."""
     values = {"steps": steps}
-    for key, source in registry.FROM_PROTOCOL.get(registry.registry_name(optimizer), {}).items():
+    known = registry.known(optimizer)
+    for key, source in (known.from_protocol if known is not None else {}).items():
         if optimizer.get(key) is None:
             optimizer[key] = values[source]
 
