@@ -105,14 +105,14 @@ class Plan:
     dataset: dict  # name, input_shape, num_classes, train_size, normalize
     model: dict  # name and the model's constructor arguments
     train: dict  # batch_size, epochs, steps, eval_every, test_batch_size
-    lr_schedule: dict  # name and its keys (schedules.py)
+    lr_schedule: dict  # name and its keys (training/lr_schedules.py)
     logger: dict  # where else results go (loggers.py)
     optimizers: list[OptimizerSpec]  # in the order the job trains and reports them
     seeds: list[int]
     steps: Schedule  # the training's steps, made once with the plan
     device: str  # cpu or cuda: the config's device, auto resolved once with the plan
     threads: int | None  # worker threads on the CPU; None: torch's default
-    stack_runs: str  # auto, always or never (engine.should_stack)
+    stack_runs: str  # auto, always or never (training/loop.py: should_stack)
     allow_tf32: bool
     data_dir: Path
     resume: bool
@@ -120,7 +120,7 @@ class Plan:
     # trials is None unless tuning.trials=K was given (then each optimizer is tuned first)
     tuning: dict
     config: dict  # the whole resolved config, as config.yaml records it
-    fingerprint: str  # config.fingerprint: what "the same protocol" means
+    fingerprint: str  # config/schema.py fingerprint: what "the same protocol" means
 
     @classmethod
     def of(cls, cfg: DictConfig, optimizers: list[OptimizerSpec], steps: Schedule) -> Plan:
