@@ -411,3 +411,11 @@ def test_a_cpu_step_clock_reads_the_time_at_once_and_splits_a_shared_step():
     share = timer.stop(start, shares=4)
     assert whole >= 0.02 and 0.005 <= share < whole / 2
     assert timer.collect() == 0.0 and timer.pending == []
+
+
+def test_the_plan_carries_its_steps_and_resolved_device():
+    """Made once with the plan: the training's steps, and device=auto resolved."""
+    plan = run_plan("optimizer=adam", "device=auto", "train.batch_size=64", SMOKE)
+    assert plan.steps == make_step_plan(plan.train, 1000)  # debug=smoke: 1,000 examples
+    assert plan.steps.total_steps == 20 and plan.steps.eval_steps == [10, 20]
+    assert plan.device == ("cuda" if torch.cuda.is_available() else "cpu")

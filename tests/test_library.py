@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import math
 import random
 
@@ -53,7 +54,7 @@ def settings(names: list[str], plan) -> list[OptimizerSpec]:
     Hydra (a tenth of a second each): test_the_generated_configs... shows the files Hydra
     reads are these configs, and test_composed_settings... that composing gives the same."""
     model = models.build_model(plan.model, plan.dataset, seed=0)
-    step_plan = plan.step_plan()
+    step_plan = plan.steps
     result = []
     for name in names:
         config = OmegaConf.create(CONFIGS[name])
@@ -260,6 +261,27 @@ def test_a_schedule_free_optimizer_is_evaluated_at_its_averaged_weights(data_dir
     trainer.optimizer.eval()
     at_x = evaluate(trainer.model, tensors.test_x, tensors.test_y, 1000)
     assert reported == at_x != at_y
+
+
+def test_each_optimizers_traits_are_what_its_built_optimizer_does():
+    """The traits made once with the plan (optimizers.traits) say what the optimizer built
+    on a model does: whether its step takes a closure, whether it has train/eval modes (as
+    the generated table records too), how it groups the parameters."""
+    plan = sweep_plan("optimizers=[sgd]", SMOKE)
+    model = models.build_model(plan.model, plan.dataset, seed=0)
+    for spec in settings(TRAINABLE, plan):
+        traits, optimizer = spec.traits, build.build_optimizer(spec.config, model)
+        takes_closure = "closure" in inspect.signature(optimizer.step).parameters
+        modes = callable(getattr(optimizer, "eval", None)) and callable(
+            getattr(optimizer, "train", None)
+        )
+        assert traits.step_takes_closure == takes_closure, spec.name
+        assert traits.has_modes == modes == registry.entry(spec.config)["train_eval_modes"]
+        assert traits.elementwise == traits.channels_last == spec.config["elementwise"]
+        assert traits.refused is None
+        muon = [group.get("use_muon") for group in optimizer.param_groups] == [True, False]
+        assert (traits.parameter_groups == "muon") == muon, spec.name
+    assert all(OptimizerSpec.of(CONFIGS[name]).traits.refused for name in REFUSED)
 
 
 @pytest.mark.parametrize("model", ["ffnn", "lenet"])

@@ -23,6 +23,7 @@ from optbench.optimizers import build, registry
 from optbench.plan import OptimizerSpec
 from optbench.results import store
 from optbench.training import loop
+from optbench.training.trainers import RunTrainer
 
 from conftest import ROOT, compose_config, run_cli, run_plan, sweep_plan
 
@@ -222,3 +223,16 @@ def test_no_stacked_optimizer_reads_its_state_on_the_host_on_a_gpu():
     asgd = build.build_optimizer(every_elementwise_config()["asgd"], [parameter], "foreach")
     with pytest.raises(RuntimeError, match="item"):
         asgd.step()
+
+
+def test_lbfgs_takes_a_closure_and_keeps_the_default_memory_layout():
+    """L-BFGS flattens its gradients with view(-1): its traits keep the model's weights in
+    the default layout (not channels-last), and its step evaluates the loss itself."""
+    plan = run_plan("optimizer=lbfgs", "model=lenet", "debug=smoke")
+    traits = plan.optimizers[0].traits
+    assert traits.step_takes_closure and not traits.channels_last and not traits.elementwise
+    trainer = RunTrainer(plan.runs[0], plan.model, plan.dataset, torch.device("cpu"))
+    assert trainer.model.conv1.weight.is_contiguous()
+    adam = run_plan("optimizer=adam", "model=lenet", "debug=smoke")
+    trainer = RunTrainer(adam.runs[0], adam.model, adam.dataset, torch.device("cpu"))
+    assert trainer.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -41,7 +41,7 @@ def test_every_preset_matches_the_reference_protocol(experiment):
     model, model_keys = reference["model"]
     assert plan.model["name"] == model
     assert {key: plan.model[key] for key in model_keys} == model_keys
-    step_plan = plan.step_plan()
+    step_plan = plan.steps
     assert step_plan.batch_size == reference["batch_size"]
     assert step_plan.total_steps == reference["total_steps"]
     assert step_plan.eval_steps == reference["eval_steps"]

@@ -63,7 +63,7 @@ def engine(plan: Plan, checkpoint: Path) -> pd.DataFrame:
 def final_weights(plan: Plan, checkpoint: Path) -> dict:
     """Each run's final weights (name -> tensor), from the engine's last checkpoint."""
     saved = checkpoints.load(checkpoint)["trainers"]
-    built, _ = loop.build_trainers(plan, plan.runs, loop.resolve_device(plan.device))
+    built, _ = loop.build_trainers(plan, plan.runs, torch.device(plan.device))
     weights = {}
     for trainer, state in zip(built, saved, strict=True):
         for r, run in enumerate(trainer.runs):
@@ -175,7 +175,7 @@ def test_a_run_resumed_mid_training_follows_the_reference(data_dir, tmp_path, ca
     lbfgs = run_plan(*LBFGS).optimizers[0]
     plan = dataclasses.replace(plan, optimizers=[*plan.optimizers, lbfgs])
     stopped = dataclasses.replace(plan, train={**plan.train, "steps": 10})
-    assert stopped.step_plan().eval_steps == [10] and plan.step_plan().eval_steps == [10, 20]
+    assert stopped.steps.eval_steps == [10] and plan.steps.eval_steps == [10, 20]
     resumed = tmp_path / "resumed.pt"
     engine(stopped, resumed)
     with caplog.at_level(logging.INFO, logger="optbench"):

@@ -85,7 +85,7 @@ def by_hand(plan, spec, seed: int, tensors, factor) -> list[dict]:
         model.parameters(), lr=spec.lr
     )
     order = torch.Generator().manual_seed(stream_seed(seed, "data_order"))
-    step_plan, batches, losses, rows = plan.step_plan(), [], [], []
+    step_plan, batches, losses, rows = plan.steps, [], [], []
     for step in range(1, step_plan.total_steps + 1):
         if not batches:
             n = len(tensors.train_x)
@@ -120,7 +120,7 @@ def test_every_trainer_applies_the_schedule_and_runs_csv_records_it(data_dir, st
     (the weights after the halved steps decide the second evaluation's)."""
     layout = ("optimizers=[sgd,adam]", "seeds=2", SMOKE, f"stack_runs={stack_runs}")
     plan = sweep_plan(*layout, "schedule=step", "schedule.step_size=10", "schedule.gamma=0.5")
-    assert plan.step_plan().eval_steps == [10, 20]  # one evaluation before the halving
+    assert plan.steps.eval_steps == [10, 20]  # one evaluation before the halving
     runs = loop.train(plan, progress=False)
 
     def halved(step: int) -> float:
@@ -184,7 +184,7 @@ def test_a_setting_may_hold_its_own_warmup(data_dir):
     (sgd,) = plan.optimizers
     own = OptimizerSpec.of({**sgd.config, "schedule": {"warmup_steps": 15}})
     runs = loop.train(dataclasses.replace(plan, optimizers=[sgd, own]), progress=False)
-    steps = plan.step_plan().total_steps
+    steps = plan.steps.total_steps
     for spec, warmup in ((sgd, 5), (own, 15)):
         rows = runs[runs.hyperparameters == spec.hyperparameters]
         keys = {"name": "warmup_linear", "warmup_steps": warmup, "final_lr_fraction": 0.0}

@@ -186,3 +186,45 @@ def test_the_html_report_is_self_contained(tmp_path):
     assert "<table" in page and "0.9133" in page  # a's mean final accuracy
     text = md_path.read_text()
     assert "![" in text and "| 1 | a |" in text
+
+
+def test_final_rows_are_each_optimizers_last_step_and_last_step_rows_the_last_of_all():
+    runs = pd.concat(
+        [
+            runs_from({"a": [0.1, 0.2], "b": [0.3, 0.4]}).assign(step=50),
+            runs_from({"a": [0.5, 0.6], "b": [0.7, 0.8]}),  # step 100
+        ],
+        ignore_index=True,
+    )
+    runs = runs[~((runs.optimizer == "b") & (runs.step == 100))]  # b stopped at step 50
+    final = stats.final_rows(runs)
+    assert sorted(zip(final.optimizer, final.step, final.test_accuracy, strict=True)) == [
+        ("a", 100, 0.5),
+        ("a", 100, 0.6),
+        ("b", 50, 0.3),
+        ("b", 50, 0.4),
+    ]
+    last = stats.last_step_rows(runs)
+    assert list(last.optimizer) == ["a", "a"] and set(last.step) == {100}
+
+
+def test_the_analysis_of_runs_in_memory_writes_what_the_files_give(tmp_path):
+    """After training, a job passes its runs, summary and ranking on in memory; `optbench
+    compare` and `plot` read them from the files. Both give the same files, byte for byte."""
+    from optbench.benchmark import write_analysis
+    from optbench.report import plots, report
+
+    runs = runs_from({"a": [0.90, 0.93, 0.91], "b": [0.5, 0.7, 0.6]})
+    runs = runs.sample(frac=1, random_state=0)  # rows in another order than runs.csv's
+    in_memory, from_files = tmp_path / "memory", tmp_path / "files"
+    summary = store.write_results(in_memory, runs)
+    store.write_results(from_files, runs)
+    written = write_analysis(in_memory, runs, summary=summary)
+    ranking.write_ranking(from_files, store.read_runs(from_files))
+    plots.plot_all(from_files)
+    report.write_report(from_files)
+    names = sorted(p.name for p in in_memory.iterdir())
+    assert names == sorted(p.name for p in from_files.iterdir())
+    assert {p.name for p in written} == set(names) - {"runs.csv", "summary.csv"}
+    for name in names:
+        assert (in_memory / name).read_bytes() == (from_files / name).read_bytes(), name

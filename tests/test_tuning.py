@@ -152,3 +152,14 @@ def test_lr_grid_sweep_and_tune_end_to_end(data_dir, tmp_path):
     rows = [line for line in table.splitlines() if " trial " in line]
     assert sorted(row.split(" trial ")[0] for row in rows) == ["adam", "sgd"]
     assert [row.endswith("best") for row in rows] == [True, False]
+
+
+def test_a_workload_is_tuned_first_only_where_its_plan_has_trials():
+    """A suite's workload is tuned first where tuning.trials=K is given: its plan says so
+    (trials K), and without it the plan has no trials; `optbench tune` keeps its default."""
+    from optbench.compose.jobs import compose_plan
+
+    workload = ["experiment=mnist_ffnn", "optimizers=[sgd,adam]", "debug=smoke"]
+    assert compose_plan("suite", *workload).tuning["trials"] is None
+    assert compose_plan("suite", *workload, "tuning.trials=3").tuning["trials"] == 3
+    assert compose_plan("tune", *workload).tuning["trials"] == 16

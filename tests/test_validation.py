@@ -48,7 +48,7 @@ def test_the_validation_set_is_held_out_and_train_size_counts_the_rest(data_dir)
     assert torch.equal(tensors.validation_x, images[validation].unsqueeze(1).float() / 255)
     n = plan.dataset["train_size"]  # smoke: the first 1,000 of the examples not held out
     assert torch.equal(tensors.train_y, labels[training[:n]])
-    assert plan.step_plan().steps_per_epoch == n // plan.train["batch_size"]
+    assert plan.steps.steps_per_epoch == n // plan.train["batch_size"]
 
 
 def test_validation_metrics_equal_a_hand_written_loop_on_the_held_out_examples(data_dir):
@@ -66,7 +66,7 @@ def test_validation_metrics_equal_a_hand_written_loop_on_the_held_out_examples(d
         w1, b1, w2, b2 = weights
         return F.linear(F.relu(F.linear(x.flatten(1), w1, b1)), w2, b2)
 
-    steps, batches, expected = plan.step_plan(), [], []
+    steps, batches, expected = plan.steps, [], []
     for step in range(1, steps.total_steps + 1):
         if not batches:
             batches = list(torch.randperm(len(tensors.train_x), generator=order).split(batch))

@@ -37,9 +37,12 @@ def benchmark(
     out_dir = Path(out_dir)
     with files.exclusive(out_dir):
         runs, summary = _train_and_record(plan, plan.optimizers, None, out_dir, overrides, progress)
-        costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
+        costs_table = costs.write_costs(out_dir, plan, labels.optimizer_configs(runs))
         ranked = stats.rankings(runs)
-        _finish(plan, out_dir, runs, write_analysis(out_dir, runs, ranked=ranked))
+        written = write_analysis(
+            out_dir, runs, ranked=ranked, summary=summary, costs_table=costs_table
+        )
+        _finish(plan, out_dir, runs, written)
         loggers.write_logs(out_dir, plan.logger, runs)
     ranking, _ = ranked.get("", (None, None))  # a job has one protocol
     answer.log_final_table(summary, ranking)
@@ -64,13 +67,14 @@ def tune(
         plan.tuning["trials"],
         plan.tuning["seed"],
         plan.lr_schedule,
-        plan.step_plan().total_steps,
+        plan.steps.total_steps,
     )
     with files.exclusive(out_dir):
         runs, summary = _train_and_record(
             plan, trials, plan.optimizers, out_dir, overrides, progress
         )
-        written = tuning_report.write_tuning(out_dir, runs, drawn) + report.write_report(out_dir)
+        written = tuning_report.write_tuning(out_dir, runs, drawn)
+        written += report.write_report(out_dir, runs=store.as_written(runs), summary=summary)
         _finish(plan, out_dir, runs, written)
         loggers.write_logs(out_dir, plan.logger, runs)
     answer.log_final_table(summary)  # each optimizer's best trial
@@ -96,11 +100,11 @@ def workload(
     plan: Plan, out_dir: Path, overrides: list[str] | None = None, progress: bool = True
 ) -> pd.DataFrame:
     """One workload of `optbench suite` (or `targets`): benchmark its optimizers over its
-    seeds. With tuning.trials=K on the command line, each optimizer is first tuned with K
-    random-search trials on a seed none of the runs uses, one past the largest (into
-    <out_dir>_tuning/), and its best trial's setting then trains every seed, under the
-    optimizer's own name."""
-    if any(o.startswith("tuning.trials=") for o in overrides or []):
+    seeds. Where the plan has tuning trials (tuning.trials=K on the command line), each
+    optimizer is first tuned with K random-search trials on a seed none of the runs uses,
+    one past the largest (into <out_dir>_tuning/), and its best trial's setting then trains
+    every seed, under the optimizer's own name."""
+    if plan.tuning["trials"] is not None:
         from optbench.analysis import tuning
 
         trials_dir = Path(out_dir).with_name(f"{Path(out_dir).name}_tuning")
@@ -133,7 +137,7 @@ def _train_and_record(
     files.remove_temporaries(out_dir)
     if not plan.resume and (aside := files.move_aside(out_dir)):
         log.info("resume=false: the folder's earlier results are now in its %s/", aside.name)
-    step_plan = plan.step_plan()
+    step_plan = plan.steps
     previous = store.previous_runs(out_dir, plan, step_plan.eval_steps)
     config_is_current = checksums.config_is_current(out_dir)  # refuses one edited by hand
     done = store.complete_runs(previous, step_plan.total_steps)
@@ -189,7 +193,7 @@ def _finish(plan: Plan, out_dir: Path, runs: pd.DataFrame, written: list[Path]) 
     derived = [out_dir / store.SUMMARY_CSV, out_dir / provenance.CONFIG_YAML, *written]
     checksums.write(out_dir, derived)
     checkpoint = out_dir / store.CHECKPOINT
-    complete = store.complete_runs(runs, plan.step_plan().total_steps)
+    complete = store.complete_runs(runs, plan.steps.total_steps)
     if checkpoints.is_spent(checkpoint, plan.fingerprint, complete):
         checkpoint.unlink()
 
@@ -211,17 +215,35 @@ def _say_what_is_kept(out_dir: Path, checkpoint: Path, stop: KeyboardInterrupt) 
 
 
 def write_analysis(
-    out_dir: Path, runs: pd.DataFrame, draw_plots: bool = True, ranked: dict | None = None
+    out_dir: Path,
+    runs: pd.DataFrame,
+    draw_plots: bool = True,
+    ranked: dict | None = None,
+    summary: pd.DataFrame | None = None,
+    costs_table: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Everything derived from runs.csv: the published comparison (for presets that have
     published numbers), the paired ranking (stats.rankings, computed unless given), the
-    plots (unless draw_plots is False) and the report."""
+    plots (unless draw_plots is False) and the report. The runs are those just written into
+    runs.csv, and summary and costs_table, where given, summary.csv's and costs.csv's: each
+    is computed once and passed on, none read back."""
     from optbench.analysis import published
     from optbench.report import plots, ranking, report
 
-    written = published.write_comparison(out_dir, runs)
+    runs = store.as_written(runs)
+    compared = published.comparisons(runs)
+    ranked = stats.rankings(runs) if ranked is None else ranked
+    written = published.write_comparison(out_dir, runs, compared)
     written += ranking.write_ranking(out_dir, runs, ranked=ranked)
     if draw_plots:
-        written += plots.plot_all(out_dir)
-    written += report.write_report(out_dir)
+        written += plots.plot_all(out_dir, raw=runs, costs=costs_table, summary=summary)
+    table, _ = ranked.get("", (None, None))  # ranking.csv's, where one was written
+    written += report.write_report(
+        out_dir,
+        runs=runs,
+        summary=summary,
+        ranking=None if table is None else table.reset_index(drop=True),
+        comparisons=compared,
+        costs=costs_table,
+    )
     return written

@@ -174,8 +174,8 @@ class CombineMultirun(Callback):
             combined = multirun.combine_jobs(sweep_dir)
             if combined is None:
                 return
-            store.write_results(sweep_dir, combined)
-            written = write_analysis(sweep_dir, combined)
+            summary = store.write_results(sweep_dir, combined)
+            written = write_analysis(sweep_dir, combined, summary=summary)
             checksums.write(sweep_dir, [sweep_dir / store.SUMMARY_CSV, *written])
         except ConfigError as error:  # e.g. one run in two job folders
             print(
@@ -244,9 +244,9 @@ def _suite(command: str, args: list[str], progress: bool = True) -> Path:
         print(f"optbench: {line}")
     check_writable(request.folder)
     plans = check_command_line(command, request.hydra_args)
-    workloads.record_workloads(request, plans)
+    ran, table = workloads.record_workloads(request, plans)
     _run_hydra_app(command, request.hydra_args, hydra_app(command, plans, progress))
-    for line in workloads.finish(request):
+    for line in workloads.finish(request, ran, table):
         print(f"optbench: {line}")
     return request.folder
 

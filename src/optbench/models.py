@@ -30,6 +30,11 @@ class FFNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
+    @property
+    def output_layer(self) -> nn.Module:
+        """The classifier's output layer (the logits): Muon updates it as AdamW does."""
+        return self.fc2
+
 
 @torch.no_grad()
 def ffnn_loss_and_grads(model: FFNN, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -88,6 +93,11 @@ class SparseInputFFNN(nn.Module):
         hidden = self.fc1(pixels, offsets, per_sample_weights=x[rows, pixels]) + self.fc1_bias
         return self.fc2(F.relu(hidden))
 
+    @property
+    def output_layer(self) -> nn.Module:
+        """The classifier's output layer (the logits): Muon updates it as AdamW does."""
+        return self.fc2
+
 
 class LeNet(nn.Module):
     """The 2019 PyTorch MNIST example's CNN, sized for any C x H x W input.
@@ -124,6 +134,11 @@ class LeNet(nn.Module):
         x = F.relu(F.max_pool2d(self.conv2(x), 2, 2))
         x = F.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
+
+    @property
+    def output_layer(self) -> nn.Module:
+        """The classifier's output layer (the logits): Muon updates it as AdamW does."""
+        return self.fc2
 
 
 class VmappedModel:

@@ -16,28 +16,28 @@ from omegaconf import DictConfig, OmegaConf
 
 from optbench.config.schema import fingerprint, hyperparameters, run_key, seed_list
 from optbench.data import prepare
+from optbench.errors import ConfigError
+from optbench.optimizers.traits import Traits, traits_of
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One optimizer setting: its name, and its resolved config (the class in `_target_`,
-    `elementwise`, the hyperparameters). Two specs are equal when name and hyperparameters
-    are: that is what tells two settings apart in runs.csv."""
+    """One optimizer setting: its name, its resolved config (the class in `_target_`,
+    `elementwise`, the hyperparameters) and its traits (what the engine must know of it,
+    made once here). Two specs are equal when name and hyperparameters are: that is what
+    tells two settings apart in runs.csv."""
 
     name: str
     hyperparameters: str  # config.schema.hyperparameters: canonical JSON of every key but the name
     config: dict = field(compare=False, repr=False)
+    traits: Traits = field(compare=False, repr=False)
 
     @classmethod
     def of(cls, config: Mapping) -> OptimizerSpec:
         if isinstance(config, DictConfig):
             config = OmegaConf.to_container(config, resolve=True)
-        return cls(str(config["name"]), hyperparameters(config), dict(config))
-
-    @property
-    def elementwise(self) -> bool:
-        """Whether every element's update uses its own gradient and state only."""
-        return bool(self.config.get("elementwise", False))
+        config = dict(config)
+        return cls(str(config["name"]), hyperparameters(config), config, traits_of(config))
 
     @property
     def lr(self) -> float:
@@ -85,6 +85,21 @@ def make_step_plan(train: Mapping, n_train: int) -> StepPlan:
     return StepPlan(batch_size, steps_per_epoch, total_steps, eval_steps)
 
 
+def resolve_device(device: str) -> str:
+    """The device a job trains on: cpu or cuda, for device=auto CUDA where torch sees a
+    CUDA device, else the CPU; device=cuda is refused where torch sees none."""
+    import torch  # slow to import: not for --help
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device=cuda but PyTorch sees no CUDA device on this machine; valid choices: "
+            "auto (CUDA when present, else CPU), cpu, cuda."
+        )
+    return device
+
+
 @dataclass(frozen=True)
 class Plan:
     """Everything one job trains and how, as plain data."""
@@ -97,19 +112,23 @@ class Plan:
     logger: dict  # where else results go (results/loggers.py)
     optimizers: list[OptimizerSpec]  # in the order the job trains and reports them
     seeds: list[int]
-    device: str  # auto, cpu or cuda
+    steps: StepPlan  # the training's steps, made once with the plan
+    device: str  # cpu or cuda: the config's device, auto resolved once with the plan
     threads: int | None  # worker threads on the CPU; None: torch's default
     stack_runs: str  # auto, always or never (training.loop.should_stack)
     allow_tf32: bool
     data_dir: Path
     resume: bool
-    tuning: dict  # trials, seed (`optbench tune`)
+    # trials, seed: `optbench tune`'s random search; for a workload of `suite` or `targets`,
+    # trials is None unless tuning.trials=K was given (then each optimizer is tuned first)
+    tuning: dict
     config: dict  # the whole resolved config, as config.yaml records it
     fingerprint: str  # config.schema.fingerprint: what "the same protocol" means
 
     @classmethod
-    def of(cls, cfg: DictConfig, optimizers: list[OptimizerSpec]) -> Plan:
-        """The plan of a composed, checked config training the given optimizer settings."""
+    def of(cls, cfg: DictConfig, optimizers: list[OptimizerSpec], steps: StepPlan) -> Plan:
+        """The plan of a composed, checked config training the given optimizer settings
+        for the given steps (checks.check_config made them)."""
         config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         config.pop("for_choice", None)  # merged into dataset, model and optimizer already
         return cls(
@@ -121,7 +140,8 @@ class Plan:
             logger=config["logger"],
             optimizers=list(optimizers),
             seeds=seed_list(cfg.seeds),
-            device=config["device"],
+            steps=steps,
+            device=resolve_device(config["device"]),
             threads=config["threads"],
             stack_runs=config["stack_runs"],
             allow_tf32=config["allow_tf32"],
@@ -137,17 +157,16 @@ class Plan:
         """Every (optimizer setting, seed) run, optimizer by optimizer."""
         return [RunSpec(optimizer, seed) for optimizer in self.optimizers for seed in self.seeds]
 
-    def step_plan(self) -> StepPlan:
-        """The steps this job trains and evaluates at."""
-        return make_step_plan(self.train, prepare.train_size(self.dataset))
-
     def choosing_on_validation(self) -> Plan:
         """The plan whose runs a choice (a tuning trial) may be made on: this plan where its
         dataset holds out a validation set; else the same protocol holding out
         prepare.default_validation_size of its training examples (a protocol of its own,
-        with its own fingerprint), so that nothing is ever chosen on the test set."""
+        with its own fingerprint and steps), so that nothing is ever chosen on the test set."""
         if prepare.validation_size(self.dataset):
             return self
         dataset = {**self.dataset, "validation_size": prepare.default_validation_size(self.dataset)}
         config = {**self.config, "dataset": dataset}
-        return replace(self, dataset=dataset, config=config, fingerprint=fingerprint(config))
+        steps = make_step_plan(self.train, prepare.train_size(dataset))
+        return replace(
+            self, dataset=dataset, config=config, fingerprint=fingerprint(config), steps=steps
+        )

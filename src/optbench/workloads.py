@@ -32,7 +32,7 @@ from optbench.files import shown, write_csv
 from optbench.optimizers.catalog import searchpath_folders
 from optbench.plan import Plan
 from optbench.report import suite_report
-from optbench.report.suite_report import WORKLOADS_CSV
+from optbench.report.suite_report import WORKLOADS_CSV, Workload
 
 WORKLOADS = ("mnist_ffnn", "fashion_ffnn", "mnist_lenet", "fashion_lenet", "cifar10_lenet")
 # AlgoPerf's target-setting optimizers, as far as optbench has them.
@@ -242,10 +242,11 @@ def _why_not(name: str, request: Request, data_dir: Path, target_override: str |
     return ""
 
 
-def record_workloads(request: Request, plans: dict) -> pd.DataFrame:
-    """workloads.csv: each workload's dataset, model, target (with how it was derived, and
-    whether that was on the protocol it trains now), chance accuracy, length, seeds and
-    optimizers, from the jobs' checked plans; then the workloads left out, with why."""
+def record_workloads(request: Request, plans: dict) -> tuple[list[Workload], pd.DataFrame]:
+    """The workloads to train, from the jobs' checked plans, and workloads.csv, which records
+    each one's dataset, model, target (with how it was derived, and whether that was on the
+    protocol it trains now), chance accuracy, length, seeds and optimizers, then the
+    workloads left out, with why. Returns the workloads and the table written."""
     by_name: dict[str, Plan] = {plan.experiment: plan for plan in plans.values()}
     if sorted(by_name) != sorted(request.workloads) or len(plans) != len(request.workloads):
         raise ConfigError(
@@ -254,17 +255,17 @@ def record_workloads(request: Request, plans: dict) -> pd.DataFrame:
             f"{request.command} per value, each with its own hydra.sweep.dir=DIR."
         )
     given = any(o.startswith("target.test_accuracy=") for o in request.overrides)
-    ran = [_workload_row(by_name[name], given) for name in request.workloads]
+    ran = [_workload(by_name[name], given) for name in request.workloads]
     left = [
         {"workload": line.split(":")[0], "status": line.split(": ", 1)[1]}
         for line in request.left_out
     ]
-    table = pd.DataFrame(ran + left)
+    table = pd.DataFrame([workload.row() for workload in ran] + left)
     write_csv(table, request.folder / WORKLOADS_CSV)
-    return table
+    return ran, table
 
 
-def _workload_row(plan: Plan, target_given: bool) -> dict:
+def _workload(plan: Plan, target_given: bool) -> Workload:
     target, name = plan.config["target"], plan.experiment
     chance = 1 / plan.dataset["num_classes"]
     check_target(target["test_accuracy"], name)
@@ -279,40 +280,39 @@ def _workload_row(plan: Plan, target_given: bool) -> dict:
             "lists one. Give two or more, e.g. optimizers=[adamw,lion]."
         )
     derived = target["derived"] or {}
-    return {
-        "workload": name,
-        "status": "ran",
-        "dataset": plan.dataset["name"],
-        "model": plan.model["name"],
-        "target": target["test_accuracy"],
-        "chance": chance,
-        "steps": plan.step_plan().total_steps,
-        "seeds": " ".join(map(str, plan.seeds)),
-        "optimizers": " ".join(spec.name for spec in plan.optimizers),
-        "derived": "given on the command line" if target_given else json.dumps(derived),
-        "target_on_this_protocol": not target_given
-        and derived.get("fingerprint") == plan.fingerprint,
-    }
+    return Workload(
+        workload=name,
+        dataset=plan.dataset["name"],
+        model=plan.model["name"],
+        target=target["test_accuracy"],
+        chance=chance,
+        steps=plan.steps.total_steps,
+        seeds=tuple(plan.seeds),
+        optimizers=tuple(spec.name for spec in plan.optimizers),
+        derived="given on the command line" if target_given else json.dumps(derived),
+        target_on_this_protocol=not target_given and derived.get("fingerprint") == plan.fingerprint,
+    )
 
 
-def finish(request: Request) -> list[str]:
+def finish(request: Request, ran: list[Workload], table: pd.DataFrame) -> list[str]:
     """After the jobs: a suite's own files (suite_report.py), or for `targets` each
-    workload's target written into its preset. Returns what to tell the user."""
+    workload's target written into its preset, from the workloads that ran (and
+    workloads.csv's table, for the suite's report). Returns what to tell the user."""
     from optbench import __version__
     from optbench.config.schema import git_revision
 
     if request.command == "suite":
-        written = suite_report.write(request.folder, request.measure)
+        t = suite_report.analyse(request.folder, ran, table)
+        written = suite_report.write(request.folder, t, request.measure)
         told = [
             f"{w}: no run of any optimizer reached the target; every file is written"
-            for w in suite_report.unreached(pd.read_csv(request.folder / "time_to_target.csv"))
+            for w in suite_report.unreached(t["per_optimizer"])
         ]
         return told + [f"suite results in {written[-1]}"]
-    table = pd.read_csv(request.folder / WORKLOADS_CSV)
     changed = [o for o in request.overrides if changes_protocol(o) and not o.startswith("tuning.")]
     told, rows = [], []
     revision = f"optbench {__version__} (git {git_revision() or 'unknown'})"
-    for workload in table[table["status"] == "ran"].itertuples():
+    for workload in ran:
         runs = suite_report.workload_runs(request.folder, workload)
         value, medians = targets.derive(runs)
         rows.append({"workload": workload.workload, "target": value, **medians})

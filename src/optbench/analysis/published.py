@@ -201,16 +201,23 @@ def _row(cells: list) -> str:
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
-def write_comparison(results_dir, runs: pd.DataFrame) -> list:
+def comparisons(runs: pd.DataFrame) -> dict[str, pd.DataFrame | None]:
+    """Every experiment of runs with its comparison (beside_ours); None where it has none."""
+    return {e: beside_ours(runs, e) for e in runs["experiment"].unique()}
+
+
+def write_comparison(results_dir, runs: pd.DataFrame, compared: dict | None = None) -> list:
     """Write comparison.csv and comparison.md for every experiment in runs that has
-    published numbers; return the files written."""
+    published numbers (their `comparisons`, computed unless given); return the files
+    written."""
     from pathlib import Path
 
     results_dir = Path(results_dir)
+    compared = comparisons(runs) if compared is None else compared
     written = []
     experiments = [e for e in runs["experiment"].unique() if e in SOURCES]
     for experiment in experiments:
-        comparison = beside_ours(runs, experiment)
+        comparison = compared[experiment]
         if comparison is None:
             continue
         suffix = "" if len(experiments) == 1 else f"_{experiment}"

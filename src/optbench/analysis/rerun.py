@@ -130,7 +130,7 @@ def _final_accuracies(
         finals = []
         for frame in (first, second):
             runs = frame.xs(optimizer, level="optimizer").reset_index()
-            last = runs[runs["step"] == runs["step"].max()]
+            last = stats.last_step_rows(runs)
             healthy = last.loc[~last["diverged"].astype(bool), "test_accuracy"].to_numpy()
             finals.append(healthy[np.isfinite(healthy)])
         p = welch_p(*finals) if min(map(len, finals)) >= MIN_RUNS else math.nan

@@ -131,12 +131,26 @@ def paired_tests(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(t_p), float(wilcoxon_p)
 
 
+def final_rows(rows: pd.DataFrame, by: str | list[str] = "optimizer") -> pd.DataFrame:
+    """ "The final rows" per optimizer: each optimizer's rows (of runs.csv or summary.csv)
+    at its own last evaluation step. Optimizers of a folder combined from several jobs may
+    have trained for different lengths; each ends where it ended. `by` names what counts
+    as one optimizer (["optimizer", "lr"]: each learning rate of it)."""
+    return rows[rows["step"] == rows.groupby(by)["step"].transform("max")]
+
+
+def last_step_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """ "The final rows" of one protocol: every row at the last evaluation step of all, where
+    every run of a job that trained to its end has its last row."""
+    return rows[rows["step"] == rows["step"].max()]
+
+
 def final_values(runs: pd.DataFrame, metric: str = "test_accuracy") -> pd.DataFrame:
     """One column per optimizer, one row per seed: the metric at each optimizer's last step,
     for the seeds every optimizer has and none diverged on (an optimizer whose every seed
     diverged is left out). Runs of several settings of one optimizer come labelled apart
     (labels.label_settings)."""
-    runs = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+    runs = final_rows(runs)
     if "diverged" in runs:
         runs = runs[~runs["diverged"].astype(bool)]
     table = runs.pivot_table(index="seed", columns="optimizer", values=metric, aggfunc="first")

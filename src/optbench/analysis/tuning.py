@@ -32,6 +32,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from optbench.analysis import stats
 from optbench.analysis.stats import RESAMPLES
 from optbench.errors import ConfigError
 from optbench.labels import trial_name
@@ -141,7 +142,7 @@ def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame
     for a diverged trial, the accuracy of guessing or worse), and its final test accuracy
     beside it, reported, never chosen on. Per optimizer and budget k: the expected best
     validation accuracy and its resampling std."""
-    final = final_rows(runs)
+    final = validated_final_rows(runs)
     healthy = ~final["diverged"].astype(bool)
     trials = drawn
     for metric in ("validation_accuracy", "test_accuracy"):
@@ -157,7 +158,7 @@ def tuning_tables(runs: pd.DataFrame, drawn: pd.DataFrame) -> tuple[pd.DataFrame
     return trials, pd.DataFrame(curve)
 
 
-def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
+def validated_final_rows(runs: pd.DataFrame) -> pd.DataFrame:
     """Each trial's rows at its last evaluation; ConfigError where the trials were not
     evaluated on a validation set (a choice is never made on the test set)."""
     if "validation_accuracy" not in runs:
@@ -166,14 +167,14 @@ def final_rows(runs: pd.DataFrame) -> pd.DataFrame:
             "without a validation set, and optbench chooses on validation data only. Run the "
             "tuning again (optbench tune holds out a validation set of its own)."
         )
-    return runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+    return stats.final_rows(runs)
 
 
 def best_settings(runs: pd.DataFrame, optimizers: list[OptimizerSpec]) -> list[OptimizerSpec]:
     """Each optimizer's best trial (highest mean final validation accuracy over its seeds; a
     diverged run counts 0), as a setting under the optimizer's own name. The test set plays
     no part in the choice."""
-    final = final_rows(runs)
+    final = validated_final_rows(runs)
     accuracy = final["validation_accuracy"].where(~final["diverged"].astype(bool), 0.0)
     means = (
         final.assign(validation_accuracy=accuracy)

@@ -17,14 +17,15 @@ from optbench.config.schema import (
 from optbench.data import prepare
 from optbench.errors import ConfigError
 from optbench.files import source_sha256
-from optbench.plan import make_step_plan
+from optbench.plan import StepPlan, make_step_plan
 from optbench.training import lr_schedules
 
 
-def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
+def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> StepPlan:
     """Raise ConfigError for any value that would fail later; no data, no training. An
     optimizer's values that the protocol supplies (Ranger21's num_iterations) are filled in
-    here, once the training's length is known to be valid, before its throwaway build."""
+    here, once the training's length is known to be valid, before its throwaway build.
+    Returns the training's steps (the plan keeps them)."""
     seed_list(cfg.seeds)
     check_train(cfg.train)
     from optbench import models
@@ -40,7 +41,8 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
             f"({n_train} examples); use at most that, or train.batch_size=full."
         )
     models.check_model_config(cfg.model)
-    total_steps = make_step_plan(cfg.train, n_train).total_steps
+    steps = make_step_plan(cfg.train, n_train)
+    total_steps = steps.total_steps
     problem = lr_schedules.check(cfg.schedule, total_steps)
     if problem:
         raise ConfigError(problem)
@@ -74,6 +76,7 @@ def check_config(cfg: DictConfig, optimizer_cfgs: list[DictConfig]) -> None:
         build.fill_from_protocol(optimizer_cfg, total_steps)
         optimizer_checks.check_optimizer_config(optimizer_cfg, model)
         record_optimizer_source(optimizer_cfg)
+    return steps
 
 
 # The packages whose classes are versioned by config.yaml's provenance (torch's and

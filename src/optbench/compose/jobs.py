@@ -10,6 +10,7 @@ composition is slow: docs/speed.md).
 from __future__ import annotations
 
 import importlib.resources
+from dataclasses import replace
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
@@ -63,8 +64,13 @@ def make_plan(command: str, cfg: DictConfig, overrides: list[str]) -> Plan:
     chosen = [cfg.optimizer] if command == "run" else _sweep_optimizers(cfg, overrides)
     _check_not_shadowed([str(o.name) for o in chosen], overrides)
     optimizer_cfgs = chosen if command == "tune" else expand_lr_grid(chosen, cfg.lr_grid)
-    check_config(cfg, optimizer_cfgs)
-    return Plan.of(cfg, [OptimizerSpec.of(o) for o in optimizer_cfgs])
+    steps = check_config(cfg, optimizer_cfgs)
+    plan = Plan.of(cfg, [OptimizerSpec.of(o) for o in optimizer_cfgs], steps)
+    if command in ("suite", "targets") and not any(
+        o.startswith("tuning.trials=") for o in overrides
+    ):  # a workload's optimizers are tuned first only where the command line asks for it
+        plan = replace(plan, tuning={**plan.tuning, "trials": None})
+    return plan
 
 
 def _check_for_choice(cfg: DictConfig, overrides: list[str]) -> None:

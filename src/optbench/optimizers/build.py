@@ -79,12 +79,12 @@ def build_optimizer(
     cls, kwargs = optimizer_class(optimizer), optimizer_kwargs(optimizer)
     if not isinstance(model, torch.nn.Module):  # a list of tensors
         return cls(model, **kwargs, **chosen)
-    needs = registry.needs(optimizer)
-    if "model" in needs:
+    groups = registry.parameter_groups(optimizer)
+    if groups == "model":
         first = model  # the class takes the model itself (AdamMini)
-    elif "muon_groups" in needs:
+    elif groups == "muon":
         first = muon_parameter_groups(model)
-    elif "low_rank_groups" in needs:  # the group's keys go to the matrices' group
+    elif groups == "low_rank":  # the group's keys go to the matrices' group
         group = registry.group_keys(optimizer)
         kwargs = {k: v for k, v in kwargs.items() if k not in group}
         matrices = [p for p in model.parameters() if p.ndim == 2]
@@ -99,11 +99,10 @@ def muon_parameter_groups(model: torch.nn.Module) -> list[dict]:
     """Muon's parameter groups, adapted from pytorch_optimizer's prepare_muon_parameters
     (which leaves out layers named `head`): the weight matrices of linear and convolution
     layers take the orthogonalised update (use_muon=True), but for the classifier's output
-    layer (the model's last linear layer); that layer and every other parameter (biases, an
-    embedding) take the optimizer's AdamW update."""
+    layer (the one the model names: its `output_layer`); that layer and every other
+    parameter (biases, an embedding) take the optimizer's AdamW update."""
     layers = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
-    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    output = linear[-1] if linear else None
+    output = model.output_layer
     muon, other = [], []
     for module in model.modules():
         for parameter in module.parameters(recurse=False):
@@ -114,9 +113,10 @@ def muon_parameter_groups(model: torch.nn.Module) -> list[dict]:
 
 def fill_from_protocol(optimizer: DictConfig, steps: int) -> None:
     """Set the arguments an optimizer needs from the protocol where the config leaves them
-    null (registry.FROM_PROTOCOL: Ranger21's num_iterations)."""
+    null (registry.Known.from_protocol: Ranger21's num_iterations)."""
     values = {"steps": steps}
-    for key, source in registry.FROM_PROTOCOL.get(registry.registry_name(optimizer), {}).items():
+    known = registry.known(optimizer)
+    for key, source in (known.from_protocol if known is not None else {}).items():
         if optimizer.get(key) is None:
             optimizer[key] = values[source]
 

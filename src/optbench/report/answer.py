@@ -14,6 +14,7 @@ import textwrap
 
 import pandas as pd
 
+from optbench.analysis.stats import final_rows
 from optbench.labels import TRIAL, interval, mean_std
 
 log = logging.getLogger("optbench")
@@ -30,7 +31,7 @@ def final_table(summary: pd.DataFrame, ranking: pd.DataFrame | None = None) -> p
     "best", or "≈ best" where the paired tests cannot tell it from the best. For a tuning
     folder, each optimizer's best trial, the highest marked "best" (no test: picking the
     best of several trials biases any)."""
-    final = summary[summary["step"] == summary.groupby("optimizer")["step"].transform("max")]
+    final = final_rows(summary)
     # the best first; every seed diverged last
     final = final.sort_values("test_accuracy_mean", ascending=False, kind="stable")
     marks = dict.fromkeys(final["optimizer"], "")
@@ -107,6 +108,6 @@ def log_final_table(summary: pd.DataFrame, ranking: pd.DataFrame | None = None) 
     if table["optimizer"].str.fullmatch(TRIAL).all():
         legend += "; each optimizer's best trial"
     text = "\n".join([*fitted(table, width), *textwrap.wrap(legend + ".", width)])
-    steps = sorted(set(summary.groupby("optimizer")["step"].max()))
+    steps = sorted(set(final_rows(summary)["step"]))
     at = f"step {steps[0]}" if len(steps) == 1 else "each optimizer's last evaluation"
     log.info("Final test accuracy at %s:\n%s", at, text)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from optbench.analysis import published
+from optbench.analysis.stats import final_rows, last_step_rows
 from optbench.labels import by_protocol, label_settings
 from optbench.report import figures
 from optbench.report.figures import label_points, plt, room_for_labels, styles
@@ -142,7 +143,7 @@ def curve_figure(
 def plot_final_accuracy(runs: pd.DataFrame, title: str, path: Path) -> Path:
     """Every seed's final test accuracy as a point, with each optimizer's mean ± std,
     optimizers sorted from best to worst mean."""
-    final = runs[runs["step"] == runs.groupby("optimizer")["step"].transform("max")]
+    final = final_rows(runs)
     order = final.groupby("optimizer")["test_accuracy"].mean().sort_values(ascending=False)
     colors = figures.colors(list(runs["optimizer"].unique()))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 2), 5))
@@ -193,7 +194,7 @@ def plot_lr_sensitivity(runs: pd.DataFrame, title: str, path: Path) -> Path:
 
     from omegaconf import OmegaConf
 
-    every = runs[runs["step"] == runs.groupby(["optimizer", "lr"])["step"].transform("max")]
+    every = final_rows(runs, by=["optimizer", "lr"])
     final = every[~every["diverged"].astype(bool)]
     fig, ax = plt.subplots(figsize=(8, 5))
     look = styles(list(runs["optimizer"].unique()))
@@ -255,8 +256,16 @@ def _published_points(runs: pd.DataFrame, protocol) -> pd.DataFrame | None:
     return points
 
 
-def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
-    """Draw every plot of a results folder from its runs.csv; return the files written.
+def plot_all(
+    results_dir: Path,
+    x: str = "step",
+    raw: pd.DataFrame | None = None,
+    costs: pd.DataFrame | None = None,
+    summary: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Draw every plot of a results folder from its runs (runs.csv, read unless given as
+    written: store.as_written), their summary (summary.csv's, computed unless given) and
+    its costs (costs.csv, read where there is one unless given); return the files written.
 
     Curves are drawn against x ("step", "epoch" or "wall_s"; files for other than step
     end in _vs_<x>). A folder holding several protocols (e.g. a multirun over datasets)
@@ -265,11 +274,13 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
     if x not in X_COLUMNS:
         raise ValueError(f"Cannot plot against {x!r}; valid choices: {', '.join(X_COLUMNS)}.")
     results_dir = Path(results_dir)
-    raw = read_runs(results_dir)
+    raw = read_runs(results_dir) if raw is None else raw
     runs = label_settings(raw)
     written = []
+    given = summary
     for protocol, subset, suffix in by_protocol(runs):
-        summary = summarize(subset)
+        # summary.csv's rows are this protocol's where it is the folder's only one
+        summary = given if given is not None and not suffix else summarize(subset)
         n_seeds = int(subset["seed"].nunique())
         points = _published_points(subset, protocol)
         for stem, (metric, label) in CURVES.items():
@@ -294,8 +305,9 @@ def plot_all(results_dir: Path, x: str = "step") -> list[Path]:
         written.append(
             plot_final_accuracy(subset, title, results_dir / f"final_test_accuracy{suffix}.png")
         )
-    if (results_dir / "costs.csv").is_file() and len(list(by_protocol(runs))) == 1:
+    if costs is None and (results_dir / "costs.csv").is_file():
         costs = pd.read_csv(results_dir / "costs.csv")
+    if costs is not None and len(list(by_protocol(runs))) == 1:
         written.append(plot_costs(runs, costs, results_dir))
     return written
 
@@ -308,7 +320,7 @@ def plot_costs(runs: pd.DataFrame, costs: pd.DataFrame, results_dir: Path) -> Pa
 def costs_figure(runs: pd.DataFrame, costs: pd.DataFrame) -> plt.Figure:
     """Final test accuracy (mean over seeds) against optimizer state bytes per parameter
     and against milliseconds per step, each point labelled with its optimizer."""
-    final = runs[runs["step"] == runs["step"].max()]
+    final = last_step_rows(runs)
     accuracy = final[~final["diverged"].astype(bool)].groupby("optimizer")["test_accuracy"]
     table = costs.assign(accuracy=costs["optimizer"].map(accuracy.mean()))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5 + 0.08 * len(table)), sharey=True)

@@ -32,7 +32,7 @@ PLOTS = [  # file, caption
 def _final_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The last evaluation of every optimizer: the mean alone where one seed gives no
     spread, "—" where there is no interval or every seed diverged."""
-    final = summary[summary["step"] == summary.groupby("optimizer")["step"].transform("max")]
+    final = stats.final_rows(summary)
 
     def column(metric: str, what: str) -> list[str]:
         if what == "mean ± std":
@@ -109,21 +109,22 @@ def _provenance_text(config_path: Path) -> str:
     return "; ".join(f"{key}: {value}" for key, value in provenance.items() if key in shown)
 
 
-def _costs_table(results_dir: Path) -> pd.DataFrame:
+def _costs_table(costs: pd.DataFrame) -> pd.DataFrame:
     """costs.csv as the report shows it: state in bytes per parameter and in total."""
-    costs = pd.read_csv(results_dir / "costs.csv")
     shown = ["optimizer", "state_bytes_per_param", "state_bytes", "ms_per_step", "device"]
     return costs[shown].round(3)
 
 
-def _ranking_table(results_dir: Path, runs: pd.DataFrame, n_protocols: int):
-    """ranking.csv as written just before by write_ranking, else computed for one protocol
-    with several settings; None where there is nothing to rank."""
-    if (results_dir / RANKING_CSV).is_file():
+def _ranking_table(
+    results_dir: Path, runs: pd.DataFrame, n_protocols: int, table: pd.DataFrame | None
+):
+    """The ranking as write_ranking wrote it just before (given, else ranking.csv), else
+    computed for one protocol with several settings; None where there is nothing to rank."""
+    if table is None and (results_dir / RANKING_CSV).is_file():
         table = pd.read_csv(results_dir / RANKING_CSV)
-    elif label_settings(runs)["optimizer"].nunique() > 1 and n_protocols == 1:
+    elif table is None and label_settings(runs)["optimizer"].nunique() > 1 and n_protocols == 1:
         table, _ = stats.ranking(label_settings(runs))
-    else:
+    if table is None:
         return None
     tested = table["n"] > 1  # one seed: no spread, no interval, no test
     return pd.DataFrame(
@@ -154,15 +155,16 @@ def _published_table(comparison: pd.DataFrame) -> pd.DataFrame:
     return final  # comparison.md has the rest
 
 
-def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
+def _sections(results_dir: Path, given: dict) -> tuple[str, list[tuple[str, str, object]]]:
     """The report's title and its sections as (heading, kind, content) with kind one of
-    "text", "table" (a DataFrame) or "image" (a file name)."""
-    runs = read_runs(results_dir)
+    "text", "table" (a DataFrame) or "image" (a file name). What `given` holds (see
+    write_report) is used as it is; the rest is read from the folder or computed."""
+    runs = given["runs"] if given.get("runs") is not None else read_runs(results_dir)
     protocol = runs[["experiment", "dataset", "model"]].drop_duplicates()
     title = "optbench report: " + "; ".join(
         f"{p.experiment} protocol, {p.dataset}, {p.model}" for p in protocol.itertuples()
     )
-    summary = summarize(runs)
+    summary = given["summary"] if given.get("summary") is not None else summarize(runs)
     seeds = sorted(runs["seed"].unique())
     sections = [
         (
@@ -178,13 +180,16 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
     diverged = _diverged_text(runs)
     if diverged:
         sections.append(("Diverged runs", "text", diverged))
-    if (results_dir / "costs.csv").is_file():
-        sections.append(("What each optimizer costs", "table", _costs_table(results_dir)))
-    table = _ranking_table(results_dir, runs, len(protocol))
+    costs = given.get("costs")
+    if costs is None and (results_dir / "costs.csv").is_file():
+        costs = pd.read_csv(results_dir / "costs.csv")
+    if costs is not None:
+        sections.append(("What each optimizer costs", "table", _costs_table(costs)))
+    table = _ranking_table(results_dir, runs, len(protocol), given.get("ranking"))
     if table is not None:
         sections.append(("Ranking (paired t-tests by seed, Holm-corrected)", "table", table))
-    for experiment in runs["experiment"].unique():
-        comparison = published.beside_ours(runs, experiment)
+    compared = given.get("comparisons")
+    for experiment, comparison in (compared or published.comparisons(runs)).items():
         if comparison is not None:
             heading = f"Published one-seed numbers ({experiment})"
             sections.append((heading, "table", _published_table(comparison)))
@@ -194,10 +199,13 @@ def _sections(results_dir: Path) -> tuple[str, list[tuple[str, str, object]]]:
     return title, sections
 
 
-def write_report(results_dir) -> list[Path]:
-    """Write report.md and report.html into results_dir; return their paths."""
+def write_report(results_dir, **given) -> list[Path]:
+    """Write report.md and report.html into results_dir; return their paths. From the
+    folder's files, or from what a job has just computed and written there, given as it
+    was written: runs (store.as_written), summary, ranking (ranking.csv's table),
+    comparisons (published.comparisons) and costs (costs.csv's table)."""
     results_dir = Path(results_dir)
-    title, sections = _sections(results_dir)
+    title, sections = _sections(results_dir, given)
     return render(results_dir, "report", title, sections)
 
 

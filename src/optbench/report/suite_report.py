@@ -19,6 +19,7 @@ suite.md, suite.html      the report: everything above, linking each workload's 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -32,19 +33,52 @@ from optbench.report import suite_figures
 from optbench.report.report import render
 from optbench.results.store import read_runs
 
-WORKLOADS_CSV = "workloads.csv"  # written by workloads.record_workloads, read by analyse
+WORKLOADS_CSV = "workloads.csv"  # workloads.record_workloads: a record of the Workloads, for users
 
 
-def workload_runs(folder: Path, workload) -> pd.DataFrame:
-    """The runs a suite asked of one workload (its optimizers and seeds in workloads.csv),
-    from <folder>/<workload>/runs.csv; several settings of one optimizer are refused."""
+@dataclass(frozen=True)
+class Workload:
+    """A workload a suite (or `targets`) trains, as its job's checked plan gives it; the
+    suite's files are made from these, and workloads.csv records them (`row`)."""
+
+    workload: str  # its experiment preset
+    dataset: str
+    model: str
+    target: float | None  # test accuracy; None where `targets` derives it
+    chance: float  # the accuracy of guessing: 1 / classes
+    steps: int
+    seeds: tuple[int, ...]
+    optimizers: tuple[str, ...]
+    derived: str  # how the target was derived (JSON), or "given on the command line"
+    target_on_this_protocol: bool  # derived on the protocol the workload trains now
+
+    def row(self) -> dict:
+        """Its row of workloads.csv: seeds and optimizers each one space-separated cell."""
+        return {
+            "workload": self.workload,
+            "status": "ran",
+            "dataset": self.dataset,
+            "model": self.model,
+            "target": self.target,
+            "chance": self.chance,
+            "steps": self.steps,
+            "seeds": " ".join(map(str, self.seeds)),
+            "optimizers": " ".join(self.optimizers),
+            "derived": self.derived,
+            "target_on_this_protocol": self.target_on_this_protocol,
+        }
+
+
+def workload_runs(folder: Path, workload: Workload) -> pd.DataFrame:
+    """The runs a suite asked of one workload (its optimizers and seeds), from
+    <folder>/<workload>/runs.csv; several settings of one optimizer are refused."""
     try:
         runs = read_runs(Path(folder) / workload.workload)
     except FileNotFoundError as error:
         raise ResultsError(
             f"{error} Run the same command again to train the workload's runs."
         ) from None
-    names, seeds = str(workload.optimizers).split(), [int(s) for s in str(workload.seeds).split()]
+    names, seeds = list(workload.optimizers), list(workload.seeds)
     runs = runs[runs["optimizer"].isin(names) & runs["seed"].isin(seeds)]
     settings = runs.groupby("optimizer")["hyperparameters"].nunique()
     if (settings > 1).any():
@@ -62,14 +96,14 @@ def workload_runs(folder: Path, workload) -> pd.DataFrame:
     return runs
 
 
-def analyse(folder: Path) -> dict:
-    """Every table of the suite's files, as DataFrames (and the ranks' results)."""
-    workloads = pd.read_csv(Path(folder) / WORKLOADS_CSV)
-    ran = workloads[workloads["status"] == "ran"]
+def analyse(folder: Path, ran: list[Workload], workloads: pd.DataFrame) -> dict:
+    """Every table of the suite's files, as DataFrames (and the ranks' results), from the
+    workloads that ran and their runs; `workloads` is workloads.csv's table (the report
+    shows it)."""
     times = pd.concat(
         [
             targets.run_times(workload_runs(folder, w), w.target).assign(workload=w.workload)
-            for w in ran.itertuples()
+            for w in ran
         ],
         ignore_index=True,
     )
@@ -91,9 +125,8 @@ def analyse(folder: Path) -> dict:
         ratio_rows.append(long.assign(measure=measure, median=medians.stack().to_numpy()))
         score = profiles.score(ratio)
         score_rows.append(score.rename_axis("optimizer").reset_index().assign(measure=measure))
-    by_workload = ran.set_index("workload")
     scores = aggregates.normalised_scores(
-        times, by_workload["target"].to_dict(), by_workload["chance"].to_dict()
+        times, {w.workload: w.target for w in ran}, {w.workload: w.chance for w in ran}
     )
     return {
         "workloads": workloads,
@@ -110,10 +143,10 @@ def analyse(folder: Path) -> dict:
     }
 
 
-def write(folder: Path, measure: str = "steps") -> list[Path]:
-    """Write every file of the suite into folder; return their paths."""
+def write(folder: Path, t: dict, measure: str = "steps") -> list[Path]:
+    """Write every file of the suite into folder from its tables (analyse); return their
+    paths."""
     folder = Path(folder)
-    t = analyse(folder)
     written = []
     for name, table in (
         ("time_to_target_runs", t["times"]),

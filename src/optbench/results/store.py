@@ -102,6 +102,12 @@ def write_results(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     return write_summary(out_dir, runs)
 
 
+def as_written(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs as write_results writes them into runs.csv (its columns, in its order, rows
+    numbered from 0): what read_runs would read back from that file."""
+    return runs[RUN_COLUMNS].reset_index(drop=True)
+
+
 def write_summary(out_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Write summary.csv from the runs; return it."""
     summary = summarize(runs)

@@ -58,7 +58,7 @@ def time_steps(plan: Plan, built: tuple, tensors, device: torch.device) -> dict:
     """Train a run built by build_one_run for the warm-up and timed steps; its costs: the
     state bytes after the warm-up steps, and the median milliseconds of the timed steps."""
     (trainer,), groups = built
-    batch_size = plan.step_plan().batch_size
+    batch_size = plan.steps.batch_size
     order = loop.DataOrder(0, len(tensors.train_x), batch_size, device)
     times = []
     for step in range(WARMUP_STEPS + TIMED_STEPS):
@@ -83,16 +83,17 @@ def time_steps(plan: Plan, built: tuple, tensors, device: torch.device) -> dict:
     }
 
 
-def write_costs(out_dir: Path, plan: Plan, settings: dict[str, dict]) -> list[Path]:
-    """costs.csv for every optimizer setting (label -> config) of a results folder. The
-    settings costs.csv has already measured keep their rows: the same command again (all
-    runs complete) leaves the file as it was."""
+def write_costs(out_dir: Path, plan: Plan, settings: dict[str, dict]) -> pd.DataFrame | None:
+    """costs.csv for every optimizer setting (label -> config) of a results folder; returns
+    its table (None where there is no file). The settings costs.csv has already measured
+    keep their rows: the same command again (all runs complete) leaves the file as it was."""
     path = Path(out_dir) / COSTS_CSV
-    known = pd.read_csv(path).set_index("optimizer") if path.is_file() else pd.DataFrame()
-    missing = [label for label in settings if label not in known.index]
+    known = pd.read_csv(path) if path.is_file() else pd.DataFrame({"optimizer": []})
+    missing = [label for label in settings if label not in set(known["optimizer"])]
     if not missing:
-        return []
-    device = loop.resolve_device(plan.device)
+        return known if path.is_file() else None
+    known = known.set_index("optimizer")
+    device = torch.device(plan.device)
     # single-threaded kernels and one run per worker thread, as the engine trains: the
     # settings are timed side by side, one per core
     with Workers(loop.worker_count(plan, device), device) as workers:
@@ -104,5 +105,6 @@ def write_costs(out_dir: Path, plan: Plan, settings: dict[str, dict]) -> list[Pa
         {"optimizer": label, **(measured[label] if label in measured else known.loc[label])}
         for label in settings
     ]
-    write_csv(pd.DataFrame(rows), path)
-    return [path]
+    table = pd.DataFrame(rows)
+    write_csv(table, path)
+    return table

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from optbench import models
 from optbench.data import in_memory
-from optbench.errors import ConfigError
 from optbench.labels import counted
 from optbench.optimizers import build
 from optbench.plan import OptimizerSpec, Plan, RunSpec, StepPlan
@@ -38,17 +37,6 @@ from optbench.training.trainers import OptimizerGroup, RunTrainer, rows_by_optim
 from optbench.training.workers import Workers
 
 log = logging.getLogger("optbench")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "device=cuda but PyTorch sees no CUDA device on this machine; valid choices: "
-            "auto (CUDA when present, else CPU), cpu, cuda."
-        )
-    return torch.device(device)
 
 
 class DataOrder:
@@ -98,7 +86,7 @@ def should_stack(plan: Plan, spec: OptimizerSpec, device: torch.device) -> bool:
 def in_group(plan: Plan, spec: OptimizerSpec) -> bool:
     """Whether an optimizer's runs share one optimizer call (an OptimizerGroup, or the
     optimizers of a stack): element-wise ones, but not on EmbeddingBag's sparse gradients."""
-    return spec.elementwise and not plan.model.get("sparse_input", False)
+    return spec.traits.elementwise and not plan.model.get("sparse_input", False)
 
 
 def worker_count(plan: Plan, device: torch.device) -> int:
@@ -114,7 +102,7 @@ def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     torch's CPU capability (the vector instructions its kernels use), the worker threads
     and the threads per kernel, which kernel updates each optimizer's tensors, and on a GPU
     its name, the CUDA and cuDNN versions and cuDNN's settings."""
-    device = resolve_device(plan.device)
+    device = torch.device(plan.device)  # resolved when the plan was made
     kernels = {
         spec.name: build.implementation(spec.config, device.type)
         if in_group(plan, spec)
@@ -273,12 +261,12 @@ def train(
     at an evaluation step the evaluation.
     """
     runs = plan.runs if runs is None else runs
-    device = resolve_device(plan.device)
+    device = torch.device(plan.device)  # resolved when the plan was made
     torch.backends.cuda.matmul.allow_tf32 = plan.allow_tf32  # torch's default: off
     torch.backends.cudnn.allow_tf32 = plan.allow_tf32  # torch's default: on
     for name, value in cudnn_settings(device).items():
         setattr(torch.backends.cudnn, name, value)
-    step_plan = plan.step_plan()
+    step_plan = plan.steps
     context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
     context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
     eval_steps = set(step_plan.eval_steps)

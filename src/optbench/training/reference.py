@@ -38,7 +38,7 @@ def train_one_run(plan: Plan, run: RunSpec) -> tuple[list[dict], torch.nn.Module
     evaluation step) and its model as training left it."""
     spec, seed = run.optimizer, run.seed
     tensors = in_memory.load(plan.dataset, plan.data_dir, torch.device("cpu"))
-    n_train, steps = len(tensors.train_x), plan.step_plan()
+    n_train, steps = len(tensors.train_x), plan.steps
     lr_schedule = lr_schedules.of_setting(plan.lr_schedule, spec)  # a trial may warm up its own
     needs = registry.needs(spec.config)  # random draws, Hessian-vector products
     model = models.build_model(plan.model, plan.dataset, stream_seed(seed, "init"))

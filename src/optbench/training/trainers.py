@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import math
 import random
 import threading
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from optbench import models
 from optbench.data.in_memory import DatasetTensors
-from optbench.optimizers import build, registry
+from optbench.optimizers import build
 from optbench.plan import OptimizerSpec, RunSpec
 
 # What an evaluation measures of a run (NaN once it has diverged)
@@ -162,41 +161,23 @@ class RunTrainer(Trainer):
         super().__init__([run], device)
         self.seed = run.seed
         self.model = models.build_model(model, dataset, stream_seed(run.seed, "init"))
-        # Convolution weights in channels-last layout: oneDNN's fast path on the CPU, much
-        # faster for the LeNet than the default layout (docs/speed.md; a no-op for the
-        # ffnn). Not for optimizers that may flatten a gradient with view(-1) (L-BFGS
-        # does): that needs the default layout.
-        memory_format = (
-            torch.channels_last if run.optimizer.elementwise else torch.contiguous_format
-        )
+        self.traits = traits = run.optimizer.traits
+        # Convolution weights in channels-last layout where the optimizer allows it
+        # (Traits.channels_last): oneDNN's fast path on the CPU (a no-op for the ffnn).
+        memory_format = torch.channels_last if traits.channels_last else torch.contiguous_format
         self.model.to(device, memory_format=memory_format)
         self.device = device
-        needs = registry.needs(run.optimizer.config)
-        # from a global generator: seeded(). A user's model may (dropout draws from torch's):
-        # its steps are seeded too, so that its runs stay independent and resume exactly
-        self.draws_random = "random" in needs or models.is_custom(model)
+        # The optimizers that draw random numbers draw them from a global generator:
+        # seeded(). A user's model may too (dropout draws from torch's): its steps are
+        # seeded as well, so that its runs stay independent and resume exactly.
+        self.draws_random = traits.draws_random or models.is_custom(model)
         self.optimizer = None  # stepped by its OptimizerGroup
         if own_optimizer:
             with self.seeded("init") if self.draws_random else contextlib.nullcontext():
                 self.optimizer = build.build_optimizer(run.optimizer.config, self.model)
-        # torch.optim's step(closure) evaluates the loss itself (L-BFGS several times);
-        # a user's optimizer whose step takes no closure gets the gradient first.
-        self.step_takes_closure = self.optimizer is not None and (
-            "closure" in inspect.signature(self.optimizer.step).parameters
-        )
-        # Hessian-vector products (AdaHessian, SophiaH) differentiate the gradient again
-        self.create_graph = "hessian" in needs
-        # schedule-free optimizers evaluate at their averaged weights: eval() swaps them in
-        self.has_modes = callable(getattr(self.optimizer, "eval", None)) and callable(
-            getattr(self.optimizer, "train", None)
-        )
         # the ffnn's forward and backward written out, where no optimizer needs autograd's
         # graph (a differentiable optimizer does, and so do Hessian-vector products)
-        self.written_out = (
-            type(self.model) is models.FFNN
-            and not run.optimizer.config.get("differentiable", False)
-            and not self.create_graph
-        )
+        self.written_out = type(self.model) is models.FFNN and not traits.needs_graph
 
     def step(self, tensors: DatasetTensors, batches: Batches) -> None:
         """One step of the run, in this order: its batch; forward, loss and backward (the
@@ -219,13 +200,13 @@ class RunTrainer(Trainer):
                 return models.ffnn_loss_and_grads(self.model, x, y)
             self.model.zero_grad(set_to_none=True)
             loss = F.cross_entropy(self.model(x), y)
-            loss.backward(create_graph=self.create_graph)
+            loss.backward(create_graph=self.traits.create_graph)
             return loss
 
         with self.seeded(self.grad_evals) if self.draws_random else contextlib.nullcontext():
             if self.optimizer is None:
                 loss = closure()
-            elif self.step_takes_closure:
+            elif self.traits.step_takes_closure:  # torch.optim's: it evaluates the loss itself
                 loss = self.optimizer.step(closure)  # the loss before this step's update
             else:
                 loss = closure()
@@ -262,7 +243,7 @@ class RunTrainer(Trainer):
     def test(self, tensors: DatasetTensors, batch_size: int) -> list[tuple[float, float]]:
         if self.diverged_at[0] is not None:
             return [(math.nan, math.nan)]
-        if not self.has_modes:
+        if self.optimizer is None or not self.traits.has_modes:
             return [evaluate(self.model, tensors.test_x, tensors.test_y, batch_size)]
         # eval() and train() move the weights there and back, which rounds: training goes
         # on from the exact weights it had, however often it is evaluated
