@@ -481,3 +481,43 @@ def test_a_model_or_dataset_that_cannot_train_is_refused(tmp_path, user_module, 
     )
     refused(done, 2, *(f.format(m=user_module) for f in fragments))
     assert sorted(tmp_path.iterdir()) == before
+
+
+# ---------------------------------------------------------------------------------------
+# From Python: a class or function passed directly, recorded by its import path
+
+
+def test_a_model_class_passed_from_python_trains_as_its_import_path(tmp_path, user_module):
+    import importlib
+
+    import optbench
+
+    net = importlib.import_module(user_module).MyNet
+    settings = dict(seeds=1, debug="smoke", progress=False)
+    given = optbench.run(model=net, out=tmp_path / "class", **settings)
+    by_path = optbench.run(
+        overrides=["model=custom", f"model._target_={user_module}.MyNet"],
+        out=tmp_path / "path",
+        **settings,
+    )
+    recorded = OmegaConf.load(given.folder / CONFIG_YAML)
+    assert recorded.model._target_ == f"{user_module}.MyNet"
+    pd.testing.assert_frame_equal(comparable(given.folder), comparable(by_path.folder))
+
+
+def test_a_class_no_other_process_can_import_is_refused_before_training(tmp_path):
+    from torch import nn
+
+    import optbench
+    from optbench.errors import ConfigError
+
+    class Local(nn.Module):  # defined inside a function: no import path reaches it
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ConfigError, match="cannot be imported by one") as refused_here:
+        optbench.run(model=Local, debug="smoke", out=tmp_path / "never", progress=False)
+    assert "model=" in str(refused_here.value) and "PYTHONPATH" in str(refused_here.value)
+    with pytest.raises(ConfigError, match="an object cannot be recorded"):
+        optbench.run(model=Local(), debug="smoke", out=tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()

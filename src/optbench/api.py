@@ -16,6 +16,8 @@ guide and reference.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import inspect
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -108,7 +110,7 @@ def command_line(
             "overrides=['optimizer.lr=0.01'], or a dict, e.g. overrides={'optimizer.lr': 0.01}."
         )
     given = overrides.items() if isinstance(overrides, Mapping) else None
-    args = [f"{key}={_hydra_value(value)}" for key, value in (settings or {}).items()]
+    args = [arg for key, value in (settings or {}).items() for arg in _setting(key, value)]
     if given is not None:
         args += [f"{key}={_hydra_value(value)}" for key, value in given]
     else:
@@ -154,6 +156,51 @@ def _logging_as_it_was():
                 handler.close()
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+# The groups whose entry a Python class or function may be given for directly: it becomes
+# GROUP=custom with GROUP._target_ its import path (docs/custom_workloads.md).
+BY_TARGET = ("model", "dataset", "optimizer")
+
+
+def _setting(key: str, value) -> list[str]:
+    """The overrides of one keyword argument: key=value, or for a class or function given
+    as a model, dataset or optimizer (or as any `_target_`), its import path."""
+    if not (inspect.isclass(value) or inspect.isfunction(value)):
+        if key in BY_TARGET and not isinstance(value, str):
+            raise ConfigError(
+                f"{key}={value!r}: give the name of a {key} config (a string), or a class or "
+                f"function optbench can import by its path, e.g. {key}=MyClass; an object "
+                "cannot be recorded for a job to resume from."
+            )
+        return [f"{key}={_hydra_value(value)}"]
+    path = import_path(value, key)
+    if key in BY_TARGET:
+        return [f"{key}=custom", f"{key}._target_={path}"]
+    return [f"{key}={path}"]
+
+
+def import_path(value, key: str) -> str:
+    """The dotted path that imports `value` (module.QualifiedName); ConfigError when no
+    other process could import it by that path: a class or function defined in a notebook
+    or a script run as __main__, or inside a function. A job records what it trains by
+    path (config.yaml, the fingerprint), and resuming it imports it again."""
+    module, name = value.__module__, value.__qualname__
+    found = None
+    if module != "__main__" and "<locals>" not in name:
+        with contextlib.suppress(Exception):
+            found = importlib.import_module(module)
+            for part in name.split("."):
+                found = getattr(found, part)
+    if found is not value:
+        where = "in __main__ (a notebook or a script)" if module == "__main__" else f"in {module}"
+        raise ConfigError(
+            f"{key}={name}: optbench records what it trains by its import path, so that a "
+            f"job can resume and a rerun find it, and {name} defined {where} cannot be "
+            "imported by one. Put it in a module on PYTHONPATH (e.g. my_models.py) and pass "
+            f"it from there, or give its path: {key}._target_='my_models.{name.split('.')[-1]}'."
+        )
+    return f"{module}.{name}"
 
 
 def _hydra_value(value) -> str:
