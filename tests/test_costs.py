@@ -21,8 +21,9 @@ def test_state_bytes_per_parameter_equal_hand_counts(data_dir, tmp_path):
     """costs.csv as a sweep writes it (costs.write_costs), against the hand counts."""
     plan = sweep_plan("optimizers=[sgd,momentum,adam,lbfgs]", SMOKE)
     settings = {spec.name: spec.config for spec in plan.optimizers}
-    assert costs.write_costs(tmp_path, plan, settings) == [tmp_path / costs.COSTS_CSV]
+    written = costs.write_costs(tmp_path, plan, settings)  # the table, as the file holds it
     table = pd.read_csv(tmp_path / costs.COSTS_CSV)
+    pd.testing.assert_frame_equal(written.reset_index(drop=True), table, check_dtype=False)
     assert table["optimizer"].tolist() == list(settings)
     for measured in table.to_dict("records"):
         low, high = EXPECTED[measured["optimizer"]]
