@@ -137,10 +137,8 @@ def test_the_declared_elementwise_ones_train_the_same_grouped_stacked_and_alone(
         alone = training(plan, optimizers=[spec], seeds=[1]).reset_index(drop=True)
         picked = together[(together.optimizer == spec.name) & (together.seed == 1)]
         pd.testing.assert_frame_equal(picked.reset_index(drop=True), alone, check_exact=True)
-    one_step = {**plan.train, "steps": 1, "eval_every": 1}
-    stacked, alone = (
-        training(plan, train=one_step, stack_runs=mode) for mode in ("always", "never")
-    )
+    one_step = plan.trained_for({**plan.train, "steps": 1, "eval_every": 1})
+    stacked, alone = (training(one_step, stack_runs=mode) for mode in ("always", "never"))
     for column in RESULT_COLUMNS:
         torch.testing.assert_close(
             torch.tensor(stacked[column].to_numpy()),

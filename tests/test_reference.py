@@ -174,7 +174,7 @@ def test_a_run_resumed_mid_training_follows_the_reference(data_dir, tmp_path, ca
     plan = sweep_plan("optimizers=[adam]", "seeds=2", "threads=2", "stack_runs=never", SMOKE)
     lbfgs = run_plan(*LBFGS).optimizers[0]
     plan = dataclasses.replace(plan, optimizers=[*plan.optimizers, lbfgs])
-    stopped = dataclasses.replace(plan, train={**plan.train, "steps": 10})
+    stopped = plan.trained_for({**plan.train, "steps": 10})
     assert stopped.steps.eval_steps == [10] and plan.steps.eval_steps == [10, 20]
     resumed = tmp_path / "resumed.pt"
     engine(stopped, resumed)

@@ -157,6 +157,11 @@ class Plan:
         """Every (optimizer setting, seed) run, optimizer by optimizer."""
         return [RunSpec(optimizer, seed) for optimizer in self.optimizers for seed in self.seeds]
 
+    def trained_for(self, train: dict) -> Plan:
+        """The plan with other `train` settings, and the steps they make."""
+        steps = make_step_plan(train, prepare.train_size(self.dataset))
+        return replace(self, train=train, steps=steps)
+
     def choosing_on_validation(self) -> Plan:
         """The plan whose runs a choice (a tuning trial) may be made on: this plan where its
         dataset holds out a validation set; else the same protocol holding out
