@@ -600,7 +600,12 @@ def check(device: str, budget: float) -> int:
         guarded("machine", lambda: machine(device, paragraph))
         env = environment()
         guarded("bundle", lambda: (True, install(env)))
-        tests = ["tests/test_engine.py", "tests/test_optimizers.py", "tests/test_loggers.py"]
+        tests = [
+            "tests/test_engine.py",
+            "tests/test_reference.py",
+            "tests/test_optimizers.py",
+            "tests/test_loggers.py",
+        ]
         selection = SIZES[device]["tests"][1]
         pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k"]
         guarded("tests", lambda: stage("tests", [*pytest, selection, *tests], env, tests_line))
