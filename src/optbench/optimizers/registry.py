@@ -315,7 +315,7 @@ def not_elementwise_because(optimizer: Mapping) -> str | None:
         return None
     if not mine.elementwise:
         return (
-            "elementwise=true, but its update is not element-wise (library.ELEMENTWISE lists "
+            "elementwise=true, but its update is not element-wise (`optbench optimizers` lists "
             "the ones that are): its runs must each train alone; drop optimizer.elementwise"
         )
     for key, value in mine.elementwise_while.items():
