@@ -6,7 +6,6 @@ example computes)."""
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import math
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from optbench.config.schema import import_target
 from optbench.errors import ConfigError
 
 
@@ -221,16 +221,13 @@ def model_kwargs(model: Mapping) -> dict:
 def custom_builder(model: Mapping):
     """The class or function that model._target_ names, imported."""
     target = str(model["_target_"])
-    module, _, attribute = target.rpartition(".")
-    try:
-        builder = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(
-            f"Model {model.get('name')!r}: cannot import model._target_={target!r} "
-            f"({type(error).__name__}: {' '.join(str(error).split())}); give the full import "
-            "path of a torch.nn.Module class or a function returning one, e.g. "
-            "torchvision.models.resnet18 or my_package.MyNet, importable from PYTHONPATH."
-        ) from None
+    builder = import_target(
+        target,
+        f"Model {model.get('name')!r}",
+        "model._target_",
+        "a torch.nn.Module class or a function returning one, e.g. "
+        "torchvision.models.resnet18 or my_package.MyNet, importable from PYTHONPATH.",
+    )
     if not callable(builder):
         raise ConfigError(
             f"Model {model.get('name')!r}: model._target_={target!r} is not a class or a "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import importlib
 import importlib.resources
 import json
 import subprocess
@@ -336,3 +337,16 @@ def git_revision() -> str | None:
         return revision.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def import_target(target: str, owner: str, key: str, wants: str):
+    """The class or function a dotted `_target_` path names, imported; ConfigError, naming
+    the owner ("Model 'x'"), the key and what it should name, when it cannot be."""
+    module, _, attribute = str(target).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(
+            f"{owner}: cannot import {key}={target!r} ({type(error).__name__}: "
+            f"{' '.join(str(error).split())}); give the full import path of {wants}"
+        ) from None

@@ -24,7 +24,6 @@ mixed with these. Label and shape problems are refused before training.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from optbench.config.schema import import_target
 from optbench.errors import ConfigError
 from optbench.files import source_sha256
 
@@ -92,17 +92,14 @@ def _key(dataset: dict, data_dir: Path) -> str:
 
 def target_of(dataset: Mapping):
     target = str(dataset["_target_"])
-    module, _, attribute = target.rpartition(".")
-    try:
-        found = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(
-            f"Dataset {dataset.get('name')!r}: cannot import dataset._target_={target!r} "
-            f"({type(error).__name__}: {' '.join(str(error).split())}); give the full import "
-            "path of a torchvision-style dataset class or a function returning tensors, e.g. "
-            "torchvision.datasets.FakeData or my_package.load_my_data, importable from "
-            "PYTHONPATH."
-        ) from None
+    found = import_target(
+        target,
+        f"Dataset {dataset.get('name')!r}",
+        "dataset._target_",
+        "a torchvision-style dataset class or a function returning tensors, e.g. "
+        "torchvision.datasets.FakeData or my_package.load_my_data, importable from "
+        "PYTHONPATH.",
+    )
     if not callable(found):
         raise ConfigError(
             f"Dataset {dataset.get('name')!r}: dataset._target_={target!r} is neither a class "

@@ -12,13 +12,13 @@ any optimizer that does not declare it train run by run."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from optbench.config.schema import import_target
 from optbench.errors import ConfigError
 from optbench.optimizers import registry
 
@@ -41,16 +41,12 @@ def plain(optimizer: Mapping) -> dict:
 
 def optimizer_class(optimizer: Mapping) -> type[torch.optim.Optimizer]:
     name, target = optimizer["name"], optimizer["_target_"]
-    module, _, class_name = str(target).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(
-            f"Optimizer {name!r}: cannot import optimizer._target_="
-            f"{target!r} ({type(error).__name__}: {' '.join(str(error).split())}); "
-            "give the full import path of a torch.optim.Optimizer subclass, e.g. "
-            "torch.optim.Adam or my_package.MyOptimizer."
-        ) from None
+    cls = import_target(
+        target,
+        f"Optimizer {name!r}",
+        "optimizer._target_",
+        "a torch.optim.Optimizer subclass, e.g. torch.optim.Adam or my_package.MyOptimizer.",
+    )
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ConfigError(
             f"Optimizer {name!r}: optimizer._target_={target!r} is not a "
