@@ -25,7 +25,13 @@ from omegaconf import OmegaConf
 
 from optbench.analysis import targets
 from optbench.analysis.targets import PROFILE_MEASURES
-from optbench.config.schema import CONFIG_PACKAGE, WHERE_AND_HOW, changes_protocol, check_target
+from optbench.config.schema import (
+    CONFIG_PACKAGE,
+    WHERE_AND_HOW,
+    changes_protocol,
+    check_target,
+    workload_fingerprint,
+)
 from optbench.data import prepare
 from optbench.errors import ConfigError
 from optbench.files import shown, write_csv
@@ -290,7 +296,8 @@ def _workload(plan: Plan, target_given: bool) -> Workload:
         seeds=tuple(plan.seeds),
         optimizers=tuple(spec.name for spec in plan.optimizers),
         derived="given on the command line" if target_given else json.dumps(derived),
-        target_on_this_protocol=not target_given and derived.get("fingerprint") == plan.fingerprint,
+        target_on_this_protocol=not target_given
+        and derived.get("fingerprint") in (plan.fingerprint, workload_fingerprint(plan.config)),
     )
 
 

@@ -292,6 +292,14 @@ def fingerprint(cfg: DictConfig | dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def workload_fingerprint(cfg: DictConfig | dict) -> str:
+    """The fingerprint of the protocol under a constant schedule: what a suite's workload
+    trains whatever schedule its tuned track adds (schedule=warmup_cosine), so that its
+    target, set under the workload's own schedule, still belongs to it."""
+    container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    return fingerprint({key: value for key, value in container.items() if key != "schedule"})
+
+
 def protocol_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two protocols, as "key (a -> b)"."""
     differences = []
