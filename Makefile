@@ -10,7 +10,8 @@ SEEDS ?= 5
 EXPERIMENT ?= wizard_ffnn
 # examples_cnn (the committed 10 seeds) takes about 2 1/4 hours on a 2-core CPU.
 CNN_SEEDS ?= 10
-SUITE_SEEDS ?= 3
+# make suite: both tracks (defaults, tuned), SUITE_SEEDS seeds; docs/suite.md gives its runtime.
+SUITE_SEEDS ?= 5
 # make gpu-check's options, e.g. GPU_CHECK_ARGS="--device cpu" (its stages, small, on the CPU)
 GPU_CHECK_ARGS ?=
 # Extra overrides for the training targets, e.g. make sweep ARGS="threads=1 device=cpu"
@@ -54,8 +55,8 @@ reproduce: install data ## the three tutorials' protocols with many seeds -> res
 	$(BIN)/optbench sweep experiment=examples_cnn seeds=$(CNN_SEEDS) $(TRAIN_ARGS) hydra.run.dir=results/examples_cnn
 	$(MAKE) regimes EXPERIMENT=wizard_ffnn ARGS="$(ARGS)" RESUME=$(RESUME)
 
-suite: install data ## every workload x optimizer x seed (SUITE_SEEDS, default 3) -> results/suite/: time-to-target, profiles, aggregates, suite.html
-	$(BIN)/optbench suite seeds=$(SUITE_SEEDS) $(TRAIN_ARGS) hydra.sweep.dir=results/suite
+suite: install data ## both tracks (defaults, tuned) of every workload x optimizer x seed (SUITE_SEEDS, default 5) -> results/suite/: tracks.html
+	$(BIN)/optbench suite track=both seeds=$(SUITE_SEEDS) $(TRAIN_ARGS) hydra.sweep.dir=results/suite
 
 targets: install data ## derive each workload's target from the reference optimizers (tuned, then 5 seeds) -> results/targets/, written into its preset
 	$(BIN)/optbench targets $(TRAIN_ARGS) hydra.sweep.dir=results/targets

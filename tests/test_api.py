@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from constants import SMOKE
 from test_faults import mount_tmpfs, unmount
 
 import optbench
@@ -75,15 +76,33 @@ def test_load_of_the_commands_folder_equals_what_the_api_returned(by_the_command
     pd.testing.assert_frame_equal(by_the_api.runs, store.read_runs(by_the_api.folder))
 
 
-def test_load_recomputes_a_missing_summary_and_reads_a_suite(by_the_command, tmp_path):
+@pytest.fixture(scope="module")
+def small_suite(tmp_path_factory, data_dir) -> Path:
+    """A smoke suite of two workloads, two optimizers and one seed, by the API."""
+    folder = tmp_path_factory.mktemp("api") / "suite"
+    optbench.suite(
+        overrides=[
+            "workloads=[mnist_ffnn,mnist_lenet]",
+            "optimizers=[sgd,adam]",
+            "seeds=1",
+            "target.test_accuracy=0.5",
+            SMOKE,
+        ],
+        out=folder,
+        progress=False,
+    )
+    return folder
+
+
+def test_load_recomputes_a_missing_summary_and_reads_a_suite(by_the_command, small_suite, tmp_path):
     folder = tmp_path / "runs_only"
     folder.mkdir()
     (folder / store.RUNS_CSV).write_bytes((by_the_command / store.RUNS_CSV).read_bytes())
     loaded = optbench.load(folder)
     pd.testing.assert_frame_equal(loaded.summary, pd.read_csv(by_the_command / store.SUMMARY_CSV))
     assert loaded.ranking is None
-    suite = optbench.load(ROOT / "results" / "suite")  # the committed suite
-    workloads = pd.read_csv(ROOT / "results" / "suite" / "workloads.csv")
+    suite = optbench.load(small_suite)
+    workloads = pd.read_csv(small_suite / "workloads.csv")
     ran = workloads.loc[workloads["status"] == "ran", "workload"]
     assert sorted(suite.runs["experiment"].unique()) == sorted(ran)
     assert len(suite.runs) == sum(len(store.read_runs(suite.folder / w)) for w in ran)

@@ -122,12 +122,16 @@ def as_tested(command: str) -> str:
         command += " seeds=2"  # a suite's default is 3
     trains = words[0] == "optbench" and words[1] in TRAINING
     trains = trains and not {"--help", "--cfg", "--info"} & set(words)
-    if words[0] == "make" and words[1] in ("sweep", "suite"):
-        return f"make {words[1]} SEEDS=2 SUITE_SEEDS=2 ARGS={SMOKE}"
+    if words[0] == "make" and words[1] == "sweep":
+        return f"make sweep SEEDS=2 ARGS={SMOKE}"
+    if words[0] == "make" and words[1] == "suite":  # both tracks: the tuned one's trials cut
+        return f"make suite SUITE_SEEDS=2 ARGS='{SMOKE} tuning.trials=2'"
     if not trains:
         return command
     command = re.sub(r"\bseeds=([3-9]|\d\d+)\b", "seeds=2", command)
     command = re.sub(r"\btuning\.trials=\d+", "tuning.trials=2", command)
+    if re.search(r"\btrack=(tuned|both)\b", command) and "tuning.trials=" not in command:
+        command += " tuning.trials=2"  # the tuned track's 8 trials cut to two
     return command if SMOKE in words else f"{command} {SMOKE}"
 
 

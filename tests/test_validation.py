@@ -44,8 +44,12 @@ def test_the_validation_set_is_held_out_and_train_size_counts_the_rest(data_dir)
     tensors = load(plan.dataset, data_dir, torch.device("cpu"))
     images, labels = _read("mnist", Path(data_dir).resolve())[:2]
     validation, training = validation_split(labels, HELD_OUT)
-    assert torch.equal(tensors.validation_y, labels[validation])
-    assert torch.equal(tensors.validation_x, images[validation].unsqueeze(1).float() / 255)
+    cut = plan.dataset["validation_eval_size"]  # smoke: the first 500 held out are evaluated
+    assert cut == 500
+    assert torch.equal(tensors.validation_y, labels[validation][:cut])
+    assert torch.equal(tensors.validation_x, images[validation][:cut].unsqueeze(1).float() / 255)
+    whole = load({**plan.dataset, "validation_eval_size": None}, data_dir, torch.device("cpu"))
+    assert torch.equal(whole.validation_y, labels[validation])
     n = plan.dataset["train_size"]  # smoke: the first 1,000 of the examples not held out
     assert torch.equal(tensors.train_y, labels[training[:n]])
     assert plan.steps.steps_per_epoch == n // plan.train["batch_size"]

@@ -87,6 +87,12 @@ def load(folder) -> Results:
     it (a damaged one raises ResultsError, a ConfigError); summary.csv is read, or computed
     from the runs where it is missing."""
     folder = Path(folder)
+    if all((folder / track / WORKLOADS_CSV).is_file() for track in ("defaults", "tuned")):
+        raise ConfigError(
+            f"{folder} holds the two tracks of a suite (track=both): load one of them, "
+            f"optbench.load('{folder / 'defaults'}') or optbench.load('{folder / 'tuned'}'); "
+            "tracks.csv in it compares the two."
+        )
     try:
         if not (folder / store.RUNS_CSV).is_file() and (folder / WORKLOADS_CSV).is_file():
             return _load_suite(folder)

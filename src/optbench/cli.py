@@ -61,8 +61,11 @@ commands:
   suite [OVERRIDES]        every workload x optimizer x seed (3 seeds unless seeds=N), then
                            time-to-target, performance profiles, robust aggregates and
                            suite.html; workloads=[...] chooses the workloads, time=steps|
-                           grad_evals|seconds the profiles' headline, tuning.trials=K tunes
+                           grad_evals|seconds the profiles' headline, track=defaults|tuned|
+                           both: as shipped, tuned with 8 trials each, or the two side by
+                           side (tracks.html)
                            e.g. optbench suite seeds=2 debug=smoke
+                                optbench suite track=both seeds=5
   targets [OVERRIDES]      derive each workload's target from the reference optimizers
                            (adamw, nadam, nesterov, momentum; each tuned with 8 trials,
                            then seeds 100-104) into its preset
@@ -243,11 +246,19 @@ def _suite(command: str, args: list[str], progress: bool = True) -> Path:
     for line in request.left_out:
         print(f"optbench: {line}")
     check_writable(request.folder)
-    plans = check_command_line(command, request.hydra_args)
-    ran, table = workloads.record_workloads(request, plans)
-    _run_hydra_app(command, request.hydra_args, hydra_app(command, plans, progress))
-    for line in workloads.finish(request, ran, table):
-        print(f"optbench: {line}")
+    suites = workloads.both_tracks(request) if request.track == "both" else [request]
+    # every track's jobs checked before any trains
+    checked = [(suite, check_command_line(command, suite.hydra_args)) for suite in suites]
+    for suite, plans in checked:
+        ran, table = workloads.record_workloads(suite, plans)
+        _run_hydra_app(command, suite.hydra_args, hydra_app(command, plans, progress))
+        for line in workloads.finish(suite, ran, table):
+            print(f"optbench: {line}" + (f" ({suite.track} track)" if suite.track else ""))
+    if request.track == "both":
+        from optbench.report import tracks
+
+        written = tracks.write(request.folder)
+        print(f"optbench: the two tracks side by side in {written[-1]}")
     return request.folder
 
 

@@ -49,8 +49,19 @@ DEFAULT_SEEDS = {"suite": "3", "targets": "[100,101,102,103,104]"}
 # target runs use seeds the suite's runs (0, 1, 2, ...) do not: a suite's run is never
 # measured against a target it helped set.
 TARGET_TRIALS = 8
+# A suite's two tracks answer two questions on the same workloads, as AlgoPerf's
+# self-tuning and external-tuning rulesets keep them apart: `defaults`, every optimizer as
+# its library ships it (no tuning, the workload's own constant schedule), and `tuned`, every
+# optimizer given the same tuning budget (TUNED_TRIALS random-search trials per workload,
+# chosen on the validation set, analysis/tuning.py's search space) under a warmup-cosine
+# schedule. track=both trains each into its own subfolder (FOLDER/defaults, FOLDER/tuned)
+# and then compares them (report/tracks.py). The overrides a track adds; a user's own
+# tuning.* or schedule overrides win over them, and go to the tuned track only.
+TUNED_TRIALS = 8
+TRACKS = {"defaults": [], "tuned": [f"tuning.trials={TUNED_TRIALS}", "schedule=warmup_cosine"]}
+TRACK_CHOICES = (*TRACKS, "both")
 # Suite arguments that are not Hydra overrides of its jobs.
-OWN_KEYS = ("workloads", "time")
+OWN_KEYS = ("workloads", "time", "track")
 
 
 @dataclass
@@ -63,6 +74,7 @@ class Request:
     folder: Path
     overrides: list[str]  # the jobs' own overrides (less the workload)
     left_out: list[str] = field(default_factory=list)  # one line per workload left out
+    track: str | None = None  # TRACK_CHOICES; None: the overrides as given, no track
 
     @property
     def config_folders(self) -> list[Path]:
@@ -143,6 +155,9 @@ def parse(command: str, args: list[str]) -> Request:
             f"Invalid time={measure!r}: the performance profiles measure time in one of "
             f"{', '.join(PROFILE_MEASURES)}."
         )
+    track = _track(command, own.get("track"), rest)
+    if track == "tuned":
+        rest += _tuned_extras(rest)
     if not any(a.startswith("seeds=") for a in rest):
         rest.append(f"seeds={DEFAULT_SEEDS[command]}")
     if command == "targets" and not any(a.startswith("optimizers=") for a in rest):
@@ -150,9 +165,67 @@ def parse(command: str, args: list[str]) -> Request:
     if command == "targets" and not any(a.startswith("tuning.trials=") for a in rest):
         rest.append(f"tuning.trials={TARGET_TRIALS}")
     folder, rest = _folder(command, rest)
-    request = Request(command, [], measure, folder, rest)
+    request = Request(command, [], measure, folder, rest, track=track)
     _choose_workloads(request, own.get("workloads"))
     return request
+
+
+def _is_tuning(override: str) -> bool:
+    """Whether an override is the tuned track's: tuning.* or the schedule."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.startswith("tuning.") or key == "schedule" or key.startswith("schedule.")
+
+
+def _tuned_extras(overrides: list[str]) -> list[str]:
+    """The tuned track's overrides (TRACKS) that the user's own do not already set."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    return [o for o in TRACKS["tuned"] if o.split("=", 1)[0] not in given]
+
+
+def _track(command: str, track: str | None, overrides: list[str]) -> str | None:
+    """The track asked for, checked: a suite's only, one of TRACK_CHOICES, and the defaults
+    track never tuned."""
+    if track is None:
+        return None
+    if command != "suite":
+        raise ConfigError(
+            f"track={track}: tracks are a suite's (optbench suite track=both); `optbench "
+            f"{command}` tunes the reference optimizers with tuning.trials=N."
+        )
+    if track not in TRACK_CHOICES:
+        raise ConfigError(
+            f"Invalid track={track!r}: one of {', '.join(TRACK_CHOICES)} (defaults: every "
+            "optimizer as its library ships it; tuned: each tuned with the same budget; both: "
+            "the two, side by side; docs/suite.md)."
+        )
+    tuning = [o for o in overrides if _is_tuning(o)]
+    if track == "defaults" and tuning:
+        raise ConfigError(
+            f"track=defaults trains every optimizer as its library ships it, so {tuning[0]} "
+            "has no place in it; give it with track=tuned (or track=both, where it applies to "
+            "the tuned track)."
+        )
+    return track
+
+
+def both_tracks(request: Request) -> list[Request]:
+    """The two suites of track=both: the defaults track (without the user's tuning.* and
+    schedule overrides) in FOLDER/defaults and the tuned track in FOLDER/tuned, each with
+    the workloads request chose."""
+    defaults = [o for o in request.overrides if not _is_tuning(o)]
+    tuned = request.overrides + _tuned_extras(request.overrides)
+    return [
+        Request(
+            request.command,
+            list(request.workloads),
+            request.measure,
+            request.folder / track,
+            overrides,
+            list(request.left_out),
+            track,
+        )
+        for track, overrides in (("defaults", defaults), ("tuned", tuned))
+    ]
 
 
 def _folder(command: str, args: list[str]) -> tuple[Path, list[str]]:

@@ -10,7 +10,8 @@ draws from the same kind of space:
     momentum      uniform in [0, 0.99], for optimizers whose configured momentum is non-zero
     betas         beta1 uniform in [0.8, 0.99], beta2 log-uniform in 1 - [1e-4, 0.1]
     warmup        with a warmup schedule: whole steps uniform in [0, a quarter of the
-                  training]; the schedule-free optimizers' own warmup_steps likewise
+                  training]; the schedule-free optimizers search their own warmup_steps
+                  likewise, and train under a constant schedule whatever the protocol's
 
 Every choice is made on a validation set held out of the training data, never on the test
 set: the trials are evaluated on the protocol's validation set, or, where it has none, on
@@ -36,6 +37,7 @@ from optbench.analysis import stats
 from optbench.analysis.stats import RESAMPLES
 from optbench.errors import ConfigError
 from optbench.labels import trial_name
+from optbench.optimizers.traits import is_schedule_free
 from optbench.plan import OptimizerSpec
 
 # Learning-rate-free optimizers: their lr multiplies the step size they estimate (1.0 is
@@ -51,8 +53,9 @@ def search_space(
     learning-rate-free, LR_FREE), weight decay where it has one (log-uniform in
     [1e-5, 0.1]), momentum where it has one, Adam's betas where it has them, and a warmup
     length (a whole number of steps from 0 to a quarter of the training) where the
-    schedule has one, or, for the schedule-free optimizers, which keep their own warmup
-    (`warmup_steps`) under a constant schedule, where the optimizer has one."""
+    schedule has one. A schedule-free optimizer averages its iterates in place of a schedule:
+    its trials search its own warmup (`warmup_steps`) and train under a constant schedule,
+    whatever schedule the protocol has."""
     space = {}
     if optimizer.get("lr") is not None:  # A2Grad has none: it sets its own step size
         lr = float(optimizer["lr"])
@@ -65,10 +68,10 @@ def search_space(
     if "betas" in optimizer:
         space["beta1"] = optuna.distributions.FloatDistribution(0.8, 0.99)
         space["one_minus_beta2"] = optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)
-    if schedule is not None and "warmup_steps" in schedule:
-        space["warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
-    elif "warmup_steps" in optimizer:  # schedule-free: a warmup of its own
+    if is_schedule_free(optimizer) and "warmup_steps" in optimizer:  # a warmup of its own
         space["own_warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
+    elif schedule is not None and "warmup_steps" in schedule:
+        space["warmup_steps"] = optuna.distributions.IntDistribution(0, total_steps // 4)
     return space
 
 
@@ -98,8 +101,10 @@ def sample_trials(
                     config["betas"] = [config["betas"][0], 1 - value, *config["betas"][2:]]
                 elif key == "warmup_steps":  # the trial's own schedule (lr_schedules.of_setting)
                     config["schedule"] = {"warmup_steps": value}
-                elif key == "own_warmup_steps":  # the optimizer's own warmup argument
-                    config["warmup_steps"] = value
+                elif key == "own_warmup_steps":  # the optimizer's own warmup argument,
+                    config["warmup_steps"] = value  # under no schedule of the protocol's
+                    if schedule is not None and schedule.get("name", "constant") != "constant":
+                        config["schedule"] = {"name": "constant"}
                 else:
                     config[key] = value
             settings.append(OptimizerSpec.of(config))

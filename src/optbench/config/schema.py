@@ -268,7 +268,8 @@ def protocol_config(cfg: DictConfig | dict) -> dict:
     run (NOT_PROTOCOL), what the fingerprint hashes. A constant schedule is no schedule:
     left out, so that a protocol keeps the fingerprint it had before optbench had schedules;
     so is the whole test set (dataset.test_size null), and no validation set
-    (dataset.validation_size null or 0)."""
+    (dataset.validation_size null or 0) or the whole of one evaluated
+    (dataset.validation_eval_size null)."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     container = OmegaConf.to_container(OmegaConf.create(container), enum_to_str=True)
     kept = {key: value for key, value in container.items() if key not in NOT_PROTOCOL}
@@ -277,7 +278,10 @@ def protocol_config(cfg: DictConfig | dict) -> dict:
     if "dataset" in kept and kept["dataset"].get("test_size", 0) is None:  # the whole test set
         kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "test_size"}
     if "dataset" in kept and not kept["dataset"].get("validation_size", 0):  # no validation set
-        kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "validation_size"}
+        unused = ("validation_size", "validation_eval_size")  # nothing held out, nothing cut
+        kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k not in unused}
+    if "dataset" in kept and kept["dataset"].get("validation_eval_size", 0) is None:  # all of it
+        kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "validation_eval_size"}
     if "tuning" in kept:
         # how many trials tune the optimizers changes which settings train, not what a run of
         # a setting computes; hashed as its defaults, so that every fingerprint made before

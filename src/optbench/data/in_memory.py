@@ -97,6 +97,8 @@ def check_dataset_config(dataset: Mapping, data_dir: Path | None = None) -> None
             "for none."
         )
     _check_size(dataset, "train_size", full_train - (held_out or 0), "training")
+    if held_out:
+        _check_size(dataset, "validation_eval_size", held_out, "validation")
     _check_size(dataset, "test_size", full_test, "test")
     if dataset["normalize"] is not None:
         channels = dataset["input_shape"][0]
@@ -115,7 +117,10 @@ def _check_size(dataset: Mapping, key: str, full: int, split: str) -> None:
     if size is not None and (
         isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= full
     ):
-        left = " left after dataset.validation_size" if key == "train_size" else ""
+        left = {
+            "train_size": " left after dataset.validation_size",
+            "validation_eval_size": " held out by dataset.validation_size, evaluated",
+        }.get(key, "")
         raise ConfigError(
             f"Invalid dataset.{key}={size!r} for {dataset['name']}: give a whole number "
             f"from 1 to {full} (the first N {split} examples{left}), or null for all {full}."
@@ -147,8 +152,9 @@ def _read(name: str, data_dir: Path) -> tuple[torch.Tensor, ...]:
 
 def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTensors:
     """The dataset as tensors on `device`: images float32 in [0, 1] (normalised where the
-    config says): validation_size training examples held out (validation_split), the first
-    train_size of the rest, and the first test_size test examples."""
+    config says): validation_size training examples held out (validation_split), of which
+    the first validation_eval_size are evaluated, the first train_size of the rest, and the
+    first test_size test examples."""
     if custom.is_custom(dataset):
         return _load_custom(dataset, data_dir, device)
     prepare(dataset["name"], data_dir)
@@ -158,6 +164,9 @@ def load(dataset: Mapping, data_dir: Path, device: torch.device) -> DatasetTenso
         held_out, kept = validation_split(train_y, dataset["validation_size"])
         validation_x, validation_y = _images_as_float(train_x[held_out]), train_y[held_out]
         train_x, train_y = train_x[kept], train_y[kept]
+        if dataset.get("validation_eval_size") is not None:  # the first N evaluated (smoke)
+            cut = dataset["validation_eval_size"]
+            validation_x, validation_y = validation_x[:cut], validation_y[:cut]
     if dataset["train_size"] is not None:  # the first N training examples, the same for every run
         train_x, train_y = train_x[: dataset["train_size"]], train_y[: dataset["train_size"]]
     if dataset.get("test_size") is not None:  # the first N test examples, for a quick look
@@ -191,6 +200,9 @@ def _load_custom(dataset: Mapping, data_dir: Path, device: torch.device) -> Data
         held_out, kept = validation_split(train_y, dataset["validation_size"])
         validation_x, validation_y = custom.as_float(train_x[held_out]), train_y[held_out]
         train_x, train_y = train_x[kept], train_y[kept]
+        if dataset.get("validation_eval_size") is not None:  # the first N evaluated (smoke)
+            cut = dataset["validation_eval_size"]
+            validation_x, validation_y = validation_x[:cut], validation_y[:cut]
     if dataset["train_size"] is not None:
         train_x, train_y = train_x[: dataset["train_size"]], train_y[: dataset["train_size"]]
     if dataset.get("test_size") is not None:

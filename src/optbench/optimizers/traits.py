@@ -40,6 +40,12 @@ class Traits:
         return self.create_graph or self.differentiable
 
 
+def is_schedule_free(config: Mapping) -> bool:
+    """Whether an optimizer config is schedule-free (its `_target_` says so): it averages its
+    iterates in place of a learning-rate schedule, and warms up with its own warmup_steps."""
+    return "schedulefree" in str(config.get("_target_", "")).lower()
+
+
 def traits_of(config: Mapping) -> Traits:
     """The traits of a resolved optimizer config (a plain dict with `_target_`)."""
     from optbench.optimizers.build import optimizer_class  # torch: not for --help

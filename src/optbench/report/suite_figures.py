@@ -185,3 +185,57 @@ def probability_figure(probability: pd.DataFrame):
     fig.colorbar(image, ax=ax, label="P(row beats column)")
     ax.set_title("Probability of improvement, averaged over workloads", fontsize=10)
     return fig
+
+
+def spread(values: np.ndarray, gap: float) -> np.ndarray:
+    """Label positions near values, in the same order, at least gap apart (labels of
+    tied or close ranks would overlap): pushed apart downwards, then centred on the values."""
+    order = np.argsort(values, kind="stable")
+    placed = np.asarray(values, dtype=float)[order].copy()
+    for i in range(1, len(placed)):
+        placed[i] = max(placed[i], placed[i - 1] + gap)
+    placed -= (placed.mean() - np.asarray(values, dtype=float)[order].mean()) if len(placed) else 0
+    out = np.empty_like(placed)
+    out[order] = placed
+    return out
+
+
+def plot_tracks(table: pd.DataFrame, friedman: dict, path: Path) -> Path:
+    """tracks.png: each optimizer's average rank with its defaults (left) and tuned
+    (right), joined by a line: green when it climbs 3 places or more when tuned, red when it
+    falls as far, grey otherwise; each track's critical difference drawn beside it."""
+    from optbench.report.figures import plt, save
+
+    k = len(table)
+    fig, ax = plt.subplots(figsize=(8, 0.32 * k + 2.2))
+    left, right = table["average_rank_defaults"].to_numpy(), table["average_rank_tuned"].to_numpy()
+    gap = 0.45  # in ranks: a label's height at this figure's size
+    for a, b, up in zip(left, right, table["places_up"], strict=True):
+        color = "tab:green" if up >= 3 else "tab:red" if up <= -3 else "0.6"
+        ax.plot([0, 1], [a, b], color=color, lw=2 if abs(up) >= 3 else 1, marker="o")
+    for x, ranks, side, align in ((0, left, -0.04, "right"), (1, right, 0.04, "left")):
+        for name, rank, y in zip(table["optimizer"], ranks, spread(ranks, gap), strict=True):
+            text = f"{name} {rank:.2f}" if align == "right" else f"{rank:.2f} {name}"
+            ax.text(x + side, y, text, ha=align, va="center", fontsize=8)
+            if abs(y - rank) > 1e-9:
+                ax.plot([x, x + side * 0.8], [rank, y], color="0.8", lw=0.5)
+    for x, track in ((-0.75, "defaults"), (1.75, "tuned")):
+        cd = float(friedman[track]["critical_difference"])
+        if cd == cd:  # not NaN
+            top = 1.0
+            ax.plot([x, x], [top, top + cd], color="k", lw=2)
+            ax.text(x, top + cd + 0.2, f"CD {cd:.2f}", ha="center", va="top", fontsize=8)
+    ax.set_xlim(-0.9, 1.9)
+    ax.set_ylim(k + 0.7, 0.3)  # rank 1 on top
+    ax.set_xticks([0, 1], ["defaults\n(as shipped)", "tuned\n(same budget)"])
+    ax.set_ylabel("average rank over the workloads (1: best)")
+    ax.grid(True, axis="y", alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(
+        "Where the ranking changes when every optimizer is tuned\n"
+        "green: up 3 places or more, red: down 3 or more; "
+        "CD: each track's Nemenyi critical difference",
+        fontsize=9,
+    )
+    return save(fig, path)

@@ -11,6 +11,8 @@ iqm.csv, iqm.png          interquartile mean of normalised final accuracy, 95% C
 probability_of_improvement.csv, .png
 average_ranks.csv         the average rank of every optimizer, ranked within each workload
                           (mean over seeds) and, as a secondary view, each workload × seed
+friedman.csv              the Friedman test of both views: blocks, optimizers, p-value and
+                          the Nemenyi critical difference
 nemenyi.csv, critical_difference.png   the Nemenyi test by workloads (critical_difference_
                           workload_seed.png: the secondary view)
 rank_stability.csv, .png  how often each optimizer ranks best over resamples of the seeds
@@ -156,6 +158,7 @@ def write(folder: Path, t: dict, measure: str = "steps") -> list[Path]:
         ("iqm", t["iqm"]),
         ("probability_of_improvement", t["probability"]),
         ("average_ranks", _average_ranks(t)),
+        ("friedman", _friedman(t)),
         ("rank_stability", t["rank_stability"]),
     ):
         write_csv(table, folder / f"{name}.csv")
@@ -198,6 +201,22 @@ def _average_ranks(t: dict) -> pd.DataFrame:
             "average_rank": by_workload.to_numpy(),
             "average_rank_workload_seed": by_seed.to_numpy(),
         }
+    )
+
+
+def _friedman(t: dict) -> pd.DataFrame:
+    """The Friedman test and the Nemenyi critical difference of both views of the ranks."""
+    return pd.DataFrame(
+        [
+            {
+                "blocks_by": ranks["by"],
+                "blocks": ranks["blocks"],
+                "optimizers": len(ranks["average"]),
+                "friedman_p": ranks["friedman_p"],
+                "critical_difference": ranks["critical_difference"],
+            }
+            for ranks in (t["ranks"], t["ranks_by_seed"])
+        ]
     )
 
 

@@ -70,14 +70,15 @@ def check(schedule: Mapping, total_steps: int) -> str | None:
 
 
 def notes(schedule: Mapping, specs: list) -> list[str]:
-    """A note for each schedule-free optimizer (its `_target_` says so) given a schedule."""
-    if is_constant(schedule):
-        return []
+    """A note for each schedule-free optimizer that trains under a schedule (of_setting: a
+    tuning trial of one trains under a constant schedule, with a warmup of its own)."""
+    from optbench.optimizers.traits import is_schedule_free
+
     return [
         f"Optimizer {spec.name} is schedule-free: it needs no learning-rate schedule, and "
         f"schedule={schedule['name']} multiplies its lr at every step all the same."
         for spec in specs
-        if "schedulefree" in str(spec.config.get("_target_", "")).lower()
+        if is_schedule_free(spec.config) and not is_constant(of_setting(schedule, spec))
     ]
 
 
