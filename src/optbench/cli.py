@@ -252,6 +252,7 @@ def _suite(command: str, args: list[str], progress: bool = True) -> Path:
     for suite, plans in checked:
         ran, table = workloads.record_workloads(suite, plans)
         _run_hydra_app(command, suite.hydra_args, hydra_app(command, plans, progress))
+        _drop_working_directory(suite.folder / "multirun.yaml")  # its own callback is off
         for line in workloads.finish(suite, ran, table):
             print(f"optbench: {line}" + (f" ({suite.track} track)" if suite.track else ""))
     if request.track == "both":
