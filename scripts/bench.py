@@ -13,9 +13,10 @@ and then the measurements behind them (progress goes to stderr meanwhile):
 - `optbench run optimizer=sgd` with 1 and with 5 seeds, as a user types it (start-up,
   data loading, evaluation, CSVs and plots included);
 - the full wizard_ffnn sweep (8 optimizers x 5 seeds, `optbench sweep`) in each CPU
-  layout: one process with 2 threads, one process with 1 thread, and two processes of
-  1 thread (one per core) that each train half of the optimizers; per layout, the wall
-  time and the peak resident memory of the optbench process;
+  layout: the runs dealt to 2 worker processes (the default), one process with 2 worker
+  threads, one process with 1 thread, and two `optbench sweep` processes of 1 thread that
+  each train half of the optimizers; per layout, the wall time and the peak resident
+  memory of the optbench process (not counting its worker processes);
 - the ffnn sweep's floor: its matrix-multiply FLOPs (training and evaluation) divided by
   the machine's measured float32 matmul throughput with 2 threads, at its best (2048^3)
   and at the sweep's own shapes; plus the memory traffic of the optimizer updates (each
@@ -381,10 +382,13 @@ def main() -> None:
     print("\n".join(details))
 
 
+WORKER_PROCESSES = "2 worker processes"  # the engine's default layout on 2 cores
+
+
 def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, float]:
     """The tutorial loop, `optbench run` and the wizard_ffnn sweep in each layout, timed.
-    Returns the whole sweep's fastest wall time (1 process x 2 threads) and its floor, in
-    seconds."""
+    Returns the whole sweep's fastest wall time (in 2 worker processes, the default) and
+    its floor, in seconds."""
     common = ["experiment=wizard_ffnn", f"data_dir={data_dir}"]
     jobs = {}  # label: (runs, the optbench commands that run at once)
     for seeds in (1, 5) if not options.quick else (5,):
@@ -396,7 +400,10 @@ def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, floa
     names = [spec.name for spec in specs]
     sweep = ["sweep", *common, f"seeds={sweep_seeds}"]
     halves = [names[::2], names[1::2]]
-    layouts = {"1 process x 2 threads": [[*sweep, "threads=2"]]}
+    layouts = {  # threads=2: two workers, processes unless workers=threads
+        WORKER_PROCESSES: [[*sweep, "threads=2"]],
+        "1 process x 2 threads": [[*sweep, "threads=2", "workers=threads"]],
+    }
     if not options.quick:
         layouts["1 process x 1 thread"] = [[*sweep, "threads=1"]]
         layouts["2 processes x 1 thread"] = [
@@ -427,7 +434,7 @@ def ffnn_sweep(data_dir: Path, options, details: list[str]) -> tuple[float, floa
     for label, per_run in fastest.items():
         details.append(f"  {label}: {per_run:.2f} s / {tutorial_s / per_run:.1f}x")
     floor = ffnn_floor(specs, sweep_seeds, details)
-    sweep_s = fastest[f"{sweep_label}, 1 process x 2 threads"] * n_runs
+    sweep_s = fastest[f"{sweep_label}, {WORKER_PROCESSES}"] * n_runs
     details.append(
         f"ffnn sweep: floor of the matmuls and optimizer updates (the two above) {floor:.1f} s "
         f"/ the whole process {sweep_s:.1f} s; a ratio to the tutorial loop of at most "

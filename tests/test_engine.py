@@ -125,13 +125,16 @@ NARROW_LENET = (
 
 # Every layout a run can train in on the CPU; each gives it the same numbers bit for bit as
 # the run alone on one thread.
-LAYOUTS = {
-    "alone, 2 threads": ("seeds=[1]", "threads=2"),
+LAYOUTS = {  # threads=N: N workers, processes unless workers=threads
+    "alone, 2 processes": ("seeds=[1]", "threads=2"),
     "stack_runs=never": ("seeds=[1]", "threads=2", "stack_runs=never"),
     "2 runs": ("seeds=[0,1]", "threads=2"),
     "5 runs, 1 thread": ("seeds=5", "threads=1"),
-    "5 runs": ("seeds=5", "threads=2"),
+    "5 runs, 2 threads": ("seeds=5", "threads=2", "workers=threads"),
+    "5 runs, 2 processes": ("seeds=5", "threads=2"),
     "40 runs": ("seeds=5", "threads=2"),  # 8 optimizer configs x 5 seeds
+    "40 runs, 3 processes": ("seeds=5", "threads=3"),
+    "40 runs, 2 threads": ("seeds=5", "threads=2", "workers=threads"),
 }
 
 
@@ -165,8 +168,8 @@ def test_a_run_gives_the_same_numbers_in_every_layout(data_dir, model):
     reference = job("seeds=[1]", "threads=1")
     assert reference["train_loss"].notna().all() and reference["optimizer"].nunique() == 4
     for layout, overrides in LAYOUTS.items():
-        runs = job(*overrides, more=layout == "40 runs")
-        if layout == "40 runs":
+        runs = job(*overrides, more=layout.startswith("40 runs"))
+        if layout.startswith("40 runs"):
             assert runs[["optimizer", "seed"]].drop_duplicates().shape[0] == 40
         picked = runs[(runs.seed == 1) & runs.optimizer.isin(reference.optimizer)]
         pd.testing.assert_frame_equal(

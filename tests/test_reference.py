@@ -33,7 +33,7 @@ import torch
 from constants import SMOKE
 
 from optbench.plan import OptimizerSpec, Plan
-from optbench.training import checkpoints, loop, reference
+from optbench.training import checkpoints, loop, reference, workers
 
 from conftest import ROOT, run_plan, sweep_plan
 
@@ -61,9 +61,24 @@ def engine(plan: Plan, checkpoint: Path) -> pd.DataFrame:
 
 
 def final_weights(plan: Plan, checkpoint: Path) -> dict:
-    """Each run's final weights (name -> tensor), from the engine's last checkpoint."""
-    saved = checkpoints.load(checkpoint)["trainers"]
-    built, _ = loop.build_trainers(plan, plan.runs, torch.device(plan.device))
+    """Each run's final weights (name -> tensor), from the engine's last checkpoint: one
+    process's, or each worker process's part of it (the runs dealt as workers.deal does)."""
+    saved = checkpoints.load(checkpoint)
+    if "parts" in saved:
+        parts = workers.deal(plan.runs, len(saved["parts"]))
+        assert saved["job"]["parts"] == [[run.key for run in part] for part in parts]
+        states = zip(parts, saved["parts"], strict=True)
+    else:
+        states = [(plan.runs, saved)]
+    weights = {}
+    for runs, state in states:
+        weights |= trainers_weights(plan, runs, state["trainers"])
+    return weights
+
+
+def trainers_weights(plan: Plan, runs: list, saved: list) -> dict:
+    """Each run's weights in the saved states of the trainers of these runs."""
+    built, _ = loop.build_trainers(plan, runs, torch.device(plan.device))
     weights = {}
     for trainer, state in zip(built, saved, strict=True):
         for r, run in enumerate(trainer.runs):
@@ -140,12 +155,13 @@ def test_a_lone_run_follows_the_reference(data_dir, choice, tmp_path):
 
 
 @pytest.mark.slow
-def test_grouped_runs_follow_the_reference_on_one_and_two_threads(data_dir, tmp_path):
+def test_grouped_runs_follow_the_reference_on_one_thread_and_two_processes(data_dir, tmp_path):
     """Three seeds of SGD and of Adam, each optimizer's runs stepped by one optimizer call
-    (OptimizerGroup): on one thread and on two, bit for bit the same, and each run the
-    reference's."""
+    (OptimizerGroup): on one thread and in two worker processes, bit for bit the same, and
+    each run the reference's."""
     layout = ("optimizers=[sgd,adam]", "seeds=3", "stack_runs=never", SMOKE)
     one, two = (sweep_plan(*layout, f"threads={n}") for n in (1, 2))
+    assert loop.in_processes(two, two.runs, torch.device("cpu"), 2)
     _, groups = loop.build_trainers(one, one.runs, torch.device("cpu"))
     assert [len(group.trainers) for group in groups] == [3, 3]
     rows_one = engine(one, tmp_path / "one.pt")

@@ -65,12 +65,14 @@ def uninterrupted(tmp_path_factory, data_dir) -> Path:
 
 
 def start_and_stop(
-    folder: Path, sig: int, rng: random.Random, job: tuple = JOB
+    folder: Path, sig: int, rng: random.Random, job: tuple = JOB, to_a_worker: bool = False
 ) -> subprocess.CompletedProcess:
     """Start the job and send it `sig` at a random moment after its second checkpoint: a
     random fraction of the time between its first two checkpoints later. That interval is
     the machine's own, so the signal lands before the fourth of the job's 15 checkpoints on
-    a fast machine as on a slow one: never after the job has ended."""
+    a fast machine as on a slow one: never after the job has ended. The job's worker
+    processes at that moment are in the result's `workers`; with to_a_worker, the signal
+    goes to the first of them instead of the job."""
     process = subprocess.Popen(
         [OPTBENCH, *job, f"hydra.run.dir={folder}"],
         cwd=folder.parent,
@@ -87,9 +89,44 @@ def start_and_stop(
             seen.append((written, time.monotonic()))
         time.sleep(0.005)
     time.sleep(rng.uniform(0, seen[1][1] - seen[0][1]))
-    process.send_signal(sig)
+    workers = children(process.pid)
+    os.kill(workers[0] if to_a_worker else process.pid, sig)
     stdout, stderr = process.communicate(timeout=120)
-    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    stopped = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    stopped.workers = workers
+    return stopped
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is pid (from /proc), in order of their ids."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def gone(pids: list[int], within: float = 10.0) -> bool:
+    """Whether every one of these processes has ended (its /proc entry gone, or a zombie)
+    within that many seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_a_sweep_killed_at_a_random_moment_resumes_to_the_same_results(uninterrupted, tmp_path):
@@ -115,6 +152,77 @@ def test_ctrl_c_keeps_the_progress_and_says_how_to_resume(uninterrupted, tmp_pat
     assert (folder / store.CHECKPOINT).is_file()
     resumed = run_cli(*JOB, f"hydra.run.dir={folder}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+
+
+# The same job in two worker processes (threads=2: the runs dealt to two processes)
+IN_PROCESSES = (*JOB[:-1], "threads=2")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
+def test_a_job_in_worker_processes_stopped_takes_its_workers_and_resumes_to_the_same_results(
+    uninterrupted, tmp_path, sig
+):
+    """SIGKILL of the job (its workers die with it, by the kernel), Ctrl-C and SIGTERM (the
+    job stops its workers and says how to resume); resumed, the rows are those of the job
+    trained uninterrupted in one process."""
+    seed = random.randrange(10**6)
+    folder = tmp_path / "stopped"
+    stopped = start_and_stop(folder, sig, random.Random(seed), job=IN_PROCESSES)
+    assert len(stopped.workers) == 2, f"random seed {seed}"
+    assert gone(stopped.workers), "a worker trains on after its job stopped"
+    if sig == signal.SIGKILL:
+        assert stopped.returncode == -signal.SIGKILL
+    else:  # 130 and 143: the shell's codes of a job stopped by SIGINT and SIGTERM
+        assert stopped.returncode == 128 + sig, stopped.stderr
+        assert "run the same command again to resume" in stopped.stderr
+        assert "Traceback" not in stopped.stderr
+    assert (folder / store.CHECKPOINT).is_file() and not (folder / store.RUNS_CSV).exists()
+    resumed = run_cli(*IN_PROCESSES, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from" in (folder / files.LOG).read_text()
+    pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+    assert not (folder / store.CHECKPOINT).exists()
+
+
+def test_a_worker_process_that_dies_stops_the_job_with_a_message_and_it_resumes(
+    uninterrupted, tmp_path
+):
+    """A worker killed (as the kernel's out-of-memory killer would): the job stops the other
+    one, says which ended and how, with exit code 74 and no traceback, and keeps its last
+    checkpoint; the same command resumes to the uninterrupted rows."""
+    folder = tmp_path / "worker-killed"
+    stopped = start_and_stop(
+        folder, signal.SIGKILL, random.Random(), job=IN_PROCESSES, to_a_worker=True
+    )
+    assert stopped.returncode == 74, stopped.stderr
+    assert "worker process (optbench-worker-1-of-2) ended without finishing" in stopped.stderr
+    assert "exit code -9" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert gone(stopped.workers)
+    assert (folder / store.CHECKPOINT).is_file()
+    resumed = run_cli(*IN_PROCESSES, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "resumed_from"),
+    [(("threads=1",), ("threads=2",), True), (("threads=2",), ("threads=3",), False)],
+    ids=["one process, then two", "two processes, then three"],
+)
+def test_a_checkpoint_is_resumed_only_by_the_layout_that_wrote_it(
+    uninterrupted, tmp_path, first, then, resumed_from
+):
+    """A checkpoint of the one-process engine is resumed by the job in one process whatever
+    `threads` now says; one of two worker processes is not resumed by three (the runs are
+    dealt otherwise): that job trains from the start. Either way the rows are the same."""
+    folder = tmp_path / "relaid"
+    start_and_stop(folder, signal.SIGKILL, random.Random(), job=(*JOB[:-1], *first))
+    resumed = run_cli(*JOB[:-1], *then, f"hydra.run.dir={folder}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    log = (folder / files.LOG).read_text()
+    assert ("Resuming from" in log) == resumed_from
+    assert ("belongs to another job" in log) != resumed_from
     pd.testing.assert_frame_equal(comparable(folder), comparable(uninterrupted), check_exact=True)
 
 

@@ -114,7 +114,8 @@ class Plan:
     seeds: list[int]
     steps: StepPlan  # the training's steps, made once with the plan
     device: str  # cpu or cuda: the config's device, auto resolved once with the plan
-    threads: int | None  # worker threads on the CPU; None: torch's default
+    threads: int | None  # workers on the CPU; None: torch's default (the physical cores)
+    workers: str  # processes or threads (training.workers)
     stack_runs: str  # auto, always or never (training.loop.should_stack)
     allow_tf32: bool
     data_dir: Path
@@ -143,6 +144,7 @@ class Plan:
             steps=steps,
             device=resolve_device(config["device"]),
             threads=config["threads"],
+            workers=config["workers"],
             stack_runs=config["stack_runs"],
             allow_tf32=config["allow_tf32"],
             data_dir=prepare.resolve_data_dir(config["data_dir"]),

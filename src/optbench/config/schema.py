@@ -55,6 +55,11 @@ class Device(enum.Enum):
     cuda = "cuda"
 
 
+class WorkerKind(enum.Enum):
+    processes = "processes"  # one process a worker (the runs dealt to them): the default
+    threads = "threads"  # worker threads in one process
+
+
 class StackRuns(enum.Enum):
     auto = "auto"  # stack element-wise optimizers' runs where it pays (training.loop.should_stack)
     always = "always"  # stack every element-wise optimizer's runs
@@ -98,7 +103,9 @@ class Config:
     seeds: Any = 1  # N: seeds 0..N-1; a list: exactly those seeds
     device: Device = Device.auto
     data_dir: str | None = None  # null: $OPTBENCH_DATA_DIR, else data/ of the checkout
-    threads: int | None = None  # CPU threads for torch; null: torch's default
+    threads: int | None = None  # CPU workers that train runs side by side; null: the cores
+    # What the CPU workers are: processes (the runs dealt to them) or threads of one process.
+    workers: WorkerKind = WorkerKind.processes
     # TensorFloat-32 matmuls and convolutions on NVIDIA GPUs: faster, but with a 10-bit
     # mantissa; off, so that every device computes in float32.
     allow_tf32: bool = False
@@ -241,7 +248,7 @@ def run_key(optimizer: str, hyperparameters_json: str, seed) -> tuple[str, str, 
 WHICH_RUNS = ("seeds", "optimizer", "optimizers", "lr_grid")
 # Where and how the runs train: not what they compute (threads, device and stack_runs
 # change the rounding of sums at most).
-WHERE_AND_HOW = ("data_dir", "threads", "device", "stack_runs", "resume", "logger")
+WHERE_AND_HOW = ("data_dir", "threads", "workers", "device", "stack_runs", "resume", "logger")
 # TensorFloat-32 on a GPU changes rounding as well; it keeps its own results folder.
 ROUNDING = ("allow_tf32",)
 # Records kept beside the protocol: the preset's values (merged into the protocol's

@@ -26,9 +26,34 @@ FORMAT = 5
 def save(path: Path, state: dict) -> None:
     """Write the training state atomically; serialised in memory first, so that a full disk
     is an OSError that says so (torch.save's own stream error does not)."""
+    data = to_bytes(state)
+    files.atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def to_bytes(state: dict) -> bytes:
+    """The training state as a checkpoint file holds it (a worker process sends its part's
+    state so: a copy, however the training goes on)."""
     buffer = io.BytesIO()
     torch.save(_without_deques(state), buffer)
-    files.atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+    return buffer.getvalue()
+
+
+def from_bytes(data: bytes) -> dict:
+    """The state to_bytes serialised, read back with torch's safe loader."""
+    return _safe_load(io.BytesIO(data))
+
+
+def _safe_load(source, **options) -> dict:
+    """torch.load with weights_only (no code runs), every tensor on the CPU; an optimizer
+    state may hold a few known classes (registry.checkpoint_classes)."""
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True, **options)
+    except pickle.UnpicklingError:
+        if hasattr(source, "seek"):
+            source.seek(0)
+        with torch.serialization.safe_globals(registry.checkpoint_classes()):
+            state = torch.load(source, map_location="cpu", weights_only=True, **options)
+    return _with_deques(state)
 
 
 def load(path: Path) -> dict | None:
@@ -41,14 +66,10 @@ def load(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:  # an optimizer state may hold a few known classes
-            with torch.serialization.safe_globals(registry.checkpoint_classes()):
-                state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _safe_load(path)
         if not isinstance(state, dict) or "job" not in state:
             raise ValueError("not an optbench checkpoint")
-        return _with_deques(state)
+        return state
     except Exception as error:
         aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
         path.rename(aside)
@@ -69,12 +90,7 @@ def is_spent(path: Path, fingerprint: str, complete: frozenset) -> bool:
     if not path.is_file():
         return False
     try:  # mmap: only the job's identity is read, not the tensors
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError:  # an optimizer state may hold a few known classes
-            with torch.serialization.safe_globals(registry.checkpoint_classes()):
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        job = state["job"]
+        job = _safe_load(path, mmap=True)["job"]
         runs = {tuple(key) for key in job["runs"]}
     except Exception:  # damaged, or not optbench's: the job that resumes it sets it aside
         return False

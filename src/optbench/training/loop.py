@@ -31,7 +31,7 @@ from optbench.data import in_memory
 from optbench.labels import counted
 from optbench.optimizers import build
 from optbench.plan import OptimizerSpec, Plan, RunSpec, StepPlan
-from optbench.training import checkpoints, lr_schedules
+from optbench.training import checkpoints, lr_schedules, workers
 from optbench.training.stack import StackTrainer
 from optbench.training.trainers import OptimizerGroup, RunTrainer, rows_by_optimizer, stream_seed
 from optbench.training.workers import Workers
@@ -112,7 +112,8 @@ def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     return {
         "device": device.type,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "worker_threads": worker_count(plan, device),
+        "workers": worker_count(plan, device),
+        "worker_kind": plan.workers if device.type == "cpu" else None,
         "threads_per_kernel": 1 if device.type == "cpu" else None,
         "optimizer_kernels": kernels,
         **gpu_provenance(device),
@@ -210,18 +211,19 @@ class TrainingState:
             "orders": {seed: order.state_dict() for seed, order in self.orders.items()},
         }
 
-    def resume(self, checkpoint: Path | None) -> tuple[list[dict], int]:
-        """The rows and the step of the checkpoint this same job left, its state loaded
-        (from the CPU: each trainer, optimizer and data order moves its tensors to the
-        job's device); no rows and step 0 when there is none."""
-        state = checkpoints.load(checkpoint) if checkpoint is not None else None
+    def resume(self, state: dict | None, checkpoint: Path | None = None) -> tuple[list[dict], int]:
+        """The rows and the step of a saved state (checkpoints.load) this same job left, its
+        state loaded (from the CPU: each trainer, optimizer and data order moves its tensors
+        to the job's device); no rows and step 0 when there is none. Where the checkpoint's
+        path is given, the log says what was resumed."""
         if state is None:
             return [], 0
         if state["job"] != self.identity:
-            log.info(
-                "%s belongs to another job (or an earlier optbench); training from the start",
-                checkpoint.name,
-            )
+            if checkpoint is not None:
+                log.info(
+                    "%s belongs to another job (or an earlier optbench); training from the start",
+                    checkpoint.name,
+                )
             return [], 0
         for trainer, trainer_state in zip(self.trainers, state["trainers"], strict=True):
             trainer.load_state_dict(trainer_state)
@@ -229,8 +231,21 @@ class TrainingState:
             group.optimizer.load_state_dict(group_state)
         for seed, order in self.orders.items():
             order.load_state_dict(state["orders"][seed])
-        log.info("Resuming from %s at step %d", checkpoint.name, state["step"])
+        if checkpoint is not None:
+            log.info("Resuming from %s at step %d", checkpoint.name, state["step"])
         return state["rows"], state["step"]
+
+
+def train_part(plan: Plan, tensors, part: list[RunSpec], saved: dict | None, sink) -> list[dict]:
+    """In a worker process: train a share of a job's runs in the step loop, every kernel on
+    one thread, from the part's saved state if any; its rows, step by step in part order.
+    The sink gets the part's state at every evaluation (sink.state, set here)."""
+    device = torch.device(plan.device)
+    with Workers(1, device) as pool:
+        state = TrainingState(plan, part, plan.steps.batch_size, len(tensors.train_x), device)
+        rows, done_steps = state.resume(saved)
+        sink.state = state.state_dict
+        return step_loop(plan, tensors, state, rows, done_steps, pool, sink)
 
 
 # ---------------------------------------------------------------------------------------
@@ -256,9 +271,12 @@ def train(
     evaluation point, and a checkpoint left there by this same job is resumed from: the rows
     come out as if never stopped.
 
-    Each step takes, for every run, what reference.train_one_run takes for one run, in the
-    same order: the lr, the batch, forward, loss, backward, the update, the counting, and
-    at an evaluation step the evaluation.
+    On the CPU the runs are dealt to worker processes (workers.train_in_processes) unless
+    workers=threads, one run stacks, or only one worker is asked for; each process trains
+    its share in this same step loop. Each step takes, for every run, what
+    reference.train_one_run takes for one run, in the same order: the lr, the batch,
+    forward, loss, backward, the update, the counting, and at an evaluation step the
+    evaluation.
     """
     runs = plan.runs if runs is None else runs
     device = torch.device(plan.device)  # resolved when the plan was made
@@ -266,46 +284,129 @@ def train(
     torch.backends.cudnn.allow_tf32 = plan.allow_tf32  # torch's default: on
     for name, value in cudnn_settings(device).items():
         setattr(torch.backends.cudnn, name, value)
+    count = min(worker_count(plan, device), len(runs))
+    saved = checkpoints.load(checkpoint) if checkpoint is not None else None
+    keys = [run.key for run in runs]
+    # a checkpoint the one-process engine left for these runs is resumed by it
+    left_by_one_process = saved is not None and "parts" not in saved
+    if in_processes(plan, runs, device, count) and not (
+        left_by_one_process and saved["job"].get("runs") == keys
+    ):
+        with Workers(1, device):  # the data loaded with one-thread kernels, as below
+            tensors = in_memory.load(plan.dataset, plan.data_dir, device)
+        parts = workers.deal(runs, count)
+        identity = {  # a checkpoint is resumed only by the job that wrote it, dealt alike
+            "format": checkpoints.FORMAT,
+            "fingerprint": plan.fingerprint,
+            "runs": keys,
+            "parts": [[run.key for run in part] for part in parts],
+        }
+        rows = workers.train_in_processes(
+            partial(train_part, plan, tensors),
+            runs,
+            parts,
+            identity,
+            saved,
+            checkpoint,
+            partial(Progress, plan, runs, progress),
+        )
+    else:
+        with Workers(count, device) as pool:
+            tensors = in_memory.load(plan.dataset, plan.data_dir, device)
+            state = TrainingState(plan, runs, plan.steps.batch_size, len(tensors.train_x), device)
+            rows, done_steps = state.resume(saved, checkpoint)
+            sink = Progress(plan, runs, progress, done_steps)
+            if checkpoint is not None:
+                sink.save = lambda step, all_rows: checkpoints.save(
+                    checkpoint, state.state_dict(step, all_rows)
+                )
+            step_loop(plan, tensors, state, rows, done_steps, pool, sink)
+            sink.close()
+    return pd.DataFrame(rows)
+
+
+def in_processes(plan: Plan, runs: list[RunSpec], device: torch.device, count: int) -> bool:
+    """Whether the job's runs train in worker processes: on the CPU, with workers=processes
+    (the default), more than one worker, and no run stacked (a stack is one model, not
+    dealt)."""
+    if device.type != "cpu" or count < 2 or plan.workers != "processes":
+        return False
+    return not any(should_stack(plan, run.optimizer, device) for run in runs)
+
+
+def step_loop(
+    plan: Plan,
+    tensors,
+    state: TrainingState,
+    rows: list[dict],
+    done_steps: int,
+    pool: Workers,
+    sink,
+) -> list[dict]:
+    """The steps of a job's (or a worker process's) runs from done_steps on; their rows are
+    appended to rows. At every evaluation step the sink gets the rows (sink.evaluated) and
+    the whole state to save (sink.save, where it saves); sink.update(n) counts n steps of
+    every run."""
     step_plan = plan.steps
     context = {"experiment": plan.experiment, "dataset": plan.dataset["name"]}
     context |= {"model": plan.model["name"], "fingerprint": plan.fingerprint}
     eval_steps = set(step_plan.eval_steps)
-    with Workers(worker_count(plan, device), device) as workers:
-        tensors = in_memory.load(plan.dataset, plan.data_dir, device)
-        state = TrainingState(plan, runs, step_plan.batch_size, len(tensors.train_x), device)
-        rows, done_steps = state.resume(checkpoint)
-        bar = progress_bar(len(runs), step_plan, done_steps, progress)
-        for step in range(done_steps + 1, step_plan.total_steps + 1):
-            # 1. The lr of this step's update: each setting's schedule factor at the
-            # (step-1)-th update; where a schedule changes anything, every optimizer's lr
-            # is set to lr x its factor.
-            multiples = {
-                spec: lr_schedules.factor(lr_schedule, step - 1, step_plan.total_steps)
-                for spec, lr_schedule in state.schedules.items()
-            }
-            if state.scheduled:
-                lr_schedules.set_lr([(o, multiples[spec]) for o, spec in state.scheduled])
-            # 2. Each seed's batch, which every run of the seed trains on (paired runs).
-            batches = {seed: order.next_batch() for seed, order in state.orders.items()}
-            # 3. Every trainer's forward, loss, backward and counting, on the workers; the
-            # update too for a run with its own optimizer and for a stack.
-            workers.map([partial(trainer.step, tensors, batches) for trainer in state.trainers])
-            # 4. The update of each optimizer group's runs, once all their gradients are in.
-            workers.map([group.step for group in state.groups])
-            bar.update(len(runs))
-            if step not in eval_steps:
-                continue
-            # 5. Evaluation (divergence found there), the rows, the checkpoint.
-            evaluated = state.evaluation_rows(step, tensors, plan.train["test_batch_size"], workers)
-            epoch = step / step_plan.steps_per_epoch
-            for run, row in zip(state.runs, evaluated, strict=True):  # current_lr: this update's
-                current_lr = row["lr"] * multiples[run.optimizer]
-                rows.append({**context, **row, "epoch": epoch, "current_lr": current_lr})
-            if checkpoint is not None:
-                checkpoints.save(checkpoint, state.state_dict(step, rows))
-            report_progress(bar, evaluated, step, step_plan.total_steps)
-        bar.close()
-    return pd.DataFrame(rows)
+    for step in range(done_steps + 1, step_plan.total_steps + 1):
+        # 1. The lr of this step's update: each setting's schedule factor at the
+        # (step-1)-th update; where a schedule changes anything, every optimizer's lr
+        # is set to lr x its factor.
+        multiples = {
+            spec: lr_schedules.factor(lr_schedule, step - 1, step_plan.total_steps)
+            for spec, lr_schedule in state.schedules.items()
+        }
+        if state.scheduled:
+            lr_schedules.set_lr([(o, multiples[spec]) for o, spec in state.scheduled])
+        # 2. Each seed's batch, which every run of the seed trains on (paired runs).
+        batches = {seed: order.next_batch() for seed, order in state.orders.items()}
+        # 3. Every trainer's forward, loss, backward and counting, on the workers; the
+        # update too for a run with its own optimizer and for a stack.
+        pool.map([partial(trainer.step, tensors, batches) for trainer in state.trainers])
+        # 4. The update of each optimizer group's runs, once all their gradients are in.
+        pool.map([group.step for group in state.groups])
+        sink.update(1)
+        if step not in eval_steps:
+            continue
+        # 5. Evaluation (divergence found there), the rows, the checkpoint.
+        evaluated = state.evaluation_rows(step, tensors, plan.train["test_batch_size"], pool)
+        epoch = step / step_plan.steps_per_epoch
+        new_rows = []
+        for run, row in zip(state.runs, evaluated, strict=True):  # current_lr: this update's
+            current_lr = row["lr"] * multiples[run.optimizer]
+            new_rows.append({**context, **row, "epoch": epoch, "current_lr": current_lr})
+        rows += new_rows
+        sink.evaluated(step, new_rows, rows)
+    return rows
+
+
+class Progress:
+    """Where a job's progress goes: a bar of every run's steps (tqdm, on a terminal) and at
+    each evaluation the mean accuracy, in the bar or else in the log; and the checkpoint,
+    where `save` is set."""
+
+    def __init__(self, plan: Plan, runs: list[RunSpec], enabled: bool, done_steps: int = 0):
+        self.n_runs, self.total_steps = len(runs), plan.steps.total_steps
+        self.bar = progress_bar(len(runs), plan.steps, done_steps, enabled)
+        self.save = None  # save(step, rows): the checkpoint at an evaluation step
+
+    def update(self, steps: int, runs: int | None = None) -> None:
+        self.bar.update(steps * (self.n_runs if runs is None else runs))
+
+    def evaluated(self, step: int, new_rows: list[dict], rows: list[dict]) -> None:
+        if self.save is not None:
+            self.save(step, rows)
+        self.report(step, new_rows)
+
+    def report(self, step: int, new_rows: list[dict]) -> None:
+        """Every run's rows at this evaluation step are in."""
+        report_progress(self.bar, new_rows, step, self.total_steps)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def progress_bar(n_runs: int, step_plan: StepPlan, done_steps: int, enabled: bool) -> tqdm:
