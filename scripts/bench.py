@@ -33,7 +33,9 @@ and then the measurements behind them (progress goes to stderr meanwhile):
   and then warm;
 - the start-up: from process start to the first evaluation of a one-step `optbench run`
   (its log line), and what importing torch and torch._dynamo takes alone (torch.optim's
-  optimizers import torch._dynamo when they are built).
+  optimizers import torch._dynamo when they are built);
+- last, where the time of the ffnn sweep goes: one more sweep under py-spy, its CPU time
+  by part of the work (scripts/where_time_goes.py).
 
 Each is timed --repeats times (2), in passes over the list: on a shared machine another
 tenant's load can slow any one timing, so the fastest of each counts.
@@ -380,6 +382,20 @@ def main() -> None:
     print(f"floor fraction, lenet step: {lenet_floor_s / step_s:.2f}")
     print(f"start-up: {startup_s:.2f} s")
     print("\n".join(details))
+    print("where the time of the ffnn sweep goes (scripts/where_time_goes.py):")
+    print("\n".join(where_time_goes()))
+
+
+def where_time_goes() -> list[str]:
+    """The wizard_ffnn sweep's breakdown by part, sampled by py-spy (one more sweep, run
+    under the profiler); a line saying why not where py-spy cannot run."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import where_time_goes as breakdown
+
+    try:
+        return breakdown.table(*breakdown.profile([]))
+    except SystemExit as failed:  # py-spy missing, or not allowed to read other processes
+        return [f"  not measured: {failed}"]
 
 
 WORKER_PROCESSES = "2 worker processes"  # the engine's default layout on 2 cores

@@ -69,3 +69,41 @@ def test_the_start_up_is_read_from_the_time_stamp_of_optbenchs_log(tmp_path, dat
     assert done.returncode == 0, done.stderr
     started = bench.started_at((tmp_path / "optbench.log").read_text())
     assert before - 0.001 <= started <= after  # the stamp has milliseconds
+
+
+where = importlib.util.spec_from_file_location("where", ROOT / "scripts" / "where_time_goes.py")
+where_time_goes = importlib.util.module_from_spec(where)
+where.loader.exec_module(where_time_goes)
+
+
+def test_a_profiled_sweep_spends_its_training_time_in_the_step_and_says_where(data_dir):
+    """A real sweep under py-spy: the worker processes' CPU time is almost all in the step's
+    parts (forward and backward, the update, the batch), with the matrix products apart, and
+    the job process's in its start-up and its results; the seconds add up to the table."""
+    workers, job, wall = where_time_goes.profile(
+        ["optimizers=[sgd,adam]", "seeds=2", "train.steps=600", "train.eval_every=200"]
+    )
+    step = ("forward and backward: matrix products", "forward and backward: the rest")
+    step += ("optimizer update", "batch gathering")
+    assert workers["forward and backward: matrix products"] > 0
+    assert sum(workers[part] for part in step) >= 0.8 * sum(workers.values()), workers
+    assert job["start-up: imports"] > 0 and job["results, statistics and plots"] > 0, job
+    assert 0 < sum(workers.values()) + sum(job.values()) < 3 * wall
+    lines = where_time_goes.table(workers, job, wall)
+    assert lines[0].startswith("wall time") and any("optimizer update" in x for x in lines)
+
+
+def test_each_sample_goes_to_the_part_of_its_innermost_frame():
+    """part_of by hand-written stacks (outermost frame first, as py-spy writes them)."""
+    loop_frames = [
+        "_work (optbench/training/workers.py:1)",
+        "step_loop (optbench/training/loop.py:2)",
+    ]
+    matmul = [*loop_frames, "ffnn_loss_and_grads (optbench/models.py:3)", "mkl_blas_sgemm_kernel"]
+    assert where_time_goes.part_of(matmul, True) == "forward and backward: matrix products"
+    softmax = [*loop_frames, "ffnn_loss_and_grads (optbench/models.py:3)", "log_softmax_lastdim"]
+    assert where_time_goes.part_of(softmax, True) == "forward and backward: the rest"
+    update = [*loop_frames, "OptimizerGroup.step (optbench/training/trainers.py:4)", "fused"]
+    assert where_time_goes.part_of(update, True) == "optimizer update"
+    imports = ["<module> (optbench:8)", "_find_and_load (<frozen importlib._bootstrap>:1)"]
+    assert where_time_goes.part_of(imports, False) == "start-up: imports"

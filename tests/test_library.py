@@ -24,7 +24,7 @@ from optbench.errors import ConfigError
 from optbench.optimizers import build, catalog, registry
 from optbench.plan import OptimizerSpec
 from optbench.training import checkpoints, loop
-from optbench.training.trainers import RunTrainer, evaluate
+from optbench.training.trainers import Batches, RunTrainer, evaluate
 
 from conftest import ROOT, run_cli, run_plan, sweep_plan
 
@@ -251,7 +251,8 @@ def test_a_schedule_free_optimizer_is_evaluated_at_its_averaged_weights(data_dir
     trainer = RunTrainer(plan.runs[0], plan.model, plan.dataset, torch.device("cpu"))
     generator = torch.Generator().manual_seed(0)
     for _ in range(10):
-        trainer.step(tensors, {0: torch.randint(0, 1000, (64,), generator=generator)})
+        indices = {0: torch.randint(0, 1000, (64,), generator=generator)}
+        trainer.step(tensors, Batches(tensors, indices))
     weights = [p.clone() for p in trainer.model.parameters()]
     reported = trainer.test(tensors, 1000)[0]
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.model.parameters(), strict=True))

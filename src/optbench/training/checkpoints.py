@@ -57,7 +57,8 @@ def _safe_load(source, **options) -> dict:
 
 
 def load(path: Path) -> dict | None:
-    """The training state saved at path, every tensor on the CPU; None when there is none.
+    """The training state saved at path, every tensor on the CPU (the parts of a job in
+    worker processes read back too); None when there is none.
     The trainers move what they load to their device (torch.optim keeps a step counter on
     the CPU unless fused or capturable; a data order's generator state must stay a CPU
     ByteTensor), so a checkpoint written on a GPU loads on any machine. A checkpoint that
@@ -69,6 +70,8 @@ def load(path: Path) -> dict | None:
         state = _safe_load(path)
         if not isinstance(state, dict) or "job" not in state:
             raise ValueError("not an optbench checkpoint")
+        if "parts" in state:  # worker processes' parts, each serialised by its worker
+            state["parts"] = [from_bytes(part) for part in state["parts"]]
         return state
     except Exception as error:
         aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -24,6 +24,7 @@ from optbench.data import in_memory
 from optbench.files import write_csv
 from optbench.plan import OptimizerSpec, Plan, RunSpec
 from optbench.training import loop
+from optbench.training.trainers import Batches
 from optbench.training.workers import Workers
 
 COSTS_CSV = "costs.csv"
@@ -63,7 +64,7 @@ def time_steps(plan: Plan, built: tuple, tensors, device: torch.device) -> dict:
     times = []
     for step in range(WARMUP_STEPS + TIMED_STEPS):
         start = time.perf_counter()
-        trainer.step(tensors, {0: order.next_batch()})
+        trainer.step(tensors, Batches(tensors, {0: order.next_batch()}))
         for group in groups:
             group.step()
         if device.type == "cuda":

@@ -19,6 +19,7 @@ Evaluation points produce one flat row per run (a dict); `train` returns them as
 from __future__ import annotations
 
 import logging
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -33,7 +34,13 @@ from optbench.optimizers import build
 from optbench.plan import OptimizerSpec, Plan, RunSpec, StepPlan
 from optbench.training import checkpoints, lr_schedules, workers
 from optbench.training.stack import StackTrainer
-from optbench.training.trainers import OptimizerGroup, RunTrainer, rows_by_optimizer, stream_seed
+from optbench.training.trainers import (
+    Batches,
+    OptimizerGroup,
+    RunTrainer,
+    rows_by_optimizer,
+    stream_seed,
+)
 from optbench.training.workers import Workers
 
 log = logging.getLogger("optbench")
@@ -326,10 +333,12 @@ def train(
 
 
 def in_processes(plan: Plan, runs: list[RunSpec], device: torch.device, count: int) -> bool:
-    """Whether the job's runs train in worker processes: on the CPU, with workers=processes
-    (the default), more than one worker, and no run stacked (a stack is one model, not
-    dealt)."""
+    """Whether the job's runs train in worker processes: on Linux's CPU, with
+    workers=processes (the default), more than one worker, and no run stacked (a stack is
+    one model, not dealt). Elsewhere the workers are threads."""
     if device.type != "cpu" or count < 2 or plan.workers != "processes":
+        return False
+    if sys.platform != "linux":  # fork is safe with torch on Linux; elsewhere, threads
         return False
     return not any(should_stack(plan, run.optimizer, device) for run in runs)
 
@@ -362,7 +371,9 @@ def step_loop(
         if state.scheduled:
             lr_schedules.set_lr([(o, multiples[spec]) for o, spec in state.scheduled])
         # 2. Each seed's batch, which every run of the seed trains on (paired runs).
-        batches = {seed: order.next_batch() for seed, order in state.orders.items()}
+        batches = Batches(
+            tensors, {seed: order.next_batch() for seed, order in state.orders.items()}
+        )
         # 3. Every trainer's forward, loss, backward and counting, on the workers; the
         # update too for a run with its own optimizer and for a stack.
         pool.map([partial(trainer.step, tensors, batches) for trainer in state.trainers])

@@ -38,7 +38,34 @@ VALIDATION_METRICS = ("validation_loss", "validation_accuracy")
 # passes it within 10 steps (2.5e11 and more): docs/statistics.md.
 DIVERGED_LOSS = 2.0**24
 
-Batches = dict[int, torch.Tensor | None]  # a seed's mini-batch indices (None: the whole set)
+
+class Batches:
+    """This step's mini-batch of each seed: its indices (None: the whole set), and its
+    examples, gathered once for every run of the seed (none of ours writes its inputs; a
+    user's model gets a copy of its own)."""
+
+    def __init__(self, tensors: DatasetTensors, indices: dict[int, torch.Tensor | None]):
+        self.tensors, self.indices = tensors, indices
+        self.gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getitem__(self, seed: int) -> torch.Tensor | None:
+        return self.indices[seed]
+
+    def examples(self, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The seed's inputs and labels; two threads asking at once gather the same."""
+        found = self.gathered.get(seed)
+        if found is None:
+            index, tensors = self.indices[seed], self.tensors
+            if index is None:
+                found = tensors.train_x, tensors.train_y
+            else:  # index_select: x[index] takes a slower path for a [N, C, H, W] tensor
+                found = (
+                    tensors.train_x.index_select(0, index),
+                    tensors.train_y.index_select(0, index),
+                )
+            self.gathered[seed] = found
+        return found
+
 
 # held by a step that draws from the global random generators (RunTrainer.seeded)
 _GLOBAL_GENERATORS = threading.Lock()
@@ -178,6 +205,7 @@ class RunTrainer(Trainer):
         # the ffnn's forward and backward written out, where no optimizer needs autograd's
         # graph (a differentiable optimizer does, and so do Hessian-vector products)
         self.written_out = type(self.model) is models.FFNN and not traits.needs_graph
+        self.own_inputs = models.is_custom(model)
 
     def step(self, tensors: DatasetTensors, batches: Batches) -> None:
         """One step of the run, in this order: its batch; forward, loss and backward (the
@@ -188,11 +216,9 @@ class RunTrainer(Trainer):
             self.model.zero_grad(set_to_none=True)  # its group's optimizer skips it
             return
         start = self.clock.start()
-        index = batches[self.seed]
-        if index is None:
-            x, y = tensors.train_x, tensors.train_y
-        else:  # index_select: x[index] takes a slower path for a [N, C, H, W] tensor
-            x, y = tensors.train_x.index_select(0, index), tensors.train_y.index_select(0, index)
+        x, y = batches.examples(self.seed)
+        if self.own_inputs:  # a user's model may write into its inputs
+            x = x.clone()
 
         def closure() -> torch.Tensor:
             self.grad_evals += 1

@@ -185,8 +185,8 @@ class _Gathered:
     def evaluated(self, step: int, by_part: dict) -> None:
         """Every part's rows at an evaluation step are in: the checkpoint of the whole job,
         then the progress."""
-        if self.checkpoint is not None:
-            states = [checkpoints.from_bytes(by_part[k][1]) for k in range(len(self.parts))]
+        if self.checkpoint is not None:  # each part's state as its worker serialised it
+            states = [by_part[k][1] for k in range(len(self.parts))]
             checkpoints.save(self.checkpoint, {"job": self.identity, "step": step, "parts": states})
         self.progress.report(step, self.merged([by_part[k][0] for k in range(len(self.parts))]))
 
@@ -224,7 +224,7 @@ class _Sink:
     and at each evaluation step its rows and (where the job keeps a checkpoint) its state,
     serialised here, while the worker waits."""
 
-    EVERY = 10  # steps between two progress messages
+    EVERY = 50  # steps between two progress messages
 
     def __init__(self, writer, with_state: bool):
         self.writer, self.with_state = writer, with_state
