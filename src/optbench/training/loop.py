@@ -1,10 +1,11 @@
 """The training engine: every (optimizer, seed) run of a job advances in one step loop.
 
 On the CPU every run is a RunTrainer (unless stack_runs=always): its own model, computed
-with its own tensors through single-threaded kernels, the runs spread over worker threads
-(workers.Workers); the runs of one element-wise optimizer share one optimizer call
-(trainers.OptimizerGroup). So a run gives the same numbers bit for bit whatever trains
-beside it and whatever the number of threads, by how the computation is laid out. On a GPU
+with its own tensors through single-threaded kernels, the runs dealt to worker processes
+(workers.train_in_processes; worker threads with workers=threads); the runs of one
+element-wise optimizer share one optimizer call (trainers.OptimizerGroup). So a run gives
+the same numbers bit for bit whatever trains beside it and whatever the number of workers,
+by how the computation is laid out. On a GPU
 the runs of element-wise optimizers train as one batched model (stack.StackTrainer), which
 agrees with a lone run to float rounding.
 
@@ -106,9 +107,10 @@ def worker_count(plan: Plan, device: torch.device) -> int:
 
 def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     """What decides a job's last digits besides its config, for config.yaml: the device,
-    torch's CPU capability (the vector instructions its kernels use), the worker threads
-    and the threads per kernel, which kernel updates each optimizer's tensors, and on a GPU
-    its name, the CUDA and cuDNN versions and cuDNN's settings."""
+    torch's CPU capability (the vector instructions its kernels use), the workers (how
+    many, processes or threads) and the threads per kernel, which kernel updates each
+    optimizer's tensors, and on a GPU its name, the CUDA and cuDNN versions and cuDNN's
+    settings."""
     device = torch.device(plan.device)  # resolved when the plan was made
     kernels = {
         spec.name: build.implementation(spec.config, device.type)

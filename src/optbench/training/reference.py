@@ -1,7 +1,7 @@
 """The reference training loop: one run (one optimizer setting, one seed) written out top
 to bottom, in plain PyTorch, as the specification of what the engine computes.
 
-The engine (loop.train) trains many runs at once: worker threads, optimizer groups, stacked
+The engine (loop.train) trains many runs at once: worker processes, optimizer groups, stacked
 models, a written-out ffnn pass, checkpoints. Each of those layouts must give a run the
 numbers this loop gives it, to float rounding (tests/test_reference.py). Read this first
 to learn what one step does; read loop.py and trainers.py to learn how the engine lays
