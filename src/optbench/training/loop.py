@@ -20,6 +20,7 @@ Evaluation points produce one flat row per run (a dict); `train` returns them as
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import sys
 from functools import partial
 from pathlib import Path
@@ -341,6 +342,8 @@ def in_processes(plan: Plan, runs: list[RunSpec], device: torch.device, count: i
     if device.type != "cpu" or count < 2 or plan.workers != "processes":
         return False
     if sys.platform != "linux":  # fork is safe with torch on Linux; elsewhere, threads
+        return False
+    if multiprocessing.current_process().daemon:  # a launcher's worker: it may not fork
         return False
     return not any(should_stack(plan, run.optimizer, device) for run in runs)
 

@@ -92,9 +92,9 @@ def train_in_processes(
     At every evaluation step, once every part has sent its rows and its state, the whole
     job's checkpoint is written (one file, atomically, by this process alone) and the
     progress reported. A checkpoint of this same job and dealing is resumed: each process
-    continues from its part's state. Ctrl-C and SIGTERM reach this process alone (the
-    workers ignore SIGINT and die with it); a worker that fails or dies stops the others,
-    and its error is raised here."""
+    continues from its part's state. The workers leave Ctrl-C to the job, which stops them
+    (as it does on SIGTERM), and die with the job's process even when it is killed; a
+    worker that fails or dies stops the others, and its error is raised here."""
     saved_parts = [None] * len(parts)
     if saved is not None:
         if saved["job"] == identity:
@@ -136,6 +136,8 @@ def train_in_processes(
             if process.is_alive():
                 process.kill()
             process.join()
+        for reader in readers:
+            reader.close()
     return gathered.in_run_order()
 
 
