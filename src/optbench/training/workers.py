@@ -13,6 +13,7 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import traceback
 from collections.abc import Callable
@@ -265,8 +266,6 @@ def _work(train_part, part, saved, writer, with_state: bool, job_pid: int) -> No
 def _sendable(error: BaseException) -> BaseException:
     """The error as it can be sent to the job: itself where it pickles, else a RuntimeError
     with its traceback."""
-    import pickle
-
     with contextlib.suppress(Exception):
         pickle.loads(pickle.dumps(error))
         return error
