@@ -86,6 +86,20 @@ def load(path: Path) -> dict | None:
         return None
 
 
+def belongs(state: dict, identity: dict, path: Path | None) -> bool:
+    """Whether a loaded state was saved by the job of this identity (its runs, laid out
+    alike); where the checkpoint's path is given, the log says whether it is resumed."""
+    mine = state["job"] == identity
+    if path is not None and mine:
+        log.info("Resuming from %s at step %d", path.name, state["step"])
+    elif path is not None:
+        log.info(
+            "%s belongs to another job (or an earlier optbench); training from the start",
+            path.name,
+        )
+    return mine
+
+
 def is_spent(path: Path, fingerprint: str, complete: frozenset) -> bool:
     """Whether the checkpoint at path belongs to a job of this protocol whose runs are all
     complete (in runs.csv): nothing would ever resume from it. One that cannot be read, or

@@ -226,14 +226,7 @@ class TrainingState:
         state loaded (from the CPU: each trainer, optimizer and data order moves its tensors
         to the job's device); no rows and step 0 when there is none. Where the checkpoint's
         path is given, the log says what was resumed."""
-        if state is None:
-            return [], 0
-        if state["job"] != self.identity:
-            if checkpoint is not None:
-                log.info(
-                    "%s belongs to another job (or an earlier optbench); training from the start",
-                    checkpoint.name,
-                )
+        if state is None or not checkpoints.belongs(state, self.identity, checkpoint):
             return [], 0
         for trainer, trainer_state in zip(self.trainers, state["trainers"], strict=True):
             trainer.load_state_dict(trainer_state)
@@ -241,8 +234,6 @@ class TrainingState:
             group.optimizer.load_state_dict(group_state)
         for seed, order in self.orders.items():
             order.load_state_dict(state["orders"][seed])
-        if checkpoint is not None:
-            log.info("Resuming from %s at step %d", checkpoint.name, state["step"])
         return state["rows"], state["step"]
 
 

@@ -217,8 +217,8 @@ class RunTrainer(Trainer):
             return
         start = self.clock.start()
         x, y = batches.examples(self.seed)
-        if self.own_inputs:  # a user's model may write into its inputs
-            x = x.clone()
+        if self.own_inputs and batches[self.seed] is not None:  # a user's model may write
+            x = x.clone()  # into its inputs: a mini-batch of its own, as each run had
 
         def closure() -> torch.Tensor:
             self.grad_evals += 1

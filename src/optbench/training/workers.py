@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import logging
 import multiprocessing
 import os
 import pickle
@@ -25,8 +24,6 @@ import torch
 
 from optbench.errors import ResourceError
 from optbench.training import checkpoints
-
-log = logging.getLogger("optbench")
 
 
 class Workers:
@@ -96,17 +93,9 @@ def train_in_processes(
     continues from its part's state. The workers leave Ctrl-C to the job, which stops them
     (as it does on SIGTERM), and die with the job's process even when it is killed; a
     worker that fails or dies stops the others, and its error is raised here."""
-    saved_parts = [None] * len(parts)
-    if saved is not None:
-        if saved["job"] == identity:
-            saved_parts = saved["parts"]
-            log.info("Resuming from %s at step %d", checkpoint.name, saved["step"])
-        else:
-            log.info(
-                "%s belongs to another job (or an earlier optbench); training from the start",
-                checkpoint.name,
-            )
-    done_steps = saved["step"] if saved_parts[0] is not None else 0
+    resumed = saved is not None and checkpoints.belongs(saved, identity, checkpoint)
+    saved_parts = saved["parts"] if resumed else [None] * len(parts)
+    done_steps = saved["step"] if resumed else 0
     context = multiprocessing.get_context("fork")
     processes, readers = [], {}
     try:
