@@ -77,7 +77,16 @@ BUILT = ["antlr4-python3-runtime"]  # only a source archive on the index: built 
 COMPILED = ["PyYAML"]  # one wheel per Python version
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
 # docs/reproducibility.md: a stacked ffnn run after one step, a stacked LeNet after two
-STACKED_RTOL = {"ffnn": 1e-6, "lenet": 1e-5}
+# On CUDA the stacked LeNet's grouped convolutions are other cuDNN kernels than a lone
+# LeNet's: their gradients round differently, and Adam's first steps, which divide each
+# gradient entry by its own size, turn a rounding in an entry near zero into a step of the
+# full learning rate (an H200, torch 2.11: 2.6e-5 after two steps, Adam; docs/reproducibility.md).
+STACKED_RTOL = {
+    ("ffnn", "cpu"): 1e-6,
+    ("lenet", "cpu"): 1e-5,
+    ("ffnn", "cuda"): 1e-6,
+    ("lenet", "cuda"): 1e-4,
+}
 BUDGET_S = 540  # the whole check, within the 10 minutes of one call on a lent machine
 # Each stage's own time limit (seconds) and sizes; on the CPU (--device cpu, the simulation
 # of a lent machine) everything is small.
@@ -86,7 +95,7 @@ SIZES = {
         "tests": (150, "cuda"),
         "stacked": (60, {"seeds": 4}),
         "lenet_resume": (120, {"steps": 300, "eval_every": 50, "train_size": 6000}),
-        "sync": (45, {"steps": 40}),
+        "sync": (60, {"steps": 40}),
         "lenet_timing": (60, {"seeds": 2, "steps": 200}),
         "sweeps": (90, [("seeds=5",), ("experiment=examples_cnn", "seeds=10", "train.epochs=1")]),
         "smaller": (),
@@ -298,16 +307,19 @@ def stage_stacked(device: str, sizes: dict) -> str:
         plans = [compose_plan("sweep", *common, f"stack_runs={m}") for m in ("always", "never")]
         stacked, alone = (loop.train(plan, progress=False) for plan in plans)
         n_test = plans[0].dataset["test_size"] or 10_000  # MNIST's test set
-        worst = 0.0
+        relative = stacked[["optimizer"]].assign(worst=0.0)
         for column in ("train_loss", "last_batch_loss", "test_loss"):
             a, b = stacked[column].to_numpy(), alone[column].to_numpy()
-            worst = max(worst, float((abs(a - b) / abs(b).clip(min=1e-12)).max()))
+            relative["worst"] = relative.worst.clip(lower=abs(a - b) / abs(b).clip(min=1e-12))
+        by_optimizer = relative.groupby("optimizer", sort=False).worst.max()
+        worst, tolerance = by_optimizer.max(), STACKED_RTOL[model, device]
         examples = round(abs(stacked.test_accuracy - alone.test_accuracy).max() * n_test)
-        ok = worst <= STACKED_RTOL[model] and examples <= 2
+        ok = worst <= tolerance and examples <= 2
         failed |= not ok
+        each = ", ".join(f"{name} {value:.1e}" for name, value in by_optimizer.items())
         lines.append(
-            f"{model} {len(stacked)} rows: losses within {worst:.1e} relative "
-            f"(tolerance {STACKED_RTOL[model]:g}), accuracies within {examples} test "
+            f"{model} {len(stacked)} rows: losses within {worst:.1e} relative ({each}; "
+            f"tolerance {tolerance:g}), accuracies within {examples} test "
             f"examples (tolerance 2){'' if ok else ' OUTSIDE'}"
         )
     if failed:
@@ -398,8 +410,11 @@ def stop_after_checkpoints(command: list[str], folder: Path) -> None:
 
 
 def stage_sync(device: str, sizes: dict) -> str:
-    """One short stacked sweep of the LeNet's optimizers under set_sync_debug_mode("warn"):
-    every line that synchronised, and how often; one that did on every step fails."""
+    """A short stacked sweep of the LeNet's optimizers under set_sync_debug_mode("warn"),
+    trained twice, for n and 2n steps (one evaluation each, at the end): every line that
+    synchronised, and how often in the longer one. A line that synchronised at least n
+    times more in the longer one does so on every step, and fails; the others are paid once
+    a job or once an evaluation (a model moved to the GPU, an optimizer's first step)."""
     import collections
     import warnings
 
@@ -411,31 +426,39 @@ def stage_sync(device: str, sizes: dict) -> str:
     if device != "cuda":
         return "skipped: synchronisation is a CUDA device's"
     steps = sizes["steps"]
-    plan = compose_plan(
-        "sweep",
-        "experiment=examples_cnn",
-        "seeds=2",
-        "device=cuda",
-        "dataset.train_size=2000",
-        f"train.steps={steps}",
-        f"train.eval_every={steps}",
-    )
-    torch.cuda.reset_peak_memory_stats()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            loop.train(plan, progress=False)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    sites = collections.Counter(
-        f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
-    )
-    every_step = [site for site, count in sites.items() if count >= steps]
+    counts = []
+    for length in (steps, 2 * steps):
+        plan = compose_plan(
+            "sweep",
+            "experiment=examples_cnn",
+            "seeds=2",
+            "device=cuda",
+            "dataset.train_size=2000",
+            f"train.steps={length}",
+            f"train.eval_every={2 * steps}",
+        )
+        torch.cuda.reset_peak_memory_stats()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                loop.train(plan, progress=False)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(
+            collections.Counter(
+                f"{Path(w.filename).name}:{w.lineno}"
+                for w in caught
+                if "synchroniz" in str(w.message)
+            )
+        )
+    shorter, longer = counts
+    every_step = [site for site in longer if longer[site] - shorter[site] >= steps]
     peak = torch.cuda.max_memory_allocated() / 2**20
     line = (
-        f"{sum(sites.values())} synchronisations in {steps} steps of {len(plan.optimizers)} "
-        f"optimizers x 2 seeds, at {dict(sites.most_common(8))}; peak memory {peak:.0f} MiB"
+        f"{sum(longer.values())} synchronisations in {2 * steps} steps of "
+        f"{len(plan.optimizers)} optimizers x 2 seeds ({sum(shorter.values())} in {steps}), "
+        f"at {dict(longer.most_common(8))}; peak memory {peak:.0f} MiB"
     )
     if every_step:
         raise StageFailed(f"{line}; EVERY STEP at {every_step}")

@@ -12,6 +12,7 @@ any optimizer that does not declare it train run by run."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterable, Mapping
 
@@ -118,8 +119,9 @@ def fill_from_protocol(optimizer: DictConfig, steps: int) -> None:
 
 
 # torch.optim's fused kernels: the operator each class's fused step calls. Whether the
-# installed torch has that operator for a device is in its dispatcher (CUDA's fused Adagrad,
-# for one, came years after the CPU's).
+# installed torch has that operator for a device is in its dispatcher; whether the class's
+# step takes it there is the class's own check (torch 2.11's dispatcher has a CUDA kernel of
+# _fused_adagrad_, and Adagrad(fused=True) refuses CUDA parameters all the same).
 FUSED_OPERATORS = {
     torch.optim.SGD: "_fused_sgd_",
     torch.optim.Adam: "_fused_adam_",
@@ -155,13 +157,37 @@ def implementation(optimizer: Mapping, device_type: str) -> str:
 def has_fused_kernel(cls: type, device_type: str) -> bool:
     """Whether this torch has a fused kernel of torch.optim class cls (or the torch.optim
     class it derives from) for a device type: the device is among those torch.optim runs
-    fused kernels on, and the dispatcher has the operator's kernel for it."""
+    fused kernels on, the dispatcher has the operator's kernel for it, and, where this
+    machine has such a device, the torch.optim class steps a parameter there with
+    fused=True."""
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-    operator = next((FUSED_OPERATORS[c] for c in cls.__mro__ if c in FUSED_OPERATORS), None)
-    if operator is None or device_type not in _get_fused_kernels_supported_devices():
+    base = next((c for c in cls.__mro__ if c in FUSED_OPERATORS), None)
+    if base is None or device_type not in _get_fused_kernels_supported_devices():
         return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{operator}", device_type.upper())
+    operator = FUSED_OPERATORS[base]
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{operator}", device_type.upper()):
+        return False
+    return not device_present(device_type) or fused_step_runs(base, device_type)
+
+
+def device_present(device_type: str) -> bool:
+    """Whether this machine has a device of the type that torch can use."""
+    module = getattr(torch, device_type, None)
+    return device_type == "cpu" or bool(module and module.is_available())
+
+
+@functools.cache
+def fused_step_runs(cls: type, device_type: str) -> bool:
+    """Whether torch.optim class cls steps a one-element parameter on the device with
+    fused=True (once per class and device type in a process)."""
+    parameter = torch.zeros(1, device=device_type, requires_grad=True)
+    parameter.grad = torch.zeros_like(parameter)
+    try:
+        cls([parameter], lr=0.1, fused=True).step()
+    except RuntimeError:
+        return False
+    return True
 
 
 def capturable_devices() -> list[str]:
