@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 
 import numpy as np
@@ -414,6 +415,23 @@ def test_a_cpu_step_clock_reads_the_time_at_once_and_splits_a_shared_step():
     share = timer.stop(start, shares=4)
     assert whole >= 0.02 and 0.005 <= share < whole / 2
     assert timer.collect() == 0.0 and timer.pending == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="worker processes are Linux's")
+@pytest.mark.parametrize(
+    ("overrides", "kind"),
+    [
+        (("threads=2",), "processes"),
+        (("threads=2", "workers=threads"), "threads"),
+        (("threads=1",), "threads"),  # one worker: the job's own thread
+        (("threads=2", "stack_runs=always"), "threads"),  # a stack is one model, not dealt
+    ],
+)
+def test_config_yaml_records_the_workers_the_runs_train_in(overrides, kind):
+    """layout's worker_kind is what the job does, not what workers= asked for: processes
+    only where the runs are dealt to worker processes."""
+    plan = sweep_plan("optimizers=[sgd,adam]", "device=cpu", "seeds=2", SMOKE, *overrides)
+    assert loop.layout(plan, plan.optimizers)["worker_kind"] == kind
 
 
 def test_the_plan_carries_its_steps_and_resolved_device():

@@ -113,6 +113,9 @@ def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     optimizer's tensors, and on a GPU its name, the CUDA and cuDNN versions and cuDNN's
     settings."""
     device = torch.device(plan.device)  # resolved when the plan was made
+    count = worker_count(plan, device)
+    runs = [RunSpec(spec, seed) for spec in specs for seed in plan.seeds]
+    kind = "processes" if in_processes(plan, runs, device, count) else "threads"
     kernels = {
         spec.name: build.implementation(spec.config, device.type)
         if in_group(plan, spec)
@@ -122,8 +125,8 @@ def layout(plan: Plan, specs: list[OptimizerSpec]) -> dict:
     return {
         "device": device.type,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "workers": worker_count(plan, device),
-        "worker_kind": plan.workers if device.type == "cpu" else None,
+        "workers": count,
+        "worker_kind": kind if device.type == "cpu" else None,  # as they train, not as asked
         "threads_per_kernel": 1 if device.type == "cpu" else None,
         "optimizer_kernels": kernels,
         **gpu_provenance(device),
