@@ -4,10 +4,10 @@ py-spy (a sampling profiler that reads native frames too: pip install py-spy) sa
 optbench process and its worker processes while the sweep runs, 25 times a second, only
 while a thread is on a CPU (not waiting). Each sample is put in one part of the work by
 its frames: the model's forward and backward pass (the matrix products in MKL's sgemm
-apart from the rest), the optimizer update, gathering the batch, evaluation, the
-checkpoint, the step loop itself; in the job's process, start-up (imports, composing and
-checking the config, loading the data), combining the workers' rows and writing the
-checkpoint, and writing the results, statistics and plots.
+apart from the rest), the optimizer update (and each optimizer's share of it), gathering
+the batch, evaluation, the checkpoint, the step loop itself; in the job's process,
+start-up (imports, composing and checking the config, loading the data), combining the
+workers' rows and writing the checkpoint, and writing the results, statistics and plots.
 
     python scripts/where_time_goes.py                   # wizard_ffnn, 5 seeds, default layout
     python scripts/where_time_goes.py workers=threads   # the same in one process
@@ -20,6 +20,7 @@ prints the same table for the default layout when py-spy is installed.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,11 @@ JOB_PARTS = [
     ("start-up: config, checks, plan", ("hydra/", "compose/", "omegaconf/")),
 ]
 MATMUL = ("gemm", "dnnl", "mkldnn", "conv")  # a native leaf frame of a matrix product
+# A frame in an optimizer's own module (torch/optim/adadelta.py, pytorch_optimizer's
+# .../soap.py), not in the base class or helpers every optimizer shares.
+OPTIMIZER_MODULE = re.compile(r"\((?:torch/optim|pytorch_optimizer(?:/\w+)*)/(\w+)\.py:")
+SHARED_MODULES = {"optimizer", "__init__", "_functional", "utils", "base", "agc", "gc"}
+SHARED = "code they share (Optimizer.step, ...)"
 
 
 def part_of(frames: list[str], in_worker: bool) -> str:
@@ -73,9 +79,21 @@ def part_of(frames: list[str], in_worker: bool) -> str:
     return "other"
 
 
-def profile(overrides: list[str]) -> tuple[Counter, Counter, float]:
+def optimizer_of(frames: list[str]) -> str:
+    """The optimizer whose update a sample of the "optimizer update" part is in: the module
+    of its innermost frame in an optimizer's own code (adadelta, adam, soap, ...), else the
+    code they all share."""
+    for frame in reversed(frames):
+        match = OPTIMIZER_MODULE.search(frame)
+        if match and match.group(1) not in SHARED_MODULES:
+            return match.group(1)
+    return SHARED
+
+
+def profile(overrides: list[str]) -> tuple[Counter, Counter, float, Counter]:
     """Run the sweep under py-spy; CPU seconds by part in the worker processes (or
-    training threads) and in the job's process, and the wall time."""
+    training threads) and in the job's process, the wall time, and the update's CPU
+    seconds by optimizer."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         sys.exit("py-spy is not installed: pip install py-spy")
@@ -95,7 +113,7 @@ def profile(overrides: list[str]) -> tuple[Counter, Counter, float]:
     wall = time.perf_counter() - start
     if done.returncode != 0 or not raw.is_file():
         sys.exit(f"py-spy or optbench failed:\n{done.stderr[-3000:]}")
-    workers, job = Counter(), Counter()
+    workers, job, updates = Counter(), Counter(), Counter()
     for line in raw.read_text().splitlines():
         stack, count = line.rsplit(" ", 1)
         frames = stack.split(";")
@@ -103,16 +121,19 @@ def profile(overrides: list[str]) -> tuple[Counter, Counter, float]:
         part = part_of(frames, in_worker)
         counter = workers if in_worker or part in _TRAINING_NAMES else job
         counter[part] += int(count) / RATE
+        if part == "optimizer update":
+            updates[optimizer_of(frames)] += int(count) / RATE
     shutil.rmtree(folder)
-    return workers, job, wall
+    return workers, job, wall, updates
 
 
 _TRAINING_NAMES = {name for name, _ in TRAINING_PARTS} | {"step loop and bookkeeping"}
 _TRAINING_NAMES |= {f"forward and backward: {kind}" for kind in ("matrix products", "the rest")}
 
 
-def table(workers: Counter, job: Counter, wall: float) -> list[str]:
-    """The breakdown as lines: CPU seconds and share of each part."""
+def table(workers: Counter, job: Counter, wall: float, updates: Counter) -> list[str]:
+    """The breakdown as lines: CPU seconds and share of each part, and each optimizer's
+    share of the update."""
     lines = [f"wall time {wall:.1f} s (under py-spy); CPU seconds sampled by part:"]
     for title, counter in (
         ("training (worker processes or threads)", workers),
@@ -122,6 +143,9 @@ def table(workers: Counter, job: Counter, wall: float) -> list[str]:
         lines.append(f"  {title}: {total:.1f} s")
         for part, seconds in counter.most_common():
             lines.append(f"    {part:<45} {seconds:7.1f} s  {seconds / total:6.1%}")
+            if part == "optimizer update":  # then each optimizer's share of it
+                for name, of_it in updates.most_common():
+                    lines.append(f"      {name:<43} {of_it:7.1f} s")
     return lines
 
 

@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import time
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -80,7 +81,7 @@ def test_a_profiled_sweep_spends_its_training_time_in_the_step_and_says_where(da
     """A real sweep under py-spy: the worker processes' CPU time is almost all in the step's
     parts (forward and backward, the update, the batch), with the matrix products apart, and
     the job process's in its start-up and its results; the seconds add up to the table."""
-    workers, job, wall = where_time_goes.profile(
+    workers, job, wall, updates = where_time_goes.profile(
         ["optimizers=[sgd,adam]", "seeds=2", "train.steps=600", "train.eval_every=200"]
     )
     step = ("forward and backward: matrix products", "forward and backward: the rest")
@@ -89,8 +90,10 @@ def test_a_profiled_sweep_spends_its_training_time_in_the_step_and_says_where(da
     assert sum(workers[part] for part in step) >= 0.8 * sum(workers.values()), workers
     assert job["start-up: imports"] > 0 and job["results, statistics and plots"] > 0, job
     assert 0 < sum(workers.values()) + sum(job.values()) < 3 * wall
-    lines = where_time_goes.table(workers, job, wall)
+    lines = where_time_goes.table(workers, job, wall, updates)
     assert lines[0].startswith("wall time") and any("optimizer update" in x for x in lines)
+    assert set(updates) <= {"sgd", "adam", where_time_goes.SHARED}, updates
+    assert sum(updates.values()) == pytest.approx(workers["optimizer update"])
 
 
 def test_each_sample_goes_to_the_part_of_its_innermost_frame():
@@ -107,3 +110,16 @@ def test_each_sample_goes_to_the_part_of_its_innermost_frame():
     assert where_time_goes.part_of(update, True) == "optimizer update"
     imports = ["<module> (optbench:8)", "_find_and_load (<frozen importlib._bootstrap>:1)"]
     assert where_time_goes.part_of(imports, False) == "start-up: imports"
+
+
+def test_each_update_sample_goes_to_its_optimizer():
+    """optimizer_of by hand-written stacks: the innermost frame in an optimizer's own module
+    (torch.optim's or pytorch_optimizer's), past their shared base class."""
+    group = ["step_loop (optbench/training/loop.py:2)", "step (optbench/training/trainers.py:4)"]
+    base = "wrapper (torch/optim/optimizer.py:5)"
+    adadelta = [*group, base, "_multi_tensor_adadelta (torch/optim/adadelta.py:6)", "add_"]
+    assert where_time_goes.optimizer_of(adadelta) == "adadelta"
+    soap = [*group, base, "step (pytorch_optimizer/optimizer/soap.py:7)", "project"]
+    assert where_time_goes.optimizer_of(soap) == "soap"
+    shared = [*group, base, "_use_grad (torch/optim/optimizer.py:8)"]
+    assert where_time_goes.optimizer_of(shared) == where_time_goes.SHARED
