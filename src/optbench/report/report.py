@@ -220,7 +220,8 @@ def render(folder: Path, stem: str, title: str, sections: list) -> list[Path]:
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:right}img{max-width:100%}</style></head><body>",
+        "padding:3px 8px;text-align:right;white-space:nowrap}img{max-width:100%}"
+        ".wide{overflow-x:auto}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     for heading, kind, content in sections:
@@ -231,7 +232,8 @@ def render(folder: Path, stem: str, title: str, sections: list) -> list[Path]:
             page.append(f"<p>{html.escape(content)}</p>")
         elif kind == "table":
             markdown += [_markdown_table(content), ""]
-            page.append(content.to_html(index=False, na_rep=""))
+            # a wide table (15 optimizers' pairs) scrolls inside the page, not the page
+            page.append(f"<div class='wide'>{content.to_html(index=False, na_rep='')}</div>")
         elif kind == "links":
             markdown += [" · ".join(f"[{label}]({href})" for label, href in content), ""]
             page.append(
