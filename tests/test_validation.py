@@ -126,6 +126,13 @@ def test_runs_csv_gains_the_validation_columns_only_with_a_validation_set(tmp_pa
     summary = pd.read_csv(tmp_path / "held_out" / "summary.csv")
     assert {"validation_accuracy_mean", "validation_accuracy_ci_high"} <= set(summary.columns)
     assert summary["validation_accuracy_ci_high"].max() <= 1.0
+    # the progress (a log line when the output is no terminal) names what it averages
+    last = held_out[held_out.step == held_out.step.max()]
+    shown = f"mean validation accuracy {last.validation_accuracy.mean():.4f} (test "
+    assert f"{shown}{last.test_accuracy.mean():.4f}) over 2 runs" in (
+        tmp_path / "held_out" / "optbench.log"
+    ).read_text()
+    assert "validation" not in (tmp_path / "plain" / "optbench.log").read_text()
 
 
 @pytest.mark.parametrize(

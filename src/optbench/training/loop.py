@@ -434,21 +434,34 @@ def progress_bar(n_runs: int, step_plan: StepPlan, done_steps: int, enabled: boo
 
 
 def report_progress(bar: tqdm, evaluated: list[dict], step: int, total_steps: int) -> None:
-    """The mean test accuracy of the healthy runs, in the bar, else in the log."""
-    healthy = [row["test_accuracy"] for row in evaluated if not row["diverged"]]
-    # "—" once every run has diverged: no accuracy to average
-    accuracy = f"{sum(healthy) / len(healthy):.4f}" if healthy else "—"
+    """The mean test accuracy of the healthy runs, in the bar, else in the log; where the
+    protocol holds out a validation set, the mean validation accuracy first (what the
+    suite and tuning choose by), the test accuracy beside it."""
+    healthy = [row for row in evaluated if not row["diverged"]]
     diverged = len(evaluated) - len(healthy)
+    test = _mean(healthy, "test_accuracy")
+    if all(row.get("validation_accuracy") is None for row in evaluated):
+        shown, logged = f"accuracy {test}", f"mean test accuracy {test}"
+    else:
+        validation = _mean(healthy, "validation_accuracy")
+        shown = f"validation accuracy {validation} (test {test})"
+        logged = f"mean validation accuracy {validation} (test {test})"
     bar.set_description_str(
-        f"{counted(len(evaluated), 'run')}, accuracy {accuracy}, {diverged} diverged",
-        refresh=False,
+        f"{counted(len(evaluated), 'run')}, {shown}, {diverged} diverged", refresh=False
     )
     if bar.disable:  # no progress bar (output is not a terminal): one log line instead
         log.info(
-            "step %d/%d: mean test accuracy %s over %s (%d diverged)",
+            "step %d/%d: %s over %s (%d diverged)",
             step,
             total_steps,
-            accuracy,
+            logged,
             counted(len(healthy), "run"),
             diverged,
         )
+
+
+def _mean(rows: list[dict], column: str) -> str:
+    """The mean of a column over rows, to 4 decimals; "—" where there are none (every run
+    diverged: no accuracy to average)."""
+    values = [row[column] for row in rows]
+    return f"{sum(values) / len(values):.4f}" if values else "—"
