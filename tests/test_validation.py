@@ -129,9 +129,10 @@ def test_runs_csv_gains_the_validation_columns_only_with_a_validation_set(tmp_pa
     # the progress (a log line when the output is no terminal) names what it averages
     last = held_out[held_out.step == held_out.step.max()]
     shown = f"mean validation accuracy {last.validation_accuracy.mean():.4f} (test "
-    assert f"{shown}{last.test_accuracy.mean():.4f}) over 2 runs" in (
-        tmp_path / "held_out" / "optbench.log"
-    ).read_text()
+    assert (
+        f"{shown}{last.test_accuracy.mean():.4f}) over 2 runs"
+        in (tmp_path / "held_out" / "optbench.log").read_text()
+    )
     assert "validation" not in (tmp_path / "plain" / "optbench.log").read_text()
 
 
